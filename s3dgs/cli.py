@@ -1,0 +1,86 @@
+"""The `s3dgs` command line: argument parsing only.
+
+Each subcommand is one configuration dataclass and one function in the room that does the work;
+the options and their help are generated from the dataclass by tyro (as gsplat's examples and
+nerfstudio do). The top level only dispatches, and imports a room lazily, so `s3dgs --help` is fast
+and a subcommand pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name: (module, config dataclass, function taking the config, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "synth": ("s3dgs.scene.synth", "SynthConfig", "synth_main",
+              "Make the synthetic tomato plant scene with ground truth (the built-in default)."),
+    "prepare": ("s3dgs.scene.prepare", "PrepareConfig", "prepare_main",
+                "Video or frames -> scene: frame extraction, structure from motion, undistortion."),
+    "undistort": ("s3dgs.scene.prepare", "UndistortConfig", "undistort_main",
+                  "Undistort a COLMAP scene (any camera model) into a PINHOLE scene."),
+    "heatmaps": ("s3dgs.scene.heatmaps", "HeatmapConfig", "heatmaps_main",
+                 "Keypoint JSON per frame -> skeleton heatmaps and confidence.json."),
+    "depth": ("s3dgs.depth.generate", "DepthConfig", "depth_main",
+              "Depth Anything V2 priors (local transformers model or the gradio Space) as 16-bit PNGs."),
+    "train": ("s3dgs.train", "TrainConfig", "train_main",
+              "Train semantic Gaussians with RGB, depth-prior and heatmap supervision."),
+    "eval": ("s3dgs.evaluate", "EvalConfig", "eval_main",
+             "Evaluate a run: images, depth, semantics, geometry, cost -> RUN/metrics.json."),
+    "export": ("s3dgs.export", "ExportConfig", "export_main",
+               "Export a run's Gaussians: PLY, and one point cloud per semantic class."),
+    "run": ("s3dgs.pipeline", "RunConfig", "run_main",
+            "Video or frames -> trained, evaluated model with a report, each stage resumable."),
+    "demo": ("s3dgs.pipeline", "DemoConfig", "demo_main",
+             "The whole chain on the built-in synthetic plant, ending with the report's path."),
+}
+
+# Sub-subcommands spelled with a space, e.g. `s3dgs depth verify OUT`.
+ALIASES: dict[tuple[str, str], tuple[str, str, str, str]] = {
+    ("depth", "verify"): ("s3dgs.depth.generate", "VerifyConfig", "verify_main",
+                          "Check a depth folder: every map present, right size, 16-bit, non-constant."),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: s3dgs COMMAND [options]    (s3dgs COMMAND --help for its options)", "",
+             "Depth-supervised semantic 3D Gaussian splatting for plants.", "", "commands:"]
+    for name, (_, _, _, text) in COMMANDS.items():
+        lines.append(f"  {name.ljust(width)}  {text}")
+    lines.append(f"  {'depth verify'.ljust(width)}  {ALIASES[('depth', 'verify')][3]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from s3dgs import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"s3dgs: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    entry = COMMANDS[name]
+    prog = f"s3dgs {name}"
+    if rest and (name, rest[0]) in ALIASES:
+        entry = ALIASES[(name, rest[0])]
+        prog = f"s3dgs {name} {rest[0]}"
+        rest = rest[1:]
+    module_name, cfg_name, fn_name, text = entry
+    module = importlib.import_module(module_name)
+    cfg_cls = getattr(module, cfg_name)
+    cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
+    result = getattr(module, fn_name)(cfg)
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
