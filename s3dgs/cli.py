@@ -53,8 +53,11 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     import tyro
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -173,11 +173,11 @@ def write_model(
     if Ks.ndim == 2:
         Ks = np.broadcast_to(Ks, (C, 3, 3))
     viewmats = np.asarray(viewmats, np.float64)
-    same = shared_camera and np.allclose(Ks, Ks[:1])
+    same = shared_camera and (C == 0 or np.allclose(Ks, Ks[:1]))
 
     rec = pycolmap.Reconstruction()
     cam_ids = []
-    for i in range(C if not same else 1):
+    for i in range(C if not same else min(C, 1)):
         K = Ks[i]
         cam = pycolmap.Camera(model="PINHOLE", width=int(width), height=int(height),
                               params=[K[0, 0], K[1, 1], K[0, 2], K[1, 2]], camera_id=i + 1)
