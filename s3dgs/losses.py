@@ -1,0 +1,676 @@
+"""Pure loss functions for S-3DGS: colour, depth prior, semantics, and the weight schedules.
+
+Every function states the space it compares in and the shapes it takes. Nothing here reads a
+tensor's value on the host (no ``.item()``, no boolean indexing, no Python branch on a tensor
+value), so the trainer can call them every step without a host-device synchronisation. The one
+exception is :func:`fit_depth_scale_sfm`, which runs once per image at set-up and returns Python
+floats.
+
+Conventions (see DESIGN.md): images are float in [0, 1] with channels last (``[H, W, 3]`` or
+``[C, H, W, 3]``); rendered depth is expected (alpha-normalised) camera z; depth priors are the
+16-bit PNG value scaled to [0, 1], disparity (near = bright) unless said otherwise; pixel centres
+are at +0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "depth_prior_loss",
+    "depth_weight_schedule",
+    "fit_depth_scale_sfm",
+    "l1_loss",
+    "mark_unreliable_scales",
+    "rgb_loss",
+    "scale_invariant_depth_loss",
+    "semantic_loss",
+    "semantic_weight",
+    "sobel_edge_weight",
+    "ssim",
+]
+
+# --------------------------------------------------------------------------------------------
+# Colour
+# --------------------------------------------------------------------------------------------
+
+
+def l1_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over all elements, in the inputs' own space (RGB in [0, 1]).
+
+    ``pred`` and ``gt`` have the same shape (any). Returns a scalar tensor.
+    """
+    return (pred - gt).abs().mean()
+
+
+_WINDOW_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
+    key = (size, sigma, channels, str(device), dtype)
+    win = _WINDOW_CACHE.get(key)
+    if win is None:
+        x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+        g = torch.exp(-(x**2) / (2.0 * sigma**2))
+        g = g / g.sum()
+        w2 = torch.outer(g, g)
+        win = w2.expand(channels, 1, size, size).contiguous().to(device=device, dtype=dtype)
+        _WINDOW_CACHE[key] = win
+    return win
+
+
+def ssim(
+    img1: torch.Tensor,
+    img2: torch.Tensor,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """Structural similarity, differentiable, as the official 3DGS ``ssim`` computes it.
+
+    Space: image intensities (``data_range`` = 1 for [0, 1]). An ``window_size`` x ``window_size``
+    Gaussian window (sigma 1.5), zero padding of ``window_size // 2`` ("same" output size),
+    constants C1 = (0.01 R)^2 and C2 = (0.03 R)^2.
+
+    ``img1``, ``img2``: ``[H, W, Ch]`` or ``[..., H, W, Ch]`` (channels last, e.g. RGB). Returns the
+    mean SSIM over every pixel, channel and image (a scalar) when ``reduce``; otherwise the SSIM
+    map ``[..., H, W, Ch]``. Equal images give exactly 1.
+    """
+    if img1.shape != img2.shape:
+        raise ValueError(f"ssim: shapes differ, {tuple(img1.shape)} vs {tuple(img2.shape)}")
+    if img1.dim() < 3:
+        raise ValueError("ssim: expected [..., H, W, C] images (channels last)")
+    lead = img1.shape[:-3]
+    h, w, ch = img1.shape[-3:]
+    x = img1.reshape(-1, h, w, ch).permute(0, 3, 1, 2)
+    y = img2.reshape(-1, h, w, ch).permute(0, 3, 1, 2)
+    win = _gaussian_window(window_size, sigma, ch, x.device, x.dtype)
+    pad = window_size // 2
+
+    def filt(t):
+        return F.conv2d(t, win, padding=pad, groups=ch)
+
+    mu1, mu2 = filt(x), filt(y)
+    mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    s1 = filt(x * x) - mu1_sq
+    s2 = filt(y * y) - mu2_sq
+    s12 = filt(x * y) - mu12
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    smap = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
+    if reduce:
+        return smap.mean()
+    return smap.permute(0, 2, 3, 1).reshape(*lead, h, w, ch)
+
+
+def rgb_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_ssim: float = 0.2) -> torch.Tensor:
+    """Colour loss of 3DGS / gsplat: ``(1 - lambda_ssim) * L1 + lambda_ssim * (1 - SSIM)``.
+
+    Space: RGB in [0, 1]. ``pred``, ``gt``: ``[H, W, 3]`` or ``[C, H, W, 3]``. ``lambda_ssim = 0``
+    gives the seed's plain L1 (and skips the SSIM computation). Returns a scalar.
+    """
+    l1 = l1_loss(pred, gt)
+    if lambda_ssim == 0:
+        return l1
+    return (1.0 - lambda_ssim) * l1 + lambda_ssim * (1.0 - ssim(pred, gt))
+
+
+# --------------------------------------------------------------------------------------------
+# Depth: the seed's loss
+# --------------------------------------------------------------------------------------------
+
+
+def _weighted_affine_fit(p: torch.Tensor, g: torch.Tensor, w: torch.Tensor):
+    """Weighted least squares ``s * p + t ~ g`` over flat tensors, without host sync.
+
+    Solves the same normal equations as ``torch.linalg.solve(A.T W A, A.T W b)`` with
+    ``A = [p, 1]``, written in centred closed form (better conditioned in float32). A singular
+    system (no spread in ``p``, or fewer than 2 weighted points) returns ``s = 0`` and
+    ``t = weighted mean of g`` -- one of the least-squares solutions -- instead of NaN. The caller
+    must have zeroed ``p`` and ``g`` where ``w == 0`` (so no NaN leaks through 0 * NaN).
+    Returns ``(s, t)`` as 0-d tensors, differentiable w.r.t. ``p`` and ``g``.
+    """
+    sw = w.sum()
+    sw_safe = torch.where(sw > 0, sw, torch.ones_like(sw))
+    pm = (w * p).sum() / sw_safe
+    gm = (w * g).sum() / sw_safe
+    dp = p - pm
+    var = (w * dp * dp).sum()
+    cov = (w * dp * (g - gm)).sum()
+    eps = torch.finfo(p.dtype).eps
+    # Round-off noise on a constant p is of order (eps * |pm|)^2 per point.
+    tiny = sw * ((64 * eps) ** 2) * (pm * pm + torch.finfo(p.dtype).tiny)
+    ok = (var > tiny) & (sw > 0)
+    var_safe = torch.where(ok, var, torch.ones_like(var))
+    s = torch.where(ok, cov / var_safe, torch.zeros_like(cov))
+    t = gm - s * pm
+    return s, t
+
+
+def scale_invariant_depth_loss(
+    pred_depth: torch.Tensor,
+    gt_depth: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    min_valid: int = 10,
+) -> torch.Tensor:
+    """The seed's scale-invariant depth loss (DEPTH_ANYTHING_V2_INTEGRATION.md, section 3).
+
+    Space: whatever ``pred_depth`` and ``gt_depth`` are in -- the seed passes the rendered depth
+    and the raw prior value, i.e. it aligns depth *linearly* to the (disparity) prior. Steps, as
+    the seed specifies:
+
+    1. flatten both;
+    2. valid = finite(pred) & finite(gt) (& ``mask != 0`` when ``mask`` is given);
+    3. least squares ``min_{s,t} || s * pred + t - gt ||^2`` over the valid pixels (the normal
+       equations of ``A = [pred, 1]``, solved in closed form);
+    4. return the mean of ``|s * pred + t - gt|`` over the valid pixels (L1 after alignment).
+
+    ``s`` and ``t`` are not detached (gradients flow through the fit, as in the seed). Additions
+    the seed leaves unspecified: fewer than ``min_valid`` (10) valid pixels returns a zero tensor
+    that still belongs to the graph (backward gives zero gradients); a singular system (constant
+    prediction) uses ``s = 0, t = mean(gt)`` instead of raising or returning NaN. No host sync.
+
+    ``pred_depth``, ``gt_depth``, ``mask``: same number of elements (e.g. ``[H, W]``). Returns a
+    scalar tensor.
+    """
+    pred_flat = pred_depth.reshape(-1)
+    gt_flat = gt_depth.reshape(-1).to(pred_flat.dtype)
+    valid = torch.isfinite(pred_flat) & torch.isfinite(gt_flat)
+    if mask is not None:
+        valid = valid & (mask.reshape(-1) != 0)
+    w = valid.to(pred_flat.dtype)
+    p = torch.where(valid, pred_flat, torch.zeros_like(pred_flat))
+    g = torch.where(valid, gt_flat, torch.zeros_like(gt_flat))
+    s, t = _weighted_affine_fit(p, g, w)
+    n = w.sum()
+    loss = (w * (s * p + t - g).abs()).sum() / n.clamp(min=1)
+    return torch.where(n >= min_valid, loss, torch.zeros_like(loss))
+
+
+# --------------------------------------------------------------------------------------------
+# Depth: the prior loss with its options
+# --------------------------------------------------------------------------------------------
+
+
+def _as_hw(x: torch.Tensor, name: str) -> torch.Tensor:
+    while x.dim() > 2 and (x.shape[0] == 1 or x.shape[-1] == 1):
+        x = x.squeeze(-1) if x.shape[-1] == 1 else x.squeeze(0)
+    if x.dim() != 2:
+        raise ValueError(f"depth_prior_loss: {name} must be [H, W] (got {tuple(x.shape)})")
+    return x
+
+
+def sobel_edge_weight(image: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Edge-aware pixel weights ``1 + strength * |Sobel(gray)| / max|Sobel(gray)|``.
+
+    ``image``: ``[H, W, 3]`` (or ``[H, W]``) in [0, 1]. Returns ``[H, W]`` weights in
+    ``[1, 1 + strength]``: flat regions keep weight 1, the strongest image edge gets
+    ``1 + strength`` (the seed's "focus on edges": on plants, thin stems are edges). Replicate
+    padding; no gradient (the image is data).
+    """
+    with torch.no_grad():
+        img = image.detach()
+        gray = img if img.dim() == 2 else img[..., :3].mean(-1)
+        gray = gray.float()[None, None]
+        kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=gray.device)
+        k = torch.stack([kx, kx.T])[:, None]
+        g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), k)
+        mag = torch.sqrt(g[0, 0] ** 2 + g[0, 1] ** 2)
+        mag = mag / (mag.amax() + 1e-12)
+        return (1.0 + strength * mag).to(image.dtype)
+
+
+def _masked_nanmedian(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    m = torch.nanmedian(torch.where(valid, x, torch.full_like(x, float("nan"))))
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def _robust_affine_fit(p, g, w, method: str, k: float, iters: int = 2):
+    """Per-view alignment ``s * p + t ~ g`` (flat tensors, zeros where ``w == 0``).
+
+    method ``"lstsq"``: weighted least squares.
+    method ``"trimmed"``: least squares, then ``iters`` rounds of: drop pixels whose residual
+    exceeds ``k`` robust sigmas (1.4826 x median |residual| of the valid pixels), refit on the rest.
+    method ``"mad"``: the median / mean-absolute-deviation match of 3DGS's make_depth_scale:
+    ``s = sign(cov) * MAD(g) / MAD(p)``, ``t = med(g) - s * med(p)``.
+    """
+    s, t = _weighted_affine_fit(p, g, w)
+    if method == "lstsq":
+        return s, t
+    valid = w > 0
+    if method == "trimmed":
+        floor = 1e-6 * (_masked_nanmedian(g.detach().abs(), valid) + 1e-12)
+        for _ in range(max(int(iters), 1)):
+            r = (s * p + t - g).detach().abs()
+            sigma = 1.4826 * _masked_nanmedian(r, valid)
+            keep = (r <= k * sigma + floor).to(w.dtype)
+            s, t = _weighted_affine_fit(p, g, w * keep)
+        return s, t
+    if method == "mad":
+        nw = w.sum().clamp(min=1)
+        mp = _masked_nanmedian(p, valid)
+        mg = _masked_nanmedian(g, valid)
+        sp = (w * (p - mp).abs()).sum() / nw
+        sg = (w * (g - mg).abs()).sum() / nw
+        ok = sp > torch.finfo(p.dtype).tiny
+        sign = torch.where(s < 0, -torch.ones_like(s), torch.ones_like(s))
+        s_mad = torch.where(ok, sign * sg / torch.where(ok, sp, torch.ones_like(sp)), 0 * sp)
+        return s_mad, mg - s_mad * mp
+    raise ValueError(f"unknown robust method {method!r} (use 'lstsq', 'trimmed' or 'mad')")
+
+
+def _pool_weighted_l1(r: torch.Tensor, w: torch.Tensor, factor: int) -> torch.Tensor:
+    """L1 of the weight-averaged residual on a grid downsampled by ``factor`` (``[H, W]`` in)."""
+    if factor == 1:
+        return (w * r.abs()).sum() / w.sum().clamp(min=1e-12)
+    wp = F.avg_pool2d(w[None, None], factor)[0, 0]
+    rp = F.avg_pool2d((w * r)[None, None], factor)[0, 0] / wp.clamp(min=1e-12)
+    return (wp * rp.abs()).sum() / wp.sum().clamp(min=1e-12)
+
+
+def depth_prior_loss(
+    pred_depth: torch.Tensor,
+    prior: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    *,
+    prior_kind: str = "disparity",
+    space: str = "disparity",
+    alignment: str = "per_view",
+    scale_shift: tuple[Any, Any] | None = None,
+    robust: bool | str = True,
+    robust_k: float = 2.5,
+    robust_iters: int = 2,
+    alpha_threshold: float = 0.5,
+    multiscale: bool = False,
+    edge_image: torch.Tensor | None = None,
+    edge_strength: float = 1.0,
+    confidence: torch.Tensor | None = None,
+    stem_heatmap: torch.Tensor | None = None,
+    stem_weight: float = 0.1,
+    min_depth: float = 1e-6,
+    min_valid: int = 10,
+    return_info: bool = False,
+):
+    """Depth-prior loss between a rendered depth map and a monocular prior, with its options.
+
+    Shapes: ``pred_depth [H, W]`` rendered expected depth (camera z, alpha-normalised);
+    ``prior [H, W]`` the prior PNG value in [0, 1]; ``alpha [H, W]`` rendered opacity or None;
+    ``edge_image [H, W, 3]``, ``confidence [H, W]``, ``stem_heatmap [H, W]`` optional. Singleton
+    leading/trailing dimensions (``[1, H, W, 1]``) are squeezed. Returns a scalar tensor (and an
+    info dict of 0-d tensors ``scale, shift, n_valid`` when ``return_info``). No host sync.
+
+    **Valid pixels**: finite depth > ``min_depth``, finite prior, and ``alpha > alpha_threshold``
+    when ``alpha`` is given (the render must have content there). Fewer than ``min_valid`` valid
+    pixels gives a zero tensor that keeps the graph.
+
+    **Space** (where the rendered depth is compared):
+
+    - ``"disparity"`` (default): the render is inverted, ``x = 1 / clamp(z, min_depth)``. With a
+      disparity prior (Depth Anything V2, the 16-bit PNG convention) this is the right relation:
+      the prior is affine in inverse depth.
+    - ``"depth"``: ``x = z``. With a disparity prior and per-view alignment this is the seed's
+      literal formula -- rendered *depth* is fitted linearly to the *disparity* value
+      (``s * z + t ~ prior``, ``s`` comes out negative). It is only a first-order approximation of
+      the true ``1/z`` relation (exact when the depth range of the view is narrow); kept for the
+      study and for compatibility.
+
+    **Alignment**:
+
+    - ``"per_view"`` (the seed): ``s, t`` fitted on this view every step, ``s * x + t ~ prior``;
+      the loss is the weighted L1 of ``s * x + t - prior``, in prior units ([0, 1]) whatever the
+      space, so ``lambda_depth`` does not depend on the scene's scale. ``robust``: ``False`` or
+      ``"lstsq"`` plain least squares (as the seed); ``True`` or ``"trimmed"`` least squares,
+      then ``robust_iters`` (2) rounds of: drop pixels beyond ``robust_k`` robust sigmas
+      (1.4826 median |residual|), refit -- the
+      dropped pixels are excluded from the *fit only*, the loss still covers every valid pixel
+      (so a floater is still penalised); ``"mad"`` the median / mean-absolute-deviation match of
+      3DGS. Gradients flow through ``s, t`` as in the seed.
+    - ``"sfm"``: ``scale_shift = (s, t)`` is fixed (from :func:`fit_depth_scale_sfm`, once per
+      image) and maps the prior to metric units: ``m = s * prior + t`` is inverse depth for a
+      disparity prior, depth for a depth prior, in the units of the SfM model (which must be the
+      units of ``pred_depth``). ``m`` is converted to ``space`` (inverted when the kinds differ)
+      and the loss is the weighted L1 of ``x - m`` -- in scene units of ``space`` (3DGS uses L1
+      on inverse depth), so its magnitude scales with the scene. ``s, t`` may be floats or 0-d
+      tensors.
+
+    **Pixel weights** (multiplied): ``confidence`` per-pixel confidence in [0, 1] (e.g.
+    ``depths/<stem>.conf.png``), used in the fit and in the loss; ``stem_heatmap`` in [0, 1]
+    (e.g. the max over the stem-class heatmaps): weight ``1 + (stem_weight - 1) * heatmap``, i.e.
+    ``stem_weight`` on a sure stem pixel, 1 off stems -- monocular priors blur thin stems into the
+    background, so the prior is trusted less there, in the fit and in the loss; ``edge_image``:
+    :func:`sobel_edge_weight` ``1 + edge_strength * |Sobel| / max``, in the loss only (it would
+    bias the alignment toward edges, where the prior is least accurate). The loss is the
+    weighted mean ``sum(w |r|) / sum(w)``.
+
+    **Multiscale**: ``True`` averages the loss on the full grid and on grids downsampled by 2
+    and 4, where the residual is the weight-averaged residual of each 2x2 / 4x4 block (average
+    pooling). The alignment is fitted once at full resolution (an affine map commutes with
+    average pooling, so refitting per scale would change little and cost more). Coarse levels
+    cancel zero-mean pixel noise and keep consistent low-frequency errors, so the multiscale loss
+    is never above the full-resolution one and weighs structure over noise.
+    """
+    if space not in ("disparity", "depth"):
+        raise ValueError(f"space must be 'disparity' or 'depth', not {space!r}")
+    if prior_kind not in ("disparity", "depth"):
+        raise ValueError(f"prior_kind must be 'disparity' or 'depth', not {prior_kind!r}")
+    if alignment not in ("per_view", "sfm"):
+        raise ValueError(f"alignment must be 'per_view' or 'sfm', not {alignment!r}")
+    if alignment == "sfm" and scale_shift is None:
+        raise ValueError("alignment='sfm' needs scale_shift=(s, t) from fit_depth_scale_sfm")
+    if isinstance(robust, bool):
+        method = "trimmed" if robust else "lstsq"
+    else:
+        method = robust
+
+    z = _as_hw(pred_depth, "pred_depth")
+    dt = z.dtype
+    pr = _as_hw(prior, "prior").to(dt)
+    if pr.shape != z.shape:
+        raise ValueError(f"depth_prior_loss: prior {tuple(pr.shape)} vs depth {tuple(z.shape)}")
+
+    valid = torch.isfinite(z) & (z > min_depth) & torch.isfinite(pr)
+    if alpha is not None:
+        valid = valid & (_as_hw(alpha, "alpha").detach() > alpha_threshold)
+    zs = torch.where(valid, z, torch.ones_like(z))  # no NaN/0 reaches 1/z or its gradient
+    x = 1.0 / zs if space == "disparity" else zs
+    x = torch.where(valid, x, torch.zeros_like(x))
+    pr0 = torch.where(valid, pr, torch.zeros_like(pr))
+    vw = valid.to(dt)
+
+    fit_w = vw
+    if confidence is not None:
+        c = _as_hw(confidence, "confidence").detach().to(dt)
+        fit_w = fit_w * torch.where(torch.isfinite(c), c.clamp(min=0), torch.zeros_like(c))
+    if stem_heatmap is not None:
+        hm = _as_hw(stem_heatmap, "stem_heatmap").detach().to(dt).clamp(0, 1)
+        fit_w = fit_w * (1.0 + (stem_weight - 1.0) * hm)
+    loss_w = fit_w
+    if edge_image is not None:
+        loss_w = loss_w * sobel_edge_weight(edge_image, edge_strength).to(dt)
+
+    if alignment == "per_view":
+        s, t = _robust_affine_fit(
+            x.reshape(-1), pr0.reshape(-1), fit_w.reshape(-1), method, robust_k, robust_iters
+        )
+        r = s * x + t - pr0
+    else:
+        s = torch.as_tensor(scale_shift[0], dtype=dt, device=z.device)
+        t = torch.as_tensor(scale_shift[1], dtype=dt, device=z.device)
+        m = s * pr0 + t
+        metric_kind = prior_kind  # m is inverse depth for disparity priors, depth for depth priors
+        if metric_kind != space:
+            m_ok = m > 1e-12
+            m = torch.where(m_ok, 1.0 / torch.where(m_ok, m, torch.ones_like(m)), torch.zeros_like(m))
+            loss_w = loss_w * m_ok.to(dt)
+        r = x - m
+    r = torch.where(valid, r, torch.zeros_like(r))
+
+    factors = (1, 2, 4) if multiscale else (1,)
+    loss = sum(_pool_weighted_l1(r, loss_w, f) for f in factors) / len(factors)
+    n = vw.sum()
+    loss = torch.where(n >= min_valid, loss, torch.zeros_like(loss))
+    if return_info:
+        return loss, {"scale": s.detach(), "shift": t.detach(), "n_valid": n.detach()}
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Depth: per-image scale and shift against the SfM points (once per image, host side)
+# --------------------------------------------------------------------------------------------
+
+
+def _to_numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _bilinear(img: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Sample ``img [H, W]`` at pixel coordinates (pixel centres at +0.5)."""
+    h, w = img.shape
+    x = np.clip(u - 0.5, 0, w - 1)
+    y = np.clip(v - 0.5, 0, h - 1)
+    x0 = np.floor(x).astype(int)
+    y0 = np.floor(y).astype(int)
+    x1 = np.minimum(x0 + 1, w - 1)
+    y1 = np.minimum(y0 + 1, h - 1)
+    fx, fy = x - x0, y - y0
+    top = img[y0, x0] * (1 - fx) + img[y0, x1] * fx
+    bot = img[y1, x0] * (1 - fx) + img[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def fit_depth_scale_sfm(
+    prior,
+    uv,
+    z,
+    *,
+    prior_kind: str = "disparity",
+    method: str = "trimmed",
+    robust_k: float = 2.5,
+    min_points: int = 20,
+    min_inlier_fraction: float = 0.5,
+    max_rel_residual: float = 0.2,
+) -> dict:
+    """Fit the fixed map from a prior to metric (SfM) units against the projected SfM points.
+
+    Direction: ``m ~ scale * prior + shift`` where ``m = 1 / z`` (inverse depth) for a disparity
+    prior and ``m = z`` for a depth prior -- the map the official 3DGS make_depth_scale fits
+    (prior -> inverse depth), and the ``scale_shift`` that :func:`depth_prior_loss` takes for
+    ``alignment="sfm"``.
+
+    ``prior [H, W]`` the prior in [0, 1]; ``uv [M, 2]`` pixel coordinates (x right, y down, pixel
+    centres at +0.5) of the SfM points seen in this image; ``z [M]`` their camera depths, in the
+    units the trainer renders. numpy arrays or tensors. The prior is sampled bilinearly; points
+    outside the image, with non-positive or non-finite depth, or a non-finite prior are dropped.
+
+    ``method``: ``"mad"`` the 3DGS median / mean-absolute-deviation match (scale = MAD(m) /
+    MAD(prior), shift = med(m) - scale med(prior)); ``"trimmed"`` (default) starts from it and
+    refines by least squares on the inliers (residual within ``robust_k`` robust sigmas, two
+    rounds); ``"lstsq"`` plain least squares.
+
+    The fit is marked unreliable (``ok=False``, ``reason`` says why) when: fewer than
+    ``min_points`` usable points; the prior has no spread at the points; scale <= 0 (a disparity
+    prior must grow with inverse depth, a depth prior with depth); fewer than
+    ``min_inlier_fraction`` of the points are inliers; or the median absolute residual exceeds
+    ``max_rel_residual`` times the median |m|. Across images, :func:`mark_unreliable_scales`
+    adds 3DGS's check of each scale against the median scale.
+
+    Returns a dict of Python values: ``scale, shift, ok, reason, n`` (usable points),
+    ``n_inliers, inlier_fraction, median_abs_residual, rel_residual, rmse`` (over inliers).
+    """
+    if prior_kind not in ("disparity", "depth"):
+        raise ValueError(f"prior_kind must be 'disparity' or 'depth', not {prior_kind!r}")
+    img = _to_numpy(prior)
+    while img.ndim > 2 and (img.shape[0] == 1 or img.shape[-1] == 1):
+        img = img[..., 0] if img.shape[-1] == 1 else img[0]
+    uv = _to_numpy(uv).reshape(-1, 2)
+    z = _to_numpy(z).reshape(-1)
+    h, w = img.shape
+    out = {
+        "scale": float("nan"),
+        "shift": float("nan"),
+        "ok": False,
+        "reason": "",
+        "n": 0,
+        "n_inliers": 0,
+        "inlier_fraction": 0.0,
+        "median_abs_residual": float("nan"),
+        "rel_residual": float("nan"),
+        "rmse": float("nan"),
+    }
+    keep = (
+        np.isfinite(uv).all(1)
+        & np.isfinite(z)
+        & (z > 0)
+        & (uv[:, 0] >= 0)
+        & (uv[:, 0] <= w)
+        & (uv[:, 1] >= 0)
+        & (uv[:, 1] <= h)
+    )
+    uv, z = uv[keep], z[keep]
+    p = _bilinear(img, uv[:, 0], uv[:, 1]) if len(z) else np.zeros(0)
+    fin = np.isfinite(p)
+    p, z = p[fin], z[fin]
+    m = 1.0 / z if prior_kind == "disparity" else z
+    n = len(m)
+    out["n"] = int(n)
+    if n < max(min_points, 2):
+        out["reason"] = f"too few SfM points ({n} < {min_points})"
+        return out
+
+    def lstsq(pp, mm):
+        pc = pp - pp.mean()
+        var = (pc * pc).sum()
+        if var <= 1e-24 * max(1.0, (pp * pp).sum()):
+            return float("nan"), float("nan")
+        s_ = float((pc * (mm - mm.mean())).sum() / var)
+        return s_, float(mm.mean() - s_ * pp.mean())
+
+    mp, mm = np.median(p), np.median(m)
+    sp, sm = np.mean(np.abs(p - mp)), np.mean(np.abs(m - mm))
+    if sp <= 1e-12:
+        out["reason"] = "prior has no spread at the SfM points"
+        return out
+    if method == "lstsq":
+        s, t = lstsq(p, m)
+    else:
+        s0, _ = lstsq(p, m)
+        s = (sm / sp) * (np.sign(s0) if np.isfinite(s0) and s0 != 0 else 1.0)
+        t = mm - s * mp
+        if method == "trimmed":
+            for _ in range(2):
+                r = np.abs(s * p + t - m)
+                sigma = 1.4826 * np.median(r)
+                inl = r <= robust_k * sigma + 1e-12 * (abs(mm) + 1e-12)
+                if inl.sum() < 2:
+                    break
+                s_new, t_new = lstsq(p[inl], m[inl])
+                if not np.isfinite(s_new):
+                    break
+                s, t = s_new, t_new
+        elif method != "mad":
+            raise ValueError(f"unknown method {method!r} (use 'trimmed', 'mad' or 'lstsq')")
+    r = s * p + t - m
+    ar = np.abs(r)
+    sigma = 1.4826 * np.median(ar)
+    inl = ar <= robust_k * sigma + 1e-12 * (abs(mm) + 1e-12)
+    med_res = float(np.median(ar))
+    rel = med_res / max(float(np.median(np.abs(m))), 1e-300)
+    out.update(
+        scale=float(s),
+        shift=float(t),
+        n_inliers=int(inl.sum()),
+        inlier_fraction=float(inl.mean()),
+        median_abs_residual=med_res,
+        rel_residual=float(rel),
+        rmse=float(np.sqrt(np.mean(r[inl] ** 2))),
+    )
+    reasons = []
+    if not (math.isfinite(s) and s > 0):
+        reasons.append(f"non-positive scale ({s:.3g})")
+    if out["inlier_fraction"] < min_inlier_fraction:
+        reasons.append(f"only {out['inlier_fraction']:.0%} inliers")
+    if rel > max_rel_residual:
+        reasons.append(f"large residual (median {rel:.1%} of |m|)")
+    out["ok"] = not reasons
+    out["reason"] = "; ".join(reasons)
+    return out
+
+
+def mark_unreliable_scales(fits: dict, low: float = 0.2, high: float = 5.0) -> dict:
+    """Cross-image check of 3DGS: a scale below ``low`` or above ``high`` times the median
+    scale of the reliable fits marks that fit unreliable. ``fits``: ``{image: fit dict}`` from
+    :func:`fit_depth_scale_sfm`; updated in place (``ok``, ``reason``) and returned."""
+    scales = [f["scale"] for f in fits.values() if f.get("ok")]
+    if not scales:
+        return fits
+    med = float(np.median(scales))
+    for f in fits.values():
+        if f.get("ok") and not (low * med <= f["scale"] <= high * med):
+            f["ok"] = False
+            f["reason"] = f"scale {f['scale']:.3g} far from the median {med:.3g}"
+    return fits
+
+
+# --------------------------------------------------------------------------------------------
+# Semantics
+# --------------------------------------------------------------------------------------------
+
+
+def semantic_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    confidence: torch.Tensor | None = None,
+    fg_weight: float = 20.0,
+    fg_threshold: float = 0.1,
+    conf_threshold: float = 0.5,
+) -> torch.Tensor:
+    """Foreground-weighted, confidence-gated MSE between rendered and target heatmaps.
+
+    Space: heatmap values (per-class probabilities in [0, 1]). ``pred``, ``target``:
+    ``[H, W, K]`` or ``[C, H, W, K]``; ``confidence``: ``[K]`` (per view, shared by every image)
+    or ``[C, K]``, or None (every class on).
+
+    Per element the weight is ``fg_weight`` where ``target > fg_threshold`` and 1 elsewhere; a
+    class is gated off (weight 0) in an image whose confidence is ``<= conf_threshold``. The loss
+    is ``sum(weight * (pred - target)^2) / (H * W * number of gated-on (image, class) pairs)`` --
+    the mean of the weighted squared error over the gated-on channels (a weighted *sum*, not a
+    weighted average, so foreground pixels count ``fg_weight`` times). All classes gated off gives
+    a zero tensor that keeps the graph. No host sync.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"semantic_loss: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")
+    x = pred if pred.dim() == 4 else pred[None]
+    y = target.to(pred.dtype)
+    y = y if y.dim() == 4 else y[None]
+    c, h, w, k = x.shape
+    wgt = torch.where(y > fg_threshold, torch.full_like(y, fg_weight), torch.ones_like(y))
+    if confidence is None:
+        gate = torch.ones(c, k, dtype=x.dtype, device=x.device)
+    else:
+        conf = confidence.to(device=x.device, dtype=x.dtype)
+        conf = conf.reshape(1, k).expand(c, k) if conf.dim() == 1 else conf.reshape(c, k)
+        gate = (conf > conf_threshold).to(x.dtype)
+    wgt = wgt * gate[:, None, None, :]
+    n = gate.sum() * (h * w)
+    loss = (wgt * (x - y) ** 2).sum() / n.clamp(min=1)
+    return torch.where(n > 0, loss, torch.zeros_like(loss))
+
+
+def semantic_weight(step: int, warmup: int = 4000, lambda_sem: float = 0.2) -> float:
+    """Weight of the semantic term at iteration ``step``: 0 before ``warmup``, ``lambda_sem``
+    from ``step == warmup`` on (the seed's log shows 0.000 until iteration 4000)."""
+    return float(lambda_sem) if step >= warmup else 0.0
+
+
+def depth_weight_schedule(
+    step: int,
+    total: int,
+    start: float = 0.1,
+    end: float | None = None,
+    kind: str = "constant",
+) -> float:
+    """Weight of the depth term at iteration ``step`` of ``total``.
+
+    ``"constant"``: ``start`` throughout (the seed, lambda_depth = 0.1). ``"exp"``: log-linear
+    decay from ``start`` at step 0 to ``end`` at ``total`` (default ``end = start / 100``, the
+    ratio of 3DGS's 1.0 -> 0.01 depth-weight decay), ``start * (end / start) ** (step / total)``,
+    held at ``end`` after ``total``.
+    """
+    if kind == "constant":
+        return float(start)
+    if kind != "exp":
+        raise ValueError(f"kind must be 'constant' or 'exp', not {kind!r}")
+    if end is None:
+        end = start * 0.01
+    frac = min(max(step / max(total, 1), 0.0), 1.0)
+    if start <= 0 or end <= 0:  # a log-linear decay needs positive ends: fall back to linear
+        return float(start + (end - start) * frac)
+    return float(math.exp(math.log(start) * (1 - frac) + math.log(end) * frac))
