@@ -1,0 +1,528 @@
+"""`s3dgs prepare` (video or frames -> scene) and `s3dgs undistort` (any COLMAP model -> PINHOLE).
+
+prepare, stage by stage (each with a progress bar), everything through pycolmap:
+
+1. frames: a video is sampled at `--fps` (sharpest frame per window, blurred frames dropped); a
+   folder of frames is used as it is (scaled down when larger than `--max-size`);
+2. SIFT features (one shared camera, SIMPLE_RADIAL by default, when all frames share a size);
+3. matching: sequential (each frame with its next `--overlap` and the frames 2, 4, 8, ... ahead) for
+   a video or a large folder, exhaustive for small folders;
+4. incremental mapping; the model with most registered frames is kept, others are reported;
+5. undistortion to PINHOLE into the scene layout of DESIGN.md: OUT/images, OUT/sparse/0,
+   OUT/points3D.ply. The SfM work (database, extracted frames, every model found) stays in
+   OUT/colmap/, and OUT/prepare.json holds the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import tyro
+
+from s3dgs.scene.colmap import PINHOLE_MODELS, SceneError, find_model_dir, read_model
+from s3dgs.scene.frames import FrameSet, PrepareError, folder_frames, video_frames
+from s3dgs.scene.ply import write_points_ply
+
+__all__ = [
+    "PrepareConfig",
+    "PrepareError",
+    "PrepareSummary",
+    "TooFewRegisteredError",
+    "UndistortConfig",
+    "prepare_main",
+    "prepare_scene",
+    "undistort_main",
+    "undistort_scene",
+]
+
+Matcher = Literal["auto", "sequential", "exhaustive"]
+
+
+class TooFewRegisteredError(PrepareError):
+    """Structure from motion registered too few frames. The best model was still written to the
+    scene; `summary` describes it."""
+
+    def __init__(self, message: str, summary: PrepareSummary):
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class PrepareSummary:
+    """What `prepare_scene` did; also written to OUT/prepare.json."""
+
+    scene: str
+    source: str  # "video" or "folder"
+    frames_total: int  # decoded video frames / images in the folder
+    frames_used: int  # frames given to structure from motion
+    frames_blurred: int  # frames dropped as blurred
+    registered: int  # frames in the kept model
+    models: list[int]  # registered frames per model found, largest first
+    mean_reprojection_error: float  # pixels, kept model
+    points: int  # 3D points of the kept model
+    mean_track_length: float
+    camera_model: str  # of the SfM model before undistortion
+    matcher: str
+    width: int  # undistorted image size (first camera)
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    warnings: list[str] = field(default_factory=list)
+    unregistered: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [
+            f"scene            {self.scene}",
+            (f"frames           {self.frames_used} used of {self.frames_total} "
+             f"({self.source}; {self.frames_blurred} dropped as blurred)"),
+            f"registered       {self.registered} / {self.frames_used}"
+            + (f"   (models found: {self.models})" if len(self.models) > 1 else ""),
+            f"reprojection     {self.mean_reprojection_error:.3f} px mean",
+            f"points           {self.points} (mean track length {self.mean_track_length:.2f})",
+            f"camera           {self.camera_model} -> PINHOLE {self.width}x{self.height}; matcher: {self.matcher}",
+            "time             " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()),
+        ]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+@dataclass
+class PrepareConfig:
+    """Video or folder of frames -> scene directory (images, sparse/0 PINHOLE, points3D.ply)."""
+
+    input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
+    """A video file (mp4, mov, ...) or a folder of frames (jpg/png)."""
+    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
+    """Scene directory to write (images/, sparse/0/, points3D.ply, prepare.json, colmap/)."""
+    fps: float = 2.0
+    """Frames per second to keep from a video (the sharpest frame of each 1/fps window)."""
+    candidates: int = 3
+    """Video frames decoded per kept frame; the sharpest of them is kept."""
+    max_frames: int = 300
+    """At most this many frames from a video (the rate is lowered to fit)."""
+    blur_threshold: float = 0.2
+    """Drop frames whose sharpness (variance of Laplacian) is under this times the median; 0 keeps all."""
+    max_size: int = 1600
+    """Longer image side for structure from motion and the scene, in pixels; 0 keeps the size."""
+    matcher: Matcher = "auto"
+    """Feature matching: sequential (video order), exhaustive (all pairs), or auto (sequential for
+    videos and folders of more than --exhaustive-max frames, else exhaustive)."""
+    exhaustive_max: int = 100
+    """Largest folder matched exhaustively under --matcher auto."""
+    overlap: int = 10
+    """Sequential matching: each frame is matched with this many next frames (plus 2, 4, 8, ... ahead)."""
+    camera_model: str = "SIMPLE_RADIAL"
+    """COLMAP camera model for structure from motion (SIMPLE_RADIAL, OPENCV, PINHOLE, ...)."""
+    max_features: int = 8192
+    """SIFT features per frame."""
+    min_registered: float = 0.5
+    """Fail (after keeping the best model) when fewer than this fraction of the frames register."""
+    seed: int = 0
+    """Random seed for structure from motion (repeatable runs)."""
+    num_threads: int = -1
+    """CPU threads for pycolmap (-1: all)."""
+    overwrite: bool = False
+    """Replace an existing scene in OUT."""
+    quiet: bool = False
+    """No progress bars."""
+    verbose: bool = False
+    """Show pycolmap's own log."""
+
+
+@dataclass
+class UndistortConfig:
+    """Undistort a COLMAP scene with any camera model into a new PINHOLE scene directory."""
+
+    scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
+    """Scene directory (with images/ and sparse/0/) or a COLMAP model folder."""
+    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
+    """New scene directory to write (images/, sparse/0/, points3D.ply)."""
+    images: Path | None = None
+    """Images folder, when not SCENE/images."""
+    overwrite: bool = False
+    """Replace an existing scene in OUT."""
+    verbose: bool = False
+    """Show pycolmap's own log."""
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+@contextlib.contextmanager
+def _pycolmap_log(verbose: bool):
+    import pycolmap
+
+    old = pycolmap.logging.minloglevel
+    if not verbose:
+        pycolmap.logging.minloglevel = 2  # errors only; the progress bars say what happens
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+def _check_out(out: Path, overwrite: bool, inputs: list[Path]) -> None:
+    out_r = out.resolve()
+    for p in inputs:
+        if out_r == p.resolve():
+            raise PrepareError(f"{out}: OUT must be a new directory, not the input itself.")
+    existing = [p for p in ("images", "sparse") if (out / p).exists()]
+    if existing and not overwrite:
+        raise PrepareError(f"{out}: already holds a scene ({', '.join(existing)}). Pass --overwrite to "
+                           "replace it, or choose another OUT.")
+
+
+def _undistort_into(model_dir: Path, image_dir: Path, out: Path, *, progress: bool = True) -> Path:
+    """pycolmap.undistort_images into the scene layout: out/images, out/sparse/0, out/points3D.ply."""
+    import pycolmap
+    from tqdm import tqdm
+
+    tmp = out / ".undistort_tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with tqdm(total=1, desc="undistort", disable=not progress) as bar:
+        try:
+            pycolmap.undistort_images(str(tmp), str(model_dir), str(image_dir), output_type="COLMAP",
+                                      copy_policy=pycolmap.FileCopyType.copy, jpeg_quality=95)
+        except Exception as exc:
+            raise SceneError(f"{model_dir}: pycolmap could not undistort the images in {image_dir} "
+                             f"({exc}). Check that every image of the model is there and readable.") from exc
+        bar.update(1)
+    if not (tmp / "sparse").is_dir() or not (tmp / "images").is_dir():
+        raise SceneError(f"{model_dir}: undistortion wrote no model/images (see pycolmap's log with "
+                         f"--verbose); check the images in {image_dir} are readable.")
+    for sub in ("images", "sparse"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    (tmp / "images").rename(out / "images")
+    (out / "sparse").mkdir()
+    (tmp / "sparse").rename(out / "sparse" / "0")
+    shutil.rmtree(tmp)
+    model = read_model(out / "sparse" / "0", require_pinhole=True)
+    write_points_ply(out / "points3D.ply", model.xyz, model.rgb)
+    return out / "sparse" / "0"
+
+
+def _image_dir_for(scene: Path, model_dir: Path) -> Path:
+    for c in (scene / "images", model_dir.parent / "images", model_dir.parent.parent / "images"):
+        if c.is_dir():
+            return c
+    raise SceneError(f"{scene}: no images/ folder found next to the model {model_dir}. Pass --images DIR.")
+
+
+# ----------------------------------------------------------------------------------------------
+# undistort
+
+
+def undistort_scene(scene: str | Path, out: str | Path, *, images: str | Path | None = None,
+                    overwrite: bool = False, progress: bool = True, verbose: bool = False) -> dict:
+    """Undistort a COLMAP scene (any camera model) into a PINHOLE scene directory.
+
+    Args:
+        scene: scene directory (images/ + sparse/0) or a COLMAP model folder.
+        out: new scene directory: out/images, out/sparse/0 (PINHOLE), out/points3D.ply.
+        images: images folder when not scene/images.
+
+    Returns:
+        dict with the camera models before, images and points written, and the image size after.
+    """
+    import pycolmap
+
+    scene, out = Path(scene), Path(out)
+    model_dir = find_model_dir(scene)
+    image_dir = Path(images) if images is not None else _image_dir_for(scene, model_dir)
+    if not image_dir.is_dir():
+        raise SceneError(f"{image_dir}: images folder does not exist. Pass --images DIR.")
+    _check_out(out, overwrite, [scene, image_dir])
+    try:
+        rec = pycolmap.Reconstruction(str(model_dir))
+    except Exception as exc:
+        raise SceneError(f"{model_dir}: pycolmap could not read this COLMAP model ({exc}).") from exc
+    if rec.num_reg_images() == 0:
+        raise SceneError(f"{model_dir}: the COLMAP model has no registered images; nothing to undistort.")
+    names = [rec.images[i].name for i in rec.reg_image_ids()]
+    missing = [n for n in names if not (image_dir / n).is_file()]
+    if missing:
+        raise SceneError(f"{image_dir}: {len(missing)} image(s) of the model are missing, e.g. "
+                         f"{missing[0]}. Pass the right folder with --images DIR.")
+    models = sorted({c.model.name for c in rec.cameras.values()})
+    if set(models) <= set(PINHOLE_MODELS):
+        print(f"undistort: {model_dir} already uses {', '.join(models)}; copying it as it is.")
+    leftovers = [d for d in ("heatmaps", "depths") if (scene / d).exists()]
+    if leftovers:
+        print(f"undistort: {', '.join(leftovers)} in {scene} are in the distorted pixel grid and are "
+              f"not copied; make them again on {out}.")
+    out.mkdir(parents=True, exist_ok=True)
+    with _pycolmap_log(verbose):
+        sparse = _undistort_into(model_dir, image_dir, out, progress=progress)
+    model = read_model(sparse)
+    info = {"scene": str(out), "models_before": models, "images": len(model.views),
+            "points": len(model.xyz), "width": model.views[0].width, "height": model.views[0].height}
+    return info
+
+
+def undistort_main(cfg: UndistortConfig) -> int:
+    try:
+        info = undistort_scene(cfg.scene, cfg.out, images=cfg.images, overwrite=cfg.overwrite,
+                               verbose=cfg.verbose)
+    except SceneError as exc:
+        print(f"s3dgs undistort: {exc}")
+        return 1
+    print(f"undistort: {info['images']} images ({', '.join(info['models_before'])} -> PINHOLE "
+          f"{info['width']}x{info['height']}), {info['points']} points -> {info['scene']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare
+
+
+def _sequential_and_exhaustive_pairs(db_path: Path, matcher: str, overlap: int) -> list[tuple[str, str]]:
+    """Image-name pairs from pycolmap's own pair generators (sequential: linear and quadratic
+    overlap together; exhaustive: all pairs)."""
+    import pycolmap
+
+    with pycolmap.Database.open(str(db_path)) as db:
+        id_to_name = {im.image_id: im.name for im in db.read_all_images()}
+        if matcher == "exhaustive":
+            pairs = set(pycolmap.ExhaustivePairGenerator(pycolmap.ExhaustivePairingOptions(), db).all_pairs())
+        else:
+            pairs = set()
+            for quadratic in (False, True):
+                o = pycolmap.SequentialPairingOptions()
+                o.overlap = overlap
+                o.quadratic_overlap = quadratic
+                pairs |= {tuple(sorted(p)) for p in pycolmap.SequentialPairGenerator(o, db).all_pairs()}
+    return sorted((id_to_name[a], id_to_name[b]) for a, b in {tuple(sorted(p)) for p in pairs})
+
+
+def _extract(frames: FrameSet, db_path: Path, cfg: PrepareConfig, progress: bool) -> None:
+    import pycolmap
+    from tqdm import tqdm
+
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = cfg.camera_model
+    ext = pycolmap.FeatureExtractionOptions()
+    ext.sift.max_num_features = cfg.max_features
+    ext.num_threads = cfg.num_threads
+    single = frames.size is not None
+    mode = pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE
+    chunk = max(4, min(32, len(frames.names) // 20 or 4))
+    with tqdm(total=len(frames.names), desc="features", unit="frame", disable=not progress) as bar:
+        for i in range(0, len(frames.names), chunk):
+            names = frames.names[i:i + chunk]
+            pycolmap.extract_features(str(db_path), str(frames.image_dir), image_names=names,
+                                      camera_mode=mode, reader_options=reader, extraction_options=ext,
+                                      device=pycolmap.Device.cpu)
+            if single and reader.existing_camera_id < 0:
+                with pycolmap.Database.open(str(db_path)) as db:
+                    reader.existing_camera_id = db.read_all_cameras()[0].camera_id
+            bar.update(len(names))
+    with pycolmap.Database.open(str(db_path)) as db:
+        if db.num_images() < len(frames.names):
+            raise PrepareError(f"{frames.image_dir}: pycolmap read only {db.num_images()} of "
+                               f"{len(frames.names)} frames; check the images are readable.")
+
+
+def _match(db_path: Path, matcher: str, cfg: PrepareConfig, work: Path, progress: bool) -> int:
+    import pycolmap
+    from tqdm import tqdm
+
+    pairs = _sequential_and_exhaustive_pairs(db_path, matcher, cfg.overlap)
+    opts = pycolmap.FeatureMatchingOptions()
+    opts.num_threads = cfg.num_threads
+    chunk = max(200, -(-len(pairs) // 10))
+    pair_file = work / "pairs.txt"
+    with tqdm(total=len(pairs), desc=f"matching ({matcher})", unit="pair", disable=not progress) as bar:
+        for i in range(0, len(pairs), chunk):
+            part = pairs[i:i + chunk]
+            pair_file.write_text("".join(f"{a} {b}\n" for a, b in part))
+            po = pycolmap.ImportedPairingOptions()
+            po.match_list_path = str(pair_file)
+            pycolmap.match_image_pairs(str(db_path), matching_options=opts, pairing_options=po,
+                                       device=pycolmap.Device.cpu)
+            bar.update(len(part))
+    with pycolmap.Database.open(str(db_path)) as db:
+        return int(db.num_verified_image_pairs())
+
+
+def _map(db_path: Path, frames: FrameSet, sparse_dir: Path, cfg: PrepareConfig, progress: bool) -> dict:
+    import pycolmap
+    from tqdm import tqdm
+
+    if sparse_dir.exists():
+        shutil.rmtree(sparse_dir)
+    sparse_dir.mkdir(parents=True)
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.random_seed = cfg.seed
+    opts.num_threads = cfg.num_threads
+    opts.min_model_size = max(3, min(10, len(frames.names) // 4))
+    with tqdm(total=len(frames.names), desc="mapping", unit="frame", disable=not progress) as bar:
+        def _tick():
+            if bar.n < bar.total:
+                bar.update(1)
+        recs = pycolmap.incremental_mapping(str(db_path), str(frames.image_dir), str(sparse_dir), opts,
+                                            initial_image_pair_callback=lambda: (_tick(), _tick()),
+                                            next_image_callback=_tick)
+    return recs
+
+
+def prepare_scene(
+    input: str | Path,
+    out: str | Path,
+    cfg: PrepareConfig | None = None,
+    **overrides,
+) -> PrepareSummary:
+    """Video or folder of frames -> PINHOLE scene directory, through pycolmap.
+
+    Args:
+        input: a video file or a folder of frames.
+        out: scene directory: out/images, out/sparse/0, out/points3D.ply, out/prepare.json, and the
+            structure-from-motion work in out/colmap/.
+        cfg: options (PrepareConfig; `input`/`out` in it are ignored); keyword overrides, e.g.
+            `prepare_scene(video, out, fps=4, quiet=True)`.
+
+    Returns:
+        PrepareSummary (registered frames, reprojection error, points, timings, warnings).
+
+    Raises:
+        PrepareError: no input, an unreadable video, no images, nothing registered.
+        TooFewRegisteredError: fewer than `min_registered` of the frames registered; the best model
+            is written to `out` before this is raised (its summary is on the exception).
+    """
+    import pycolmap
+
+    input, out = Path(input), Path(out)
+    base = cfg if cfg is not None else PrepareConfig(input=input, out=out)
+    cfg = PrepareConfig(**{**asdict(base), **overrides, "input": input, "out": out})
+    progress = not cfg.quiet
+    if not input.exists():
+        raise PrepareError(f"{input}: no such file or folder. Pass a video file or a folder of frames.")
+    known = [m for m in pycolmap.CameraModelId.__members__ if m not in ("INVALID", "EQUIRECTANGULAR")]
+    if cfg.camera_model not in known:
+        raise PrepareError(f"--camera-model {cfg.camera_model!r} is not a COLMAP camera model; use one "
+                           f"of {', '.join(known)}.")
+    _check_out(out, cfg.overwrite, [input])
+    work = out / "colmap"
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(exist_ok=True)
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+
+    # 1. frames
+    t0 = time.perf_counter()
+    frame_dir = work / "frames"
+    if input.is_dir():
+        frames = folder_frames(input, frame_dir, max_size=cfg.max_size, blur_threshold=cfg.blur_threshold,
+                               progress=progress)
+    else:
+        if frame_dir.exists():
+            shutil.rmtree(frame_dir)
+        frames = video_frames(input, frame_dir, fps=cfg.fps, candidates=cfg.candidates,
+                              max_frames=cfg.max_frames, max_size=cfg.max_size,
+                              blur_threshold=cfg.blur_threshold, progress=progress)
+    timings["frames"] = time.perf_counter() - t0
+    if frames.dropped_blurred:
+        warnings.append(f"{len(frames.dropped_blurred)} blurred frame(s) dropped: "
+                        + ", ".join(frames.dropped_blurred[:5]) + (" ..." if len(frames.dropped_blurred) > 5 else ""))
+    if len(frames.names) < 3:
+        raise PrepareError(f"{input}: only {len(frames.names)} usable frame(s); structure from motion "
+                           "needs at least 3 overlapping views (raise --fps, or lower --blur-threshold).")
+    if frames.size is None:
+        warnings.append("frames differ in size; one camera per frame was used")
+
+    matcher = cfg.matcher
+    if matcher == "auto":
+        matcher = "sequential" if frames.source == "video" or len(frames.names) > cfg.exhaustive_max else "exhaustive"
+
+    with _pycolmap_log(cfg.verbose):
+        # 2. features
+        t0 = time.perf_counter()
+        db_path = work / "database.db"
+        for p in (db_path, Path(str(db_path) + "-shm"), Path(str(db_path) + "-wal")):
+            p.unlink(missing_ok=True)
+        _extract(frames, db_path, cfg, progress)
+        timings["features"] = time.perf_counter() - t0
+
+        # 3. matching
+        t0 = time.perf_counter()
+        verified = _match(db_path, matcher, cfg, work, progress)
+        timings["matching"] = time.perf_counter() - t0
+        if verified == 0:
+            raise PrepareError(f"{input}: no two frames could be matched (no verified image pairs). The "
+                               "frames need more overlap and texture: film slower or raise --fps.")
+
+        # 4. mapping
+        t0 = time.perf_counter()
+        recs = _map(db_path, frames, work / "sparse", cfg, progress)
+        timings["mapping"] = time.perf_counter() - t0
+        if not recs:
+            raise PrepareError(f"{input}: structure from motion found no model ({verified} matched pairs "
+                               f"among {len(frames.names)} frames). Film with more overlap between frames, "
+                               "more texture, slower motion, or raise --fps.")
+        order = sorted(recs, key=lambda k: recs[k].num_reg_images(), reverse=True)
+        best_key = order[0]
+        rec = recs[best_key]
+        sizes = [recs[k].num_reg_images() for k in order]
+        if len(order) > 1:
+            warnings.append(
+                f"structure from motion found {len(order)} disconnected models ({', '.join(map(str, sizes))} "
+                f"frames); kept the largest (colmap/sparse/{best_key}). The others could not be joined: film "
+                "with more overlap, or raise --fps / --overlap.")
+        best_dir = work / "sparse" / str(best_key)
+        if not (best_dir / "images.bin").exists() and not (best_dir / "images.txt").exists():
+            best_dir.mkdir(parents=True, exist_ok=True)
+            rec.write_binary(str(best_dir))
+
+        # 5. undistortion into the scene layout
+        t0 = time.perf_counter()
+        _undistort_into(best_dir, frames.image_dir, out, progress=progress)
+        timings["undistort"] = time.perf_counter() - t0
+
+    registered = {rec.images[i].name for i in rec.reg_image_ids()}
+    cam = next(iter(rec.cameras.values()))
+    und = read_model(out / "sparse" / "0")
+    summary = PrepareSummary(
+        scene=str(out), source=frames.source, frames_total=frames.total, frames_used=len(frames.names),
+        frames_blurred=len(frames.dropped_blurred), registered=len(registered), models=sizes,
+        mean_reprojection_error=float(rec.compute_mean_reprojection_error()),
+        points=int(rec.num_points3D()), mean_track_length=float(rec.compute_mean_track_length()),
+        camera_model=cam.model.name, matcher=matcher, width=und.views[0].width, height=und.views[0].height,
+        timings={k: round(v, 3) for k, v in timings.items()}, warnings=warnings,
+        unregistered=[n for n in frames.names if n not in registered])
+    need = max(3, int(np.ceil(cfg.min_registered * len(frames.names))))
+    too_few = len(registered) < need
+    if too_few:
+        summary.warnings.append(
+            f"only {len(registered)} of {len(frames.names)} frames registered (need {need}); the best model "
+            "was kept anyway")
+    (out / "prepare.json").write_text(json.dumps(asdict(summary), indent=2))
+    if too_few:
+        raise TooFewRegisteredError(
+            f"{input}: only {len(registered)} of {len(frames.names)} frames registered (--min-registered "
+            f"{cfg.min_registered:g} asks for {need}). The best model was kept in {out}, but it covers "
+            "part of the scene only. Film with more overlap and slower motion, raise --fps, or lower "
+            "--min-registered to accept it.", summary)
+    return summary
+
+
+def prepare_main(cfg: PrepareConfig) -> int:
+    try:
+        summary = prepare_scene(cfg.input, cfg.out, cfg)
+    except TooFewRegisteredError as exc:
+        print(exc.summary.text())
+        print(f"s3dgs prepare: {exc}")
+        return 1
+    except SceneError as exc:
+        print(f"s3dgs prepare: {exc}")
+        return 1
+    print(summary.text())
+    return 0
