@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 META_NAME = "meta.json"
+PNG_INFO_KEY = "s3dgs-depth"
 
 
 class DepthFileError(ValueError):
@@ -54,11 +56,91 @@ def _atomic_write(path: Path, write_fn) -> None:
         raise
 
 
-def save_depth_png(path: str | Path, values01: np.ndarray) -> None:
-    """Write `values01` [H, W] (in [0, 1]) as a 16-bit PNG, atomically."""
-    v = np.clip(np.nan_to_num(np.asarray(values01, np.float64), nan=0.0), 0.0, 1.0)
-    arr = np.round(v * 65535.0).astype(np.uint16)
-    _atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+def save_depth_png(path: str | Path, values01: np.ndarray, *, info: dict | None = None,
+                   compress_level: int = 6) -> None:
+    """Write `values01` [H, W] (in [0, 1]) as a 16-bit PNG, atomically.
+
+    A uint16 array is written as is. `info` (JSON-able) goes into a PNG text chunk (key
+    `s3dgs-depth`), which readers of plain 16-bit PNGs (OpenCV, official 3DGS) ignore; it makes each
+    map self-describing so meta.json can be rebuilt after an interrupted run.
+    """
+    arr = np.asarray(values01)
+    if arr.dtype != np.uint16:
+        v = np.clip(np.nan_to_num(arr.astype(np.float64), nan=0.0), 0.0, 1.0)
+        arr = np.round(v * 65535.0).astype(np.uint16)
+    pnginfo = None
+    if info is not None:
+        pnginfo = PngInfo()
+        pnginfo.add_text(PNG_INFO_KEY, json.dumps(info, sort_keys=True))
+    _atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(
+        tmp, format="PNG", pnginfo=pnginfo, compress_level=compress_level))
+
+
+def encode_disparity(raw: np.ndarray, rel_eps: float = 1e-6) -> tuple[np.ndarray, float, float]:
+    """Raw prediction [H, W] -> (uint16 [H, W] = round((raw - min) / (max - min) * 65535), min, max).
+
+    Raises DepthFileError when the prediction has no finite value or is constant: a range at or
+    below `rel_eps` times its magnitude is float rounding, not signal. Tiny but real ranges (random
+    weights give ~1e-7) are kept: the normalisation is relative. NaN/inf pixels become 0.
+    """
+    v = np.asarray(raw)
+    v = v.astype(np.float32 if v.dtype.itemsize <= 4 else np.float64, copy=False)
+    finite = np.isfinite(v)
+    all_finite = bool(finite.all())
+    if not all_finite and not finite.any():
+        raise DepthFileError("prediction has no finite value")
+    lo = float(v.min() if all_finite else v[finite].min())
+    hi = float(v.max() if all_finite else v[finite].max())
+    if not hi - lo > rel_eps * max(abs(lo), abs(hi)) or hi == lo:
+        raise DepthFileError(f"prediction is constant (all values {lo:.6g}); nothing to normalise "
+                             "(broken model weights, or a blank input image?)")
+    scale = 65535.0 / (hi - lo)
+    if scale > 1e30:  # float32 would overflow
+        v = v.astype(np.float64)
+    out = (v - lo) * scale + 0.5
+    if not all_finite:
+        out = np.where(finite, out, 0.0)
+    return np.clip(out, 0, 65535).astype(np.uint16), lo, hi
+
+
+def read_depth_info(path: str | Path) -> dict | None:
+    """The `s3dgs-depth` text chunk written by `save_depth_png(info=...)`, or None."""
+    try:
+        with Image.open(path) as im:
+            text = im.info.get(PNG_INFO_KEY)
+    except Exception:
+        return None
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def check_depth_png(path: str | Path, size: tuple[int, int] | None = None) -> str | None:
+    """Why `path` is not a valid depth map, or None when it is.
+
+    Valid: readable to the end, single-channel 16-bit, `size` = (width, height) when given,
+    and not constant.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            mode, got = im.mode, im.size
+            im.load()
+            arr = np.asarray(im)
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if mode not in ("I;16", "I;16B", "I;16L", "I") or arr.ndim != 2:
+        return f"not a 16-bit single-channel PNG (mode {mode})"
+    if size is not None and tuple(got) != tuple(size):
+        return f"size {got[0]}x{got[1]} differs from the image's {size[0]}x{size[1]}"
+    if arr.size == 0 or arr.min() == arr.max():
+        return "constant map"
+    return None
 
 
 def load_depth_png(path: str | Path) -> np.ndarray:
