@@ -1,0 +1,661 @@
+"""`s3dgs run` (video or frames -> trained, evaluated model with a report) and `s3dgs demo`.
+
+`s3dgs run INPUT OUT` chains the rooms, each stage one call of the room's own function:
+
+    prepare  INPUT -> OUT/scene (frames, pycolmap SfM, undistortion)     s3dgs.scene.prepare
+    depth    OUT/scene/images -> OUT/scene/depths (Depth Anything V2)     s3dgs.depth.generate
+    heatmaps --keypoints DIR -> OUT/scene/heatmaps, confidence.json       s3dgs.scene.heatmaps
+    train    OUT/scene -> OUT/run                                         s3dgs.train
+    eval     OUT/run -> OUT/run/metrics.json                              s3dgs.evaluate
+    export   OUT/run/point_cloud.ply -> OUT/run/classes/<C>.ply           s3dgs.export
+    report   OUT/run -> OUT/run/report.html                               s3dgs.report
+
+Resuming: when a stage finishes, a stamp OUT/stages/<stage>.json is written atomically, holding the
+stage's key (the options it depends on) and its key outputs. A rerun skips a stage whose stamp is
+there, whose key is unchanged and whose outputs still exist; any other stage is redone (a stage
+interrupted half-way has no stamp), and every stage after a redone one is redone too. Training
+interrupted half-way continues from its last checkpoint when its options are unchanged.
+
+`s3dgs demo` makes the built-in synthetic plant and runs the same chain on its rendered frames, so
+structure from motion runs for real; the synthetic scene's keypoint files stand in for a keypoint
+detector, and its simulated depth maps stand in for Depth Anything V2 (labelled as such everywhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import tyro
+
+__all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "run_main", "demo_main",
+           "PipelineError"]
+
+log = logging.getLogger("s3dgs")
+
+STAGES = ("prepare", "depth", "heatmaps", "train", "eval", "export", "report")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run; the message names the file and the fix."""
+
+
+# -----------------------------------------------------------------------------------------------
+# configuration
+# -----------------------------------------------------------------------------------------------
+
+@dataclass
+class RunConfig:
+    """Video or frames -> scene -> depth priors -> heatmaps -> training -> evaluation -> export ->
+    report, each stage skipped on a rerun when its outputs are already there."""
+
+    input: tyro.conf.Positional[Path]
+    """A video file (mp4, mov, ...) or a folder of frames (jpg/png)."""
+    out: tyro.conf.Positional[Path]
+    """Output folder: OUT/scene (the prepared scene), OUT/run (the trained model, metrics, report),
+    OUT/stages (one stamp per finished stage)."""
+    keypoints: Optional[Path] = None
+    """Folder of Roboflow-style keypoint JSON files, one <stem>.json per frame (named like the
+    frames in OUT/scene/images); gives the semantic heatmaps. Without it, no semantics are trained."""
+    depth_backend: Literal["auto", "transformers", "gradio", "none"] = "auto"
+    """Depth Anything V2 priors. auto: the transformers model when it is on this machine (a local
+    folder or the Hugging Face cache), else train without depth; transformers / gradio: that backend
+    (may download the model / call the public Space); none: train without depth priors."""
+    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    """transformers model: hub id or local folder."""
+    depth_dir: Optional[Path] = None
+    """Use these depth maps (<stem>.png and meta.json, made elsewhere) instead of generating them."""
+    fps: float = 2.0
+    """Frames per second sampled from a video."""
+    max_size: int = 1600
+    """Frames are scaled down to at most this many pixels on their long side."""
+    min_registered: float = 0.5
+    """Fraction of frames structure from motion must register."""
+    iterations: int = 7000
+    """Training iterations."""
+    warmup_iterations: Optional[int] = None
+    """Iterations before the semantic term starts (default: 4/7 of the iterations, as 4000 of 7000)."""
+    resolution_scale: float = 1.0
+    """Train at this fraction of the prepared frames' resolution (e.g. 0.5)."""
+    lambda_depth: float = 0.1
+    """Weight of the depth-prior term."""
+    lambda_sem: float = 0.2
+    """Weight of the semantic term."""
+    test_every: int = 8
+    """Hold out every n-th frame for evaluation (and the report's renders)."""
+    sh_degree: int = 3
+    """Maximum spherical-harmonics degree."""
+    ckpt_every: int = 500
+    """Checkpoint period; an interrupted training resumes from the last one."""
+    device: str = "auto"
+    """Training device: auto (CUDA when available), cpu, cuda."""
+    export_threshold: float = 0.5
+    """Class probability a Gaussian needs to go into its class's point cloud."""
+    export_min_opacity: float = 0.1
+    """Opacity a Gaussian needs to be exported."""
+    redo: tuple[str, ...] = ()
+    """Stages to redo even when finished (prepare, depth, heatmaps, train, eval, export, report);
+    the stages after them are redone too."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+@dataclass
+class DemoConfig:
+    """The whole chain on the built-in synthetic plant; prints where the report is."""
+
+    out: Path = Path("demo_out")
+    """Output folder: OUT/synthetic (the synthetic plant with ground truth), OUT/scene, OUT/run."""
+    preset: str = "default"
+    """Synthetic scene preset (default, or tiny for a quick check)."""
+    seed: int = 0
+    """Seed of the synthetic plant."""
+    iterations: int = 1500
+    """Training iterations (about 8-10 minutes on two CPU cores at the default scale)."""
+    warmup_iterations: Optional[int] = None
+    """Iterations before the semantic term starts (default: 4/7 of the iterations)."""
+    resolution_scale: float = 0.5
+    """Train at this fraction of the frames' resolution."""
+    sh_degree: int = 1
+    """Maximum spherical-harmonics degree (low for a short run)."""
+    test_every: int = 8
+    """Hold out every n-th frame for evaluation."""
+    ckpt_every: int = 250
+    """Checkpoint period."""
+    device: str = "auto"
+    """Training device."""
+    redo: tuple[str, ...] = ()
+    """Stages to redo even when finished."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+# -----------------------------------------------------------------------------------------------
+# resumable stages
+# -----------------------------------------------------------------------------------------------
+
+@dataclass
+class Stage:
+    """One step of the chain.
+
+    `run()` does the work and returns a small JSON-able dict for the stamp (or None). `outputs`
+    are the key files/folders the stage leaves; they must exist (folders non-empty) for a finished
+    stage to count as valid. `key` holds the options the result depends on: a changed key redoes
+    the stage. `skip_reason()`, when given and returning a string, skips the stage without a stamp
+    (e.g. no keypoints given), so a later run with what was missing does it."""
+
+    name: str
+    run: Callable[[], Optional[dict]]
+    outputs: Callable[[], list[Path]] = lambda: []
+    key: dict = field(default_factory=dict)
+    skip_reason: Optional[Callable[[], Optional[str]]] = None
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return repr(o)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _normalise_key(key: dict) -> dict:
+    return json.loads(json.dumps(key, default=_json_default, sort_keys=True))
+
+
+def _output_ok(p: Path) -> bool:
+    if p.is_dir():
+        return any(p.iterdir())
+    return p.is_file() and p.stat().st_size > 0
+
+
+def stage_status(stage: Stage, stamp_dir: Path) -> tuple[bool, str]:
+    """(finished and valid, why not)."""
+    stamp = stamp_dir / f"{stage.name}.json"
+    if not stamp.is_file():
+        return False, "not finished"
+    try:
+        data = json.loads(stamp.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False, "stamp unreadable"
+    if data.get("key") != _normalise_key(stage.key):
+        return False, "options changed"
+    missing = [str(p) for p in stage.outputs() if not _output_ok(Path(p))]
+    if missing:
+        return False, f"output missing: {missing[0]}"
+    return True, "done"
+
+
+def run_stages(stages: list[Stage], stamp_dir: str | Path, *, redo: tuple[str, ...] = (),
+               say: Callable[[str], None] = print, records: Optional[list] = None) -> list[dict]:
+    """Run `stages` in order, skipping the finished ones; returns one record per stage
+    ({"stage", "status": "done"|"skipped"|"ran"|"not run", "seconds", "note"}).
+
+    A stage is redone when it has no valid stamp, when it is named in `redo`, or when a stage
+    before it was redone. Stamps are written atomically after a stage returns; the stamps of the
+    stages after a redone stage are removed before it runs, so an interruption leaves no stale ones.
+    Exceptions from a stage propagate (its stamp is not written). Records are appended to
+    `records` (when given) as each stage ends."""
+    stamp_dir = Path(stamp_dir)
+    stamp_dir.mkdir(parents=True, exist_ok=True)
+    if records is None:
+        records = []
+    dirty = False
+    unknown = set(redo) - {s.name for s in stages}
+    if unknown:
+        raise PipelineError(f"--redo {', '.join(sorted(unknown))}: no such stage; stages are "
+                            f"{', '.join(s.name for s in stages)}")
+    for i, stage in enumerate(stages):
+        ok, why = stage_status(stage, stamp_dir)
+        if stage.name in redo:
+            ok, why = False, "asked to redo"
+        elif dirty and ok:
+            ok, why = False, "an earlier stage was redone"
+        if ok:
+            prev = json.loads((stamp_dir / f"{stage.name}.json").read_text())
+            say(f"[{stage.name}] already done ({prev.get('seconds', 0):.1f} s when it ran); skipped")
+            records.append({"stage": stage.name, "status": "done", "seconds": 0.0,
+                            "note": prev.get("note", "")})
+            continue
+        if stage.skip_reason is not None:
+            reason = stage.skip_reason()
+            if reason:
+                say(f"[{stage.name}] skipped: {reason}")
+                (stamp_dir / f"{stage.name}.json").unlink(missing_ok=True)
+                records.append({"stage": stage.name, "status": "skipped", "seconds": 0.0, "note": reason})
+                continue
+        for later in stages[i:]:
+            (stamp_dir / f"{later.name}.json").unlink(missing_ok=True)
+        dirty = True
+        say(f"[{stage.name}] running ({why})")
+        t0 = time.perf_counter()
+        info = stage.run() or {}
+        seconds = time.perf_counter() - t0
+        note = str(info.pop("note", "")) if isinstance(info, dict) else ""
+        stamp = {"stage": stage.name, "key": _normalise_key(stage.key), "seconds": round(seconds, 3),
+                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "note": note,
+                 "outputs": [str(p) for p in stage.outputs()], "info": info}
+        _atomic_write_text(stamp_dir / f"{stage.name}.json",
+                           json.dumps(stamp, indent=2, default=_json_default))
+        say(f"[{stage.name}] finished in {_fmt_s(seconds)}" + (f": {note}" if note else ""))
+        records.append({"stage": stage.name, "status": "ran", "seconds": seconds, "note": note})
+    return records
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.1f} s" if s < 90 else f"{int(s // 60)} min {s % 60:02.0f} s"
+
+
+# -----------------------------------------------------------------------------------------------
+# stage implementations (module-level so tests can replace them)
+# -----------------------------------------------------------------------------------------------
+
+def _scene_images(scene: Path) -> list[Path]:
+    d = scene / "images"
+    return sorted(p for p in d.iterdir() if p.suffix in IMAGE_EXTS) if d.is_dir() else []
+
+
+def do_prepare(cfg: RunConfig, scene: Path) -> dict:
+    from s3dgs.scene.prepare import prepare_scene
+
+    summary = prepare_scene(cfg.input, scene, fps=cfg.fps, max_size=cfg.max_size,
+                            min_registered=cfg.min_registered, overwrite=True, quiet=not cfg.progress)
+    print(summary.text())
+    return {"note": f"{summary.registered}/{summary.frames_used} frames registered, "
+                    f"{summary.mean_reprojection_error:.2f} px reprojection error",
+            "registered": summary.registered, "frames": summary.frames_used}
+
+
+def depth_plan(cfg: RunConfig) -> tuple[Optional[str], str]:
+    """(backend to use or None, a sentence saying why)."""
+    if cfg.depth_dir is not None:
+        return "copy", f"depth maps from {cfg.depth_dir}"
+    if cfg.depth_backend == "none":
+        return None, "--depth-backend none: training without depth priors"
+    if cfg.depth_backend in ("transformers", "gradio"):
+        return cfg.depth_backend, f"Depth Anything V2 through {cfg.depth_backend}"
+    try:
+        from s3dgs.depth.backends import model_availability
+    except ImportError as exc:  # pragma: no cover - the depth room is part of the package
+        return None, f"no depth backend ({exc}); training without depth priors"
+    ok, why = model_availability(cfg.depth_model)
+    if ok and "download" not in why:
+        return "transformers", f"Depth Anything V2 ({cfg.depth_model}, {why})"
+    return None, (f"no depth backend available here (Depth Anything V2 model {cfg.depth_model!r}: "
+                  f"{why if not ok else 'not on this machine'}); training without depth priors. "
+                  "Get the model once with `hf download depth-anything/Depth-Anything-V2-Small-hf`, or "
+                  "pass --depth-backend gradio to use the public Space")
+
+
+def do_depth(cfg: RunConfig, scene: Path, backend: str) -> dict:
+    out = scene / "depths"
+    if backend == "copy":
+        return copy_depths(cfg.depth_dir, scene)
+    from s3dgs.depth.generate import generate_depth
+
+    summary = generate_depth(scene / "images", out, backend=backend, model=cfg.depth_model,
+                             progress=cfg.progress)
+    if not summary.ok:
+        raise PipelineError(f"depth: {len(summary.failed)} image(s) failed "
+                            f"({', '.join(list(summary.failed)[:3])}); rerun to retry them, or pass "
+                            "--depth-backend none")
+    return {"note": f"{summary.generated} generated, {summary.skipped} kept ({summary.backend})"}
+
+
+def copy_depths(src: Path, scene: Path) -> dict:
+    """Copy <stem>.png maps for the scene's frames (and meta.json) into scene/depths."""
+    src = Path(src)
+    if not src.is_dir():
+        raise PipelineError(f"{src}: depth folder does not exist")
+    out = scene / "depths"
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for img in _scene_images(scene):
+        p = src / f"{img.stem}.png"
+        if p.is_file():
+            shutil.copy2(p, out / p.name)
+            n += 1
+    if n == 0:
+        raise PipelineError(f"{src}: no <stem>.png depth map matches the frames in {scene / 'images'}")
+    meta = {}
+    if (src / "meta.json").is_file():
+        meta = json.loads((src / "meta.json").read_text())
+    meta.setdefault("kind", "disparity")
+    meta["copied_from"] = str(src)
+    _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, default=_json_default))
+    label = "SIMULATED Depth Anything V2 stand-in" if meta.get("simulated") else "copied depth maps"
+    return {"note": f"{n} maps ({label})", "simulated": bool(meta.get("simulated"))}
+
+
+def rescale_keypoints(src: Path, scene: Path) -> Path:
+    """Copy the keypoint files of the scene's frames into scene/keypoints, with coordinates scaled
+    to the scene's frame size when the file's "image" size differs (frames scaled down by prepare).
+    Returns scene/keypoints."""
+    from PIL import Image
+
+    src = Path(src)
+    if not src.is_dir():
+        raise PipelineError(f"{src}: keypoint folder does not exist (expected one <stem>.json per frame)")
+    out = scene / "keypoints"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    n = 0
+    for img in _scene_images(scene):
+        f = src / f"{img.stem}.json"
+        if not f.is_file():
+            continue
+        data = json.loads(f.read_text())
+        with Image.open(img) as im:
+            w, h = im.size
+        if isinstance(data, dict) and isinstance(data.get("image"), dict) and \
+                "width" in data["image"] and "height" in data["image"]:
+            sx, sy = w / float(data["image"]["width"]), h / float(data["image"]["height"])
+            if abs(sx - 1) > 1e-9 or abs(sy - 1) > 1e-9:
+                for p in data.get("predictions", []):
+                    for k, s in (("x", sx), ("y", sy), ("width", sx), ("height", sy)):
+                        if k in p:
+                            p[k] = float(p[k]) * s
+                    for kp in p.get("keypoints", []):
+                        kp["x"], kp["y"] = float(kp["x"]) * sx, float(kp["y"]) * sy
+        if isinstance(data, dict):
+            data["image"] = {"width": w, "height": h}
+        (out / f.name).write_text(json.dumps(data))
+        n += 1
+    if n == 0:
+        raise PipelineError(f"{src}: no <stem>.json matches the frames in {scene / 'images'} (keypoint "
+                            "files must be named like the frames)")
+    return out
+
+
+def do_heatmaps(cfg: RunConfig, scene: Path) -> dict:
+    from s3dgs.scene.heatmaps import make_heatmaps
+
+    kp = rescale_keypoints(cfg.keypoints, scene)
+    conf = make_heatmaps(kp, scene, progress=cfg.progress)
+    return {"note": f"{len(conf)} heatmaps"}
+
+
+def _train_config(cfg: RunConfig, scene: Path, run: Path, use_depth: bool):
+    from s3dgs.train import TrainConfig
+
+    warm = cfg.warmup_iterations
+    if warm is None:
+        warm = int(round(cfg.iterations * 4 / 7))
+    return TrainConfig(scene=scene, out=run, num_iterations=cfg.iterations, warmup_iterations=warm,
+                       resolution_scale=cfg.resolution_scale, lambda_depth=cfg.lambda_depth,
+                       lambda_sem=cfg.lambda_sem, test_every=cfg.test_every, sh_degree=cfg.sh_degree,
+                       sh_degree_interval=max(1, min(1000, cfg.iterations // (cfg.sh_degree + 1))),
+                       ckpt_every=cfg.ckpt_every, device=cfg.device, no_depth=not use_depth,
+                       progress=cfg.progress, log_every=max(10, min(100, cfg.iterations // 50)))
+
+
+TRAIN_OUTPUTS = ("config.json", "log.txt", "metrics.jsonl", "ckpts", "point_cloud.ply",
+                 "train_summary.json", "renders")
+
+
+def do_train(cfg: RunConfig, scene: Path, run: Path, use_depth: bool, stamp_dir: Path) -> dict:
+    from s3dgs.train import latest_checkpoint, run_training
+
+    tcfg = _train_config(cfg, scene, run, use_depth)
+    key = _normalise_key(dataclasses.asdict(tcfg))
+    started = stamp_dir / "train.started.json"
+    same = started.is_file() and json.loads(started.read_text()).get("key") == key
+    if same and latest_checkpoint(run) is not None:
+        print(f"[train] continuing the interrupted training from {latest_checkpoint(run).name}")
+        tcfg.resume = True
+    else:
+        for name in TRAIN_OUTPUTS:
+            p = run / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        _atomic_write_text(started, json.dumps({"key": key}, default=_json_default))
+    summary = run_training(tcfg)
+    return {"note": f"{summary['iterations']} iterations, {summary['gaussians']} Gaussians, "
+                    f"{summary['train_time_s']:.0f} s",
+            "gaussians": summary["gaussians"], "train_time_s": summary["train_time_s"]}
+
+
+def evaluate_available() -> Optional[Callable]:
+    try:
+        from s3dgs.evaluate import evaluate_run
+    except ImportError:
+        return None
+    return evaluate_run
+
+
+def do_eval(cfg: RunConfig, scene: Path, run: Path) -> dict:
+    fn = evaluate_available()
+    res = fn(run, scene)
+    keys = [k for k, v in (res or {}).items() if isinstance(v, dict)]
+    return {"note": "metrics: " + ", ".join(keys) if keys else "metrics written"}
+
+
+def do_export(cfg: RunConfig, run: Path) -> dict:
+    from s3dgs.export import export_classes
+
+    activation = "sigmoid"
+    if (run / "config.json").is_file():
+        activation = json.loads((run / "config.json").read_text()).get("semantic_activation", "sigmoid")
+    counts = export_classes(run / "point_cloud.ply", run / "classes", threshold=cfg.export_threshold,
+                            min_opacity=cfg.export_min_opacity, activation=activation)
+    return {"note": ", ".join(f"{c} {n}" for c, n in counts.items()) + " points", "counts": counts}
+
+
+def do_report(run: Path, scene: Path) -> dict:
+    from s3dgs.report import write_report
+
+    path = write_report(run, scene)
+    return {"note": str(path)}
+
+
+# -----------------------------------------------------------------------------------------------
+# the chain
+# -----------------------------------------------------------------------------------------------
+
+def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
+    """The stages of `s3dgs run` for `cfg`, and a dict shared with them (scene, run, stamps)."""
+    out = Path(cfg.out)
+    scene, run, stamps = out / "scene", out / "run", out / "stages"
+    ctx = {"scene": scene, "run": run, "stamps": stamps, "depth_used": False}
+    backend, depth_why = depth_plan(cfg)
+    ctx["depth_why"] = depth_why
+    inp = Path(cfg.input)
+
+    def input_key():
+        try:
+            st = inp.stat()
+            return {"path": str(inp.resolve()), "mtime": int(st.st_mtime), "size": st.st_size}
+        except OSError:
+            return {"path": str(inp)}
+
+    prepare = Stage("prepare", lambda: do_prepare(cfg, scene),
+                    lambda: [scene / "images", scene / "sparse" / "0", scene / "prepare.json"],
+                    {"input": input_key(), "fps": cfg.fps, "max_size": cfg.max_size,
+                     "min_registered": cfg.min_registered})
+
+    def depth_run():
+        info = do_depth(cfg, scene, backend)
+        return info
+
+    depth_stage = Stage("depth", depth_run, lambda: [scene / "depths" / "meta.json"],
+                        {"backend": backend, "model": cfg.depth_model,
+                         "depth_dir": str(cfg.depth_dir) if cfg.depth_dir else None},
+                        skip_reason=lambda: None if backend else depth_why)
+    heat = Stage("heatmaps", lambda: do_heatmaps(cfg, scene),
+                 lambda: [scene / "heatmaps", scene / "confidence.json"],
+                 {"keypoints": str(cfg.keypoints) if cfg.keypoints else None},
+                 skip_reason=lambda: None if cfg.keypoints else
+                 "no --keypoints given: training without semantic heatmaps")
+    use_depth = backend is not None
+    train = Stage("train", lambda: do_train(cfg, scene, run, use_depth, stamps),
+                  lambda: [run / "point_cloud.ply", run / "train_summary.json", run / "metrics.jsonl"],
+                  {"train": dataclasses.asdict(_train_config(cfg, scene, run, use_depth)),
+                   "keypoints": bool(cfg.keypoints)})
+    ev = Stage("eval", lambda: do_eval(cfg, scene, run), lambda: [run / "metrics.json"], {},
+               skip_reason=lambda: None if evaluate_available() else
+               "s3dgs.evaluate is not available in this installation; no metrics.json")
+    export = Stage("export", lambda: do_export(cfg, run), lambda: [run / "classes" / "counts.json"],
+                   {"threshold": cfg.export_threshold, "min_opacity": cfg.export_min_opacity})
+    report = Stage("report", lambda: do_report(run, scene), lambda: [run / "report.html"], {})
+    return [prepare, depth_stage, heat, train, ev, export, report], ctx
+
+
+def _print_summary(records: list[dict], total: float, say=print) -> None:
+    say("")
+    say("stage       status      time      note")
+    for r in records:
+        t = _fmt_s(r["seconds"]) if r["status"] == "ran" else "-"
+        say(f"{r['stage']:<11} {r['status']:<11} {t:<9} {r['note']}")
+    say(f"total       {_fmt_s(total)}")
+
+
+def run_pipeline(cfg: RunConfig, say: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the whole chain for `cfg`. Returns {"scene", "run", "report", "stages"}.
+
+    Raises the rooms' errors (PrepareError, SceneError, TrainingError, ...) and PipelineError."""
+    t0 = time.perf_counter()
+    stages, ctx = build_stages(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"s3dgs run: {cfg.input} -> {out}")
+    say(f"depth priors: {ctx['depth_why']}")
+    records: list[dict] = []
+
+    # the report shows the stage times: the record of the stages before it goes into RUN first
+    report_stage = stages[-1]
+    report_run = report_stage.run
+
+    def report_with_record():
+        _write_pipeline_record(ctx["run"], records, time.perf_counter() - t0, ctx)
+        return report_run()
+
+    report_stage.run = report_with_record
+    run_stages(stages, ctx["stamps"], redo=tuple(cfg.redo), say=say, records=records)
+    total = time.perf_counter() - t0
+    _print_summary(records, total, say)
+    if ctx["run"].is_dir():
+        _write_pipeline_record(ctx["run"], records, total, ctx)
+    report = ctx["run"] / "report.html"
+    return {"scene": ctx["scene"], "run": ctx["run"], "report": report if report.is_file() else None,
+            "stages": records}
+
+
+def _write_pipeline_record(run: Path, records: list[dict], total: float, ctx: dict) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    data = {"stages": records, "total_s": round(total, 3), "depth": ctx.get("depth_why", "")}
+    _atomic_write_text(run / "pipeline.json", json.dumps(data, indent=2, default=_json_default))
+
+
+def _error_types() -> tuple:
+    errs: list[type] = [PipelineError]
+    try:
+        from s3dgs.scene.colmap import SceneError
+
+        errs.append(SceneError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from s3dgs.train import TrainingError
+
+        errs.append(TrainingError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from s3dgs.depth.backends import DepthBackendError
+        from s3dgs.depth.generate import DepthError
+
+        errs += [DepthBackendError, DepthError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def run_main(cfg: RunConfig) -> int:
+    """CLI: `s3dgs run INPUT OUT`."""
+    try:
+        res = run_pipeline(cfg)
+    except _error_types() as exc:
+        print(f"s3dgs run: {exc}")
+        print(f"(the finished stages are kept; rerun the same command to continue)")
+        return 1
+    except KeyboardInterrupt:
+        print("\ns3dgs run: interrupted; rerun the same command to continue where it stopped")
+        return 130
+    if res["report"]:
+        print(f"\nreport: {res['report'].resolve()}")
+    return 0
+
+
+# -----------------------------------------------------------------------------------------------
+# demo
+# -----------------------------------------------------------------------------------------------
+
+def make_demo_scene(cfg: DemoConfig, say=print) -> Path:
+    """The synthetic plant in OUT/synthetic (made once; reused when complete)."""
+    synth = Path(cfg.out) / "synthetic"
+    stamp = Path(cfg.out) / "stages" / "synthetic.json"
+    key = {"preset": cfg.preset, "seed": cfg.seed}
+    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and \
+            _output_ok(synth / "images") and _output_ok(synth / "keypoints") and \
+            (synth / "depths" / "meta.json").is_file():
+        say(f"[synthetic] already made in {synth}; skipped")
+        return synth
+    from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
+
+    say(f"[synthetic] rendering the synthetic plant ({cfg.preset} preset) into {synth}")
+    t0 = time.perf_counter()
+    if synth.exists():
+        shutil.rmtree(synth)
+    make_synthetic_scene(SynthConfig(out=synth, preset=cfg.preset, seed=cfg.seed))
+    dt = time.perf_counter() - t0
+    _atomic_write_text(stamp, json.dumps({"key": key, "seconds": round(dt, 3)}))
+    say(f"[synthetic] finished in {_fmt_s(dt)}")
+    return synth
+
+
+def demo_run_config(cfg: DemoConfig, synth: Path) -> RunConfig:
+    return RunConfig(input=synth / "images", out=Path(cfg.out), keypoints=synth / "keypoints",
+                     depth_dir=synth / "depths", depth_backend="none", iterations=cfg.iterations,
+                     warmup_iterations=cfg.warmup_iterations, resolution_scale=cfg.resolution_scale,
+                     sh_degree=cfg.sh_degree, test_every=cfg.test_every, ckpt_every=cfg.ckpt_every,
+                     device=cfg.device, redo=cfg.redo, progress=cfg.progress, min_registered=0.5)
+
+
+def demo_main(cfg: DemoConfig) -> int:
+    """CLI: `s3dgs demo` (`make demo`)."""
+    t0 = time.perf_counter()
+    try:
+        synth = make_demo_scene(cfg)
+        print("note: the depth priors are a SIMULATED Depth Anything V2 stand-in made from the synthetic "
+              "scene's true depth; the keypoint files stand in for a keypoint detector.")
+        res = run_pipeline(demo_run_config(cfg, synth))
+    except _error_types() as exc:
+        print(f"s3dgs demo: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        print("\ns3dgs demo: interrupted; rerun to continue where it stopped")
+        return 130
+    print(f"\ndemo finished in {_fmt_s(time.perf_counter() - t0)}")
+    if res["report"] is None:
+        print("s3dgs demo: no report was written")
+        return 1
+    print(f"report: {Path(res['report']).resolve()}")
+    return 0

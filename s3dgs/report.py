@@ -1,0 +1,453 @@
+"""RUN/report.html: one self-contained page about a run (`write_report(run_dir, scene_dir)`).
+
+Everything is embedded (images as base64 PNG, styles inline); the page loads nothing from
+elsewhere and needs no JavaScript. Sections, each shown when its inputs exist in the run folder:
+
+- summary: train_summary.json, the stage times of `s3dgs run` (pipeline.json), how the depth priors
+  were made (scene/depths/meta.json; a simulated prior is labelled as such);
+- training curves from metrics.jsonl (losses, PSNR, Gaussians, speed);
+- held-out views: photo | render | rendered depth | rendered semantics (renders/<stem>_*.png), with
+  the depth prior and the semantic heatmaps of the frame when the scene has them;
+- per-class point clouds (classes/<C>.ply) as scatter plots from two viewpoints;
+- the metrics table (metrics.json, any groups and keys);
+- the run's configuration (config.json).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["write_report", "build_report_html"]
+
+CLASS_COLOURS = {"U": "#e6194b", "N": "#ffe119", "D": "#4363d8", "P": "#3cb44b"}
+MAX_VIEWS = 4
+MAX_POINTS = 20000
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f6f7f4;color:#1d2a1d}
+header{background:#2f5d34;color:#fff;padding:18px 28px}
+header h1{margin:0;font-size:1.5em} header p{margin:4px 0 0;opacity:.85}
+main{padding:8px 28px 40px;max-width:1400px}
+section{background:#fff;border-radius:8px;padding:12px 18px;margin:18px 0;box-shadow:0 1px 3px rgba(0,0,0,.12)}
+h2{font-size:1.2em;margin:6px 0 12px;color:#2f5d34}
+table{border-collapse:collapse;font-size:.92em;margin:6px 0}
+td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top}
+th{background:#eef3ec} td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{display:inline-block;margin:4px 8px 10px 0;vertical-align:top}
+figure img{max-width:100%;height:auto;border:1px solid #ccc;display:block}
+figcaption{font-size:.85em;color:#555;margin-top:2px}
+.row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
+.row figure{flex:1 1 220px;max-width:340px}
+.note{background:#fff6d6;border-left:4px solid #e0b000;padding:6px 10px;margin:8px 0}
+.muted{color:#777} pre{background:#f3f3f3;padding:8px;overflow:auto;font-size:.85em}
+"""
+
+
+# -----------------------------------------------------------------------------------------------
+# helpers
+# -----------------------------------------------------------------------------------------------
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _png_b64(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _img_tag(data: bytes, alt: str) -> str:
+    return f'<img src="{_png_b64(data)}" alt="{_esc(alt)}">'
+
+
+def _file_png(path: Path, max_side: int = 640) -> Optional[bytes]:
+    """A PNG of the image file, scaled down to `max_side`, or None when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if max(im.size) > max_side:
+                s = max_side / max(im.size)
+                im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))),
+                               Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", optimize=True)
+            return buf.getvalue()
+    except Exception:
+        return None
+
+
+def _array_png(arr: np.ndarray, max_side: int = 640) -> bytes:
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    if max(im.size) > max_side:
+        s = max_side / max(im.size)
+        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _fig_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
+            return f"{v:.3e}"
+        return f"{v:.4g}" if abs(v) < 100 else f"{v:,.1f}"
+    if isinstance(v, (list, tuple)):
+        if len(v) <= 8 and all(isinstance(x, (int, float, str, bool)) or x is None for x in v):
+            return "[" + ", ".join(_fmt(x) for x in v) + "]"
+        return f"[{len(v)} values]"
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for k, v in d.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            rows += _flatten(v, name)
+        else:
+            rows.append((name, v))
+    return rows
+
+
+def _kv_table(rows: list[tuple[str, object]]) -> str:
+    out = ["<table>"]
+    for k, v in rows:
+        cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+        out.append(f"<tr><td>{_esc(k)}</td><td{cls}>{_esc(_fmt(v))}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _section(title: str, body: str, anchor: str) -> str:
+    return f'<section id="{anchor}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+# -----------------------------------------------------------------------------------------------
+# sections
+# -----------------------------------------------------------------------------------------------
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        for line in Path(path).read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption
+            if isinstance(r, dict) and "iter" in r:
+                rows.append(r)
+    except OSError:
+        pass
+    # a resumed run appends: keep the last entry per iteration, in order
+    by_iter = {}
+    for r in rows:
+        by_iter[r["iter"]] = r
+    return [by_iter[k] for k in sorted(by_iter)]
+
+
+def _curves_section(run: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = _read_jsonl(run / "metrics.jsonl")
+    if not rows:
+        return _section("Training curves", '<p class="muted">No metrics.jsonl in this run.</p>', "curves")
+
+    def series(key):
+        xs, ys = [], []
+        for r in rows:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                xs.append(r["iter"])
+                ys.append(v)
+        return xs, ys
+
+    panels = [("Loss", [("loss", "total"), ("rgb", "RGB"), ("depth", "depth"), ("sem", "semantic")], True),
+              ("PSNR (training views, dB)", [("psnr", "PSNR")], False),
+              ("Gaussians", [("gaussians", "Gaussians")], False),
+              ("Speed (it/s)", [("it_per_s", "it/s")], False)]
+    panels = [p for p in panels if any(series(k)[0] for k, _ in p[1])]
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
+    for ax, (title, keys, logy) in zip(axes[0], panels):
+        for k, label in keys:
+            xs, ys = series(k)
+            if xs:
+                ax.plot(xs, ys, label=label, lw=1.5)
+        if logy and all(y > 0 for k, _ in keys for y in series(k)[1]):
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    body = f"<figure>{_img_tag(_fig_png(fig), 'training curves')}" \
+           f"<figcaption>{len(rows)} log points from metrics.jsonl</figcaption></figure>"
+    return _section("Training curves", body, "curves")
+
+
+def _colour_depth_prior(path: Path) -> Optional[np.ndarray]:
+    try:
+        from matplotlib import colormaps
+        from PIL import Image
+
+        with Image.open(path) as im:
+            a = np.asarray(im).astype(np.float32)
+        if a.ndim == 3:
+            a = a[..., 0]
+        lo, hi = float(a.min()), float(a.max())
+        v = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        return (colormaps["turbo"](v)[..., :3] * 255).astype(np.uint8)
+    except Exception:
+        return None
+
+
+def _colour_heatmap(path: Path, classes) -> Optional[np.ndarray]:
+    try:
+        from matplotlib.colors import to_rgb
+
+        h = np.load(path).astype(np.float32)
+        if h.ndim != 3:
+            return None
+        out = np.zeros(h.shape[:2] + (3,), np.float32)
+        for k in range(h.shape[2]):
+            c = np.array(to_rgb(CLASS_COLOURS.get(classes[k] if k < len(classes) else "", "#ffffff")))
+            out = np.maximum(out, h[..., k:k + 1] * c)
+        return (np.clip(out, 0, 1) * 255).astype(np.uint8)
+    except Exception:
+        return None
+
+
+def _views_section(run: Path, scene: Optional[Path], classes) -> str:
+    rdir = run / "renders"
+    stems = sorted(p.name[: -len("_rgb.png")] for p in rdir.glob("*_rgb.png")) if rdir.is_dir() else []
+    if not stems:
+        return _section("Held-out views", '<p class="muted">No renders in this run (renders/*_rgb.png).</p>',
+                        "views")
+    parts = [f"<p>{len(stems)} held-out view(s), never trained on"
+             + (f"; the first {MAX_VIEWS} are shown" if len(stems) > MAX_VIEWS else "") + ".</p>"]
+    for stem in stems[:MAX_VIEWS]:
+        figs = []
+        for suffix, caption in (("gt", "photo"), ("rgb", "render"), ("depth", "rendered depth"),
+                                ("sem", "rendered semantics")):
+            data = _file_png(rdir / f"{stem}_{suffix}.png")
+            if data:
+                figs.append(f"<figure>{_img_tag(data, f'{stem} {caption}')}<figcaption>{_esc(caption)}"
+                            "</figcaption></figure>")
+        if scene is not None:
+            prior = _colour_depth_prior(scene / "depths" / f"{stem}.png")
+            if prior is not None:
+                figs.append(f"<figure>{_img_tag(_array_png(prior), f'{stem} depth prior')}"
+                            "<figcaption>depth prior (disparity, near = warm)</figcaption></figure>")
+            heat = _colour_heatmap(scene / "heatmaps" / f"{stem}.npy", classes)
+            if heat is not None:
+                figs.append(f"<figure>{_img_tag(_array_png(heat), f'{stem} heatmaps')}"
+                            "<figcaption>semantic heatmaps (target)</figcaption></figure>")
+        parts.append(f"<h3>{_esc(stem)}</h3><div class=\"row\">{''.join(figs)}</div>")
+    legend = " ".join(f'<span style="color:{c}">&#9632;</span> {_esc(k)}' for k, c in CLASS_COLOURS.items())
+    parts.append(f"<p class=\"muted\">Heatmap colours: {legend}</p>")
+    return _section("Held-out views", "\n".join(parts), "views")
+
+
+def _clouds_section(run: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from s3dgs.scene.ply import read_points_ply
+
+    cdir = run / "classes"
+    plys = sorted(cdir.glob("*.ply")) if cdir.is_dir() else []
+    clouds = {}
+    for p in plys:
+        try:
+            xyz, rgb = read_points_ply(p)
+        except Exception:
+            continue
+        clouds[p.stem] = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    if not clouds:
+        return _section("Per-class point clouds",
+                        '<p class="muted">No per-class point clouds (classes/*.ply).</p>', "clouds")
+    counts = {c: len(x) for c, x in clouds.items()}
+    allpts = np.concatenate([x for x in clouds.values() if len(x)] or [np.zeros((1, 3))])
+    centre = np.median(allpts, axis=0)
+    span = np.percentile(np.abs(allpts - centre), 98, axis=0).max() if len(allpts) > 1 else 1.0
+    span = float(span) if span > 0 else 1.0
+    rng = np.random.default_rng(0)
+    fig = plt.figure(figsize=(11, 5))
+    views = ((15, -60, "view 1"), (60, 30, "view 2"))
+    for i, (elev, azim, title) in enumerate(views):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        for c, x in clouds.items():
+            if not len(x):
+                continue
+            if len(x) > MAX_POINTS // max(len(clouds), 1):
+                x = x[rng.choice(len(x), MAX_POINTS // max(len(clouds), 1), replace=False)]
+            ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=1.5, c=CLASS_COLOURS.get(c, "#777777"), label=f"{c} ({counts[c]})",
+                       depthshade=False)
+        for setter, k in ((ax.set_xlim, 0), (ax.set_ylim, 1), (ax.set_zlim, 2)):
+            setter(centre[k] - span, centre[k] + span)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_title(f"{title} (elevation {elev}°, azimuth {azim}°)", fontsize=9)
+        ax.tick_params(labelsize=6)
+        if i == 0 and any(len(x) for x in clouds.values()):
+            ax.legend(fontsize=8, markerscale=6, loc="upper left")
+    fig.tight_layout()
+    table = "<table><tr><th>class</th><th>points</th></tr>" + "".join(
+        f'<tr><td><span style="color:{CLASS_COLOURS.get(c, "#777")}">&#9632;</span> {_esc(c)}</td>'
+        f'<td class="num">{n:,}</td></tr>' for c, n in counts.items()) + "</table>"
+    body = (f"<figure>{_img_tag(_fig_png(fig), 'per-class point clouds')}<figcaption>Gaussian centres per "
+            "class (classes/&lt;C&gt;.ply), SfM/world coordinates</figcaption></figure>" + table)
+    return _section("Per-class point clouds", body, "clouds")
+
+
+def _metrics_section(run: Path) -> str:
+    m = _read_json(run / "metrics.json")
+    if not isinstance(m, dict) or not m:
+        return _section("Metrics", '<p class="muted">No metrics.json (run `s3dgs eval RUN`).</p>', "metrics")
+    out = ["<table><tr><th>group</th><th>metric</th><th>value</th></tr>"]
+    for group, val in m.items():
+        rows = _flatten(val) if isinstance(val, dict) else [("", val)]
+        for i, (k, v) in enumerate(rows):
+            cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+            g = _esc(group) if i == 0 else ""
+            out.append(f"<tr><td>{g}</td><td>{_esc(k)}</td><td{cls}>{_esc(_fmt(v))}</td></tr>")
+    out.append("</table>")
+    return _section("Metrics", "\n".join(out), "metrics")
+
+
+def _summary_section(run: Path, scene: Optional[Path]) -> str:
+    parts = []
+    if scene is not None:
+        meta = _read_json(scene / "depths" / "meta.json")
+        if isinstance(meta, dict):
+            if meta.get("simulated"):
+                parts.append('<p class="note"><b>Depth priors: simulated Depth Anything V2 stand-in</b> '
+                             "(made from the synthetic scene's true depth, not by the model).</p>")
+            else:
+                parts.append(f"<p>Depth priors: {_esc(meta.get('model', 'unknown model'))} "
+                             f"({_esc(meta.get('backend', 'unknown backend'))}).</p>")
+        elif (scene / "images").is_dir():
+            parts.append("<p>Depth priors: none (trained without depth).</p>")
+        prep = _read_json(scene / "prepare.json")
+        if isinstance(prep, dict):
+            parts.append(
+                f"<p>Structure from motion: {_esc(prep.get('registered'))} of {_esc(prep.get('frames_used'))} "
+                f"frames registered, mean reprojection error {_esc(_fmt(prep.get('mean_reprojection_error')))} px, "
+                f"{_esc(prep.get('points'))} points.</p>")
+    ts = _read_json(run / "train_summary.json")
+    if isinstance(ts, dict):
+        parts.append("<h3>Training</h3>" + _kv_table([(k, v) for k, v in ts.items() if not isinstance(v, dict)]))
+    pipe = _read_json(run / "pipeline.json")
+    if isinstance(pipe, dict) and pipe.get("stages"):
+        rows = ["<h3>Stages</h3><table><tr><th>stage</th><th>status</th><th>time (s)</th><th>note</th></tr>"]
+        for r in pipe["stages"]:
+            t = f"{r.get('seconds', 0):.1f}" if r.get("status") == "ran" else "-"
+            rows.append(f"<tr><td>{_esc(r.get('stage'))}</td><td>{_esc(r.get('status'))}</td>"
+                        f"<td class=\"num\">{t}</td><td>{_esc(r.get('note', ''))}</td></tr>")
+        rows.append("</table>")
+        parts.append("".join(rows))
+    if not parts:
+        parts.append('<p class="muted">No summary files in this run.</p>')
+    return _section("Summary", "\n".join(parts), "summary")
+
+
+def _config_section(run: Path) -> str:
+    cfg = _read_json(run / "config.json")
+    if not isinstance(cfg, dict):
+        return _section("Configuration", '<p class="muted">No config.json.</p>', "config")
+    return _section("Configuration", _kv_table(_flatten(cfg)), "config")
+
+
+# -----------------------------------------------------------------------------------------------
+# entry points
+# -----------------------------------------------------------------------------------------------
+
+def _guess_scene(run: Path) -> Optional[Path]:
+    cfg = _read_json(run / "config.json")
+    if isinstance(cfg, dict) and cfg.get("scene"):
+        p = Path(cfg["scene"])
+        if p.is_dir():
+            return p
+    p = run.parent / "scene"
+    return p if p.is_dir() else None
+
+
+def build_report_html(run_dir: str | Path, scene_dir: str | Path | None = None) -> str:
+    """The report page for `run_dir` as a string (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from s3dgs import CLASSES
+
+    run = Path(run_dir)
+    scene = Path(scene_dir) if scene_dir is not None else _guess_scene(run)
+    classes = CLASSES
+    sections = [_summary_section(run, scene), _curves_section(run), _views_section(run, scene, classes),
+                _clouds_section(run), _metrics_section(run), _config_section(run)]
+    nav = " · ".join(f'<a href="#{a}" style="color:#fff">{t}</a>' for a, t in
+                     (("summary", "summary"), ("curves", "curves"), ("views", "views"),
+                      ("clouds", "point clouds"), ("metrics", "metrics"), ("config", "config")))
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>s3dgs report: {_esc(run.name)}</title><style>{CSS}</style></head><body>"
+            f"<header><h1>s3dgs report: {_esc(run.resolve().name)}</h1>"
+            f"<p>{_esc(run.resolve())} · {when} · {nav}</p></header><main>\n"
+            + "\n".join(sections) + "\n</main></body></html>\n")
+
+
+def write_report(run_dir: str | Path, scene_dir: str | Path | None = None) -> Path:
+    """Write RUN/report.html (self-contained: images embedded, no external resources, no
+    JavaScript) and return its path. `scene_dir` (default: config.json's scene, else RUN/../scene)
+    adds the depth priors, heatmaps and SfM summary when given."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: run folder does not exist")
+    text = build_report_html(run, scene_dir)
+    path = run / "report.html"
+    tmp = run / ".report.html.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
