@@ -502,7 +502,7 @@ def make_synthetic_scene(cfg: SynthConfig) -> Path:
     (gt / "cameras.json").write_text(json.dumps({
         "width": cfg.width, "height": cfg.height, "K": _r(K, 9),
         "views": [{"name": n, "viewmat": _r(vm, 9)} for n, vm in zip(names, viewmats)]}))
-    cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    cfg_dict = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")}
     (gt / "meta.json").write_text(json.dumps({
         "labels": {str(k): v for k, v in LABELS.items()},
         "depth": "gt/depth/<stem>.npy: float32 z-depth along the optical axis (m) of the surface hit by "
