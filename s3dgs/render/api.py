@@ -1,0 +1,215 @@
+"""The one rendering call: colour, semantic channels, depth and alpha in a single pass."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .projection import project_gaussians, sh_colors
+from .raster import DEFAULT_BUDGET, build_plan, rasterize
+
+logger = logging.getLogger("s3dgs.render")
+
+_GSPLAT_OK: Optional[bool] = None
+_ANNOUNCED: set = set()
+
+
+@dataclass
+class RenderOutput:
+    """What :func:`render` returns. ``C`` cameras, ``H x W`` pixels, ``E`` extra channels.
+
+    - ``colors [C, H, W, 3]`` RGB composited over the background: ``c + (1 - alpha) bg``.
+    - ``extras [C, H, W, E]`` or None: alpha-blended extra channels, no background.
+    - ``depths [C, H, W, 1]`` or None: expected camera z, blended z / alpha (0 where alpha = 0).
+    - ``alphas [C, H, W, 1]`` accumulated opacity.
+    - ``meta``: what densification needs, gsplat-compatible (see :func:`render`).
+    """
+
+    colors: Tensor
+    extras: Optional[Tensor]
+    depths: Optional[Tensor]
+    alphas: Tensor
+    meta: Dict[str, Any]
+
+
+def gsplat_available() -> bool:
+    """True when CUDA is present and gsplat's CUDA extension loads (checked once)."""
+    global _GSPLAT_OK
+    if _GSPLAT_OK is None:
+        ok = False
+        if torch.cuda.is_available():
+            try:
+                from gsplat.cuda._backend import _C  # noqa: F401
+
+                ok = _C is not None
+            except Exception as e:  # pragma: no cover - depends on the machine
+                logger.info("gsplat CUDA extension unavailable (%s); using the torch backend", e)
+        _GSPLAT_OK = ok
+    return _GSPLAT_OK
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        chosen = "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+        if chosen not in _ANNOUNCED:
+            _ANNOUNCED.add(chosen)
+            logger.info("s3dgs.render: backend 'auto' uses '%s' on %s", chosen, device)
+        return chosen
+    if backend not in ("torch", "gsplat"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
+    if backend == "gsplat" and not (device.type == "cuda" and gsplat_available()):
+        raise RuntimeError(
+            "backend='gsplat' needs CUDA tensors and gsplat's CUDA extension; "
+            "use backend='torch' (or 'auto') on this machine"
+        )
+    return backend
+
+
+def render(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [N, (d+1)^2, 3] with sh_degree, else [N, 3]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    *,
+    sh_degree: Optional[int] = None,
+    extra: Optional[Tensor] = None,  # [N, E]
+    render_depth: bool = True,
+    backgrounds: Optional[Tensor] = None,  # [C, 3]
+    near: float = 0.01,
+    far: float = 1e10,
+    backend: str = "auto",
+    absgrad: bool = False,
+    eps2d: float = 0.3,
+    antialiased: bool = False,
+    tile_size: int = 8,
+) -> RenderOutput:
+    """Render Gaussians into ``C`` cameras: colour, extra channels, expected depth and alpha.
+
+    Args:
+        means: ``[N, 3]`` world positions.
+        quats: ``[N, 4]`` rotations (w, x, y, z), normalised here.
+        scales: ``[N, 3]`` activated (positive) scales.
+        opacities: ``[N]`` activated opacities in ``[0, 1]``.
+        colors: SH coefficients ``[N, K, 3]`` (``K >= (sh_degree+1)^2``) when ``sh_degree`` is
+            given, else RGB ``[N, 3]``. SH are evaluated the gsplat way: direction from the camera
+            centre to the mean, ``+0.5``, clamped at 0.
+        viewmats: ``[C, 4, 4]`` world-to-camera (OpenCV axes).
+        Ks: ``[C, 3, 3]`` intrinsics in pixels, pixel centres at ``+0.5``.
+        width, height: image size in pixels.
+        extra: ``[N, E]`` extra per-Gaussian channels (e.g. semantic probabilities), blended
+            with the same weights as colour, without background.
+        render_depth: also return the expected depth.
+        backgrounds: ``[C, 3]`` background colours.
+        near, far: depth culling planes (camera z).
+        backend: ``"torch"`` (any device), ``"gsplat"`` (CUDA) or ``"auto"``.
+        absgrad: also compute ``meta["means2d"].absgrad`` ``[C, N, 2]``, the sum over pixels of
+            the absolute per-pixel gradient (AbsGS), during backward.
+        eps2d: low-pass added to the 2D covariance, in pixels^2.
+        antialiased: gsplat's antialiased mode (opacity times the low-pass compensation).
+        tile_size: tile edge in pixels.
+
+    Returns:
+        :class:`RenderOutput`. ``meta`` holds ``means2d [C, N, 2]`` (its ``.grad`` is filled on
+        backward once ``retain_grad()`` is called, as gsplat's ``DefaultStrategy`` does),
+        ``radii [C, N, 2]`` int32 (0 = not drawn), ``depths [C, N]``, ``conics [C, N, 3]``,
+        ``opacities [C, N]``, ``width``, ``height``, ``n_cameras``, ``tile_size``, ``absgrad``,
+        ``backend`` and ``gaussian_ids = camera_ids = None`` (unpacked layout).
+    """
+    N = means.shape[0]
+    C = viewmats.shape[0]
+    _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, extra, backgrounds)
+    chosen = _pick_backend(backend, means.device)
+    if chosen == "gsplat":
+        from .gsplat_backend import render_gsplat
+
+        return render_gsplat(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+            sh_degree=sh_degree, extra=extra, render_depth=render_depth, backgrounds=backgrounds,
+            near=near, far=far, absgrad=absgrad, eps2d=eps2d, antialiased=antialiased,
+            tile_size=tile_size,
+        )
+
+    proj = project_gaussians(
+        means, quats, scales, opacities, viewmats, Ks, width, height,
+        eps2d=eps2d, near=near, far=far, antialiased=antialiased,
+    )
+    if sh_degree is not None:
+        rgb = sh_colors(sh_degree, means, colors, viewmats)  # [C, N, 3]
+    else:
+        rgb = colors[None].expand(C, N, 3)
+    parts = [rgb]
+    E = 0
+    if extra is not None:
+        E = extra.shape[-1]
+        parts.append(extra[None].expand(C, N, E).to(rgb.dtype))
+    if render_depth:
+        parts.append(proj.depths[..., None])
+    feats = torch.cat(parts, dim=-1) if len(parts) > 1 else rgb.contiguous()
+
+    plan = build_plan(proj.means2d, proj.radii, proj.depths, width, height, tile_size, DEFAULT_BUDGET)
+    img, alphas = rasterize(proj.means2d, proj.conics, proj.opacities, feats, plan, absgrad=absgrad)
+
+    out_colors = img[..., :3]
+    if backgrounds is not None:
+        out_colors = out_colors + (1.0 - alphas) * backgrounds[:, None, None, :]
+    extras = img[..., 3 : 3 + E] if extra is not None else None
+    depths = None
+    if render_depth:
+        depths = img[..., 3 + E : 4 + E] / alphas.clamp_min(1e-10)
+
+    means2d = proj.means2d
+    meta = {
+        "means2d": means2d,
+        "radii": proj.radii,
+        "depths": proj.depths,
+        "conics": proj.conics,
+        "opacities": proj.opacities,
+        "width": width,
+        "height": height,
+        "n_cameras": C,
+        "tile_size": tile_size,
+        "n_isects": plan.n_isects,
+        "gaussian_ids": None,
+        "camera_ids": None,
+        "absgrad": absgrad,
+        "backend": "torch",
+    }
+    return RenderOutput(colors=out_colors, extras=extras, depths=depths, alphas=alphas, meta=meta)
+
+
+def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, extra, backgrounds):
+    N = means.shape[0]
+    C = viewmats.shape[0]
+
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(msg)
+
+    need(means.dim() == 2 and means.shape[1] == 3, f"means must be [N, 3], got {tuple(means.shape)}")
+    need(tuple(quats.shape) == (N, 4), f"quats must be [{N}, 4], got {tuple(quats.shape)}")
+    need(tuple(scales.shape) == (N, 3), f"scales must be [{N}, 3], got {tuple(scales.shape)}")
+    need(tuple(opacities.shape) == (N,), f"opacities must be [{N}], got {tuple(opacities.shape)}")
+    need(tuple(viewmats.shape[1:]) == (4, 4), f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}")
+    need(tuple(Ks.shape) == (C, 3, 3), f"Ks must be [{C}, 3, 3], got {tuple(Ks.shape)}")
+    if sh_degree is None:
+        need(tuple(colors.shape) == (N, 3), f"colors must be RGB [{N}, 3] without sh_degree, got {tuple(colors.shape)}")
+    else:
+        need(
+            colors.dim() == 3 and colors.shape[0] == N and colors.shape[2] == 3
+            and colors.shape[1] >= (sh_degree + 1) ** 2,
+            f"colors must be SH [{N}, >={(sh_degree + 1) ** 2}, 3] for sh_degree={sh_degree}, "
+            f"got {tuple(colors.shape)}",
+        )
+    if extra is not None:
+        need(extra.dim() == 2 and extra.shape[0] == N, f"extra must be [{N}, E], got {tuple(extra.shape)}")
+    if backgrounds is not None:
+        need(tuple(backgrounds.shape) == (C, 3), f"backgrounds must be [{C}, 3], got {tuple(backgrounds.shape)}")

@@ -1,0 +1,265 @@
+"""EWA projection of 3D Gaussians and spherical-harmonic colours, in plain torch.
+
+Everything here is differentiable through ordinary autograd and works on any device; it is
+shared by the ``torch`` backend (all of it) and the ``gsplat`` backend (the SH evaluation).
+
+Conventions (see ``/work/shared/DESIGN.md``): ``viewmats [C, 4, 4]`` are world-to-camera,
+OpenCV axes (x right, y down, z forward); ``Ks [C, 3, 3]`` are in pixels with pixel centres at
+``+0.5``. The maths follows 3DGS / gsplat 1.5.3: covariance ``R S S^T R^T``, the EWA Jacobian
+evaluated at the mean clamped to 1.3x the field of view, a ``eps2d`` pixel low-pass added to the
+2D covariance, and opacity-aware 3.33-sigma extents (a Gaussian is only drawn where its alpha
+reaches 1/255, so pixels outside the extents could not receive anything anyway).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+EXTENT_SIGMAS = 3.33
+
+__all__ = [
+    "ALPHA_THRESHOLD",
+    "Projection",
+    "quat_to_rotmat",
+    "project_gaussians",
+    "eval_sh",
+    "sh_colors",
+    "camera_centers",
+]
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices from quaternions ``quats [..., 4]`` (w, x, y, z; need not be unit).
+
+    Returns ``[..., 3, 3]``.
+    """
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    xx, yy, zz = x * x, y * y, z * z
+    xy, xz, yz = x * y, x * z, y * z
+    wx, wy, wz = w * x, w * y, w * z
+    rows = (
+        1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
+        2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
+        2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
+    )
+    return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
+
+
+@dataclass
+class Projection:
+    """Per-camera screen-space Gaussians. ``C`` cameras, ``N`` Gaussians.
+
+    - ``means2d [C, N, 2]`` pixel coordinates of the projected means.
+    - ``conics [C, N, 3]`` upper triangle ``(a, b, c)`` of the inverse 2D covariance, so that
+      ``sigma = 0.5 (a dx^2 + c dy^2) + b dx dy``.
+    - ``depths [C, N]`` camera-space z of the means.
+    - ``opacities [C, N]`` opacity used for blending (times the antialiasing compensation).
+    - ``radii [C, N, 2]`` int32 half extents in pixels; 0 where the Gaussian is culled.
+    - ``covars2d [C, N, 2, 2]`` 2D covariance including the low-pass.
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    depths: Tensor
+    opacities: Tensor
+    radii: Tensor
+    covars2d: Tensor
+
+
+def project_gaussians(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Optional[Tensor],  # [N] or None
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near: float = 0.01,
+    far: float = 1e10,
+    antialiased: bool = False,
+) -> Projection:
+    """Project 3D Gaussians into ``C`` pinhole cameras (EWA splatting).
+
+    With ``opacities=None`` the extents are the plain ``ceil(3.33 sigma)`` of gsplat's pure-torch
+    reference and the returned opacities are ones; otherwise they shrink with the opacity as in
+    gsplat's CUDA projection and Gaussians with opacity below 1/255 are culled.
+    """
+    N = means.shape[0]
+    C = viewmats.shape[0]
+    dtype, device = means.dtype, means.device
+
+    R = quat_to_rotmat(quats)  # [N, 3, 3]
+    M = R * scales[:, None, :]  # [N, 3, 3] = R S
+    Rw = viewmats[:, :3, :3]  # [C, 3, 3]
+    tw = viewmats[:, :3, 3]  # [C, 3]
+    means_c = torch.einsum("cij,nj->cni", Rw, means) + tw[:, None, :]  # [C, N, 3]
+    x, y, z = means_c.unbind(-1)  # [C, N]
+
+    in_depth = (z > near) & (z < far)
+    zs = torch.where(in_depth, z, torch.ones_like(z))  # safe depth: no inf/nan in culled ones
+
+    fx = Ks[:, 0, 0, None]
+    fy = Ks[:, 1, 1, None]
+    cx = Ks[:, 0, 2, None]
+    cy = Ks[:, 1, 2, None]
+    # Jacobian at the mean, clamped to the (1.3x) field of view as in 3DGS.
+    tan_fovx = 0.5 * width / fx
+    tan_fovy = 0.5 * height / fy
+    lim_xp = (width - cx) / fx + 0.3 * tan_fovx
+    lim_xn = cx / fx + 0.3 * tan_fovx
+    lim_yp = (height - cy) / fy + 0.3 * tan_fovy
+    lim_yn = cy / fy + 0.3 * tan_fovy
+    u = torch.minimum(torch.maximum(x / zs, -lim_xn), lim_xp)
+    v = torch.minimum(torch.maximum(y / zs, -lim_yn), lim_yp)
+    zero = torch.zeros_like(zs)
+    J = torch.stack(
+        [fx / zs, zero, -fx * u / zs, zero, fy / zs, -fy * v / zs], dim=-1
+    ).reshape(C, N, 2, 3)
+    # cov2d = (J Rw M)(J Rw M)^T
+    JR = torch.einsum("cnij,cjk->cnik", J, Rw)  # [C, N, 2, 3]
+    A = torch.einsum("cnij,njk->cnik", JR, M)  # [C, N, 2, 3]
+    cov = A @ A.transpose(-1, -2)  # [C, N, 2, 2]
+
+    c00 = cov[..., 0, 0] + eps2d
+    c01 = cov[..., 0, 1]
+    c11 = cov[..., 1, 1] + eps2d
+    det = c00 * c11 - c01 * c01
+    det_ok = det > 0
+    det_s = torch.where(det_ok, det, torch.ones_like(det))
+    conics = torch.stack([c11 / det_s, -c01 / det_s, c00 / det_s], dim=-1)
+    covars2d = torch.stack([c00, c01, c01, c11], dim=-1).reshape(C, N, 2, 2)
+
+    # means2d = K[:2, :3] @ means_c / z
+    means2d = torch.einsum("cij,cnj->cni", Ks[:, :2, :3], means_c) / zs[..., None]
+
+    if opacities is None:
+        opac = torch.ones((C, N), dtype=dtype, device=device)
+    else:
+        opac = opacities[None, :].expand(C, N)
+    if antialiased:
+        det_orig = cov[..., 0, 0] * cov[..., 1, 1] - c01 * c01
+        comp = torch.sqrt(torch.clamp(det_orig / det_s, min=0.0))
+        opac = opac * comp
+
+    with torch.no_grad():
+        valid = in_depth & det_ok
+        if opacities is None:
+            extend = torch.full_like(z, EXTENT_SIGMAS)
+        else:
+            o = opac.detach()
+            valid = valid & (o >= ALPHA_THRESHOLD)
+            extend = torch.sqrt(
+                2.0 * torch.log(o.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)
+            ).clamp(max=EXTENT_SIGMAS)
+        rx = torch.ceil(extend * torch.sqrt(c00.detach().clamp_min(0)))
+        ry = torch.ceil(extend * torch.sqrt(c11.detach().clamp_min(0)))
+        m = means2d.detach()
+        inside = (
+            (m[..., 0] + rx > 0)
+            & (m[..., 0] - rx < width)
+            & (m[..., 1] + ry > 0)
+            & (m[..., 1] - ry < height)
+        )
+        valid = valid & inside & (rx > 0) & (ry > 0)
+        radii = torch.stack([rx, ry], dim=-1)
+        radii = torch.where(valid[..., None], radii, torch.zeros_like(radii)).to(torch.int32)
+
+    return Projection(
+        means2d=means2d, conics=conics, depths=z, opacities=opac, radii=radii, covars2d=covars2d
+    )
+
+
+# Real spherical-harmonic basis constants (degree 0..4), the convention used by 3DGS and gsplat.
+_SH_C0 = 0.28209479177387814
+_SH_C1 = 0.4886025119029199
+_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
+          0.5462742152960396)
+_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+_SH_C4 = (2.5033429417967046, -1.7701307697799304, 0.9461746957575601, -0.6690465435572892,
+          0.10578554691520431, -0.6690465435572892, 0.47308734787878004, -1.7701307697799304,
+          0.6258357354491761)
+
+
+def _sh_basis(degree: int, d: Tensor) -> Tensor:
+    """SH basis values ``[..., (degree+1)^2]`` at unit directions ``d [..., 3]``."""
+    out = [torch.full_like(d[..., 0], _SH_C0)]
+    if degree >= 1:
+        x, y, z = d.unbind(-1)
+        out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        xy, yz, xz = x * y, y * z, x * z
+        out += [
+            _SH_C2[0] * xy,
+            _SH_C2[1] * yz,
+            _SH_C2[2] * (2.0 * zz - xx - yy),
+            _SH_C2[3] * xz,
+            _SH_C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        out += [
+            _SH_C3[0] * y * (3 * xx - yy),
+            _SH_C3[1] * xy * z,
+            _SH_C3[2] * y * (4 * zz - xx - yy),
+            _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            _SH_C3[4] * x * (4 * zz - xx - yy),
+            _SH_C3[5] * z * (xx - yy),
+            _SH_C3[6] * x * (xx - 3 * yy),
+        ]
+    if degree >= 4:
+        out += [
+            _SH_C4[0] * xy * (xx - yy),
+            _SH_C4[1] * yz * (3 * xx - yy),
+            _SH_C4[2] * xy * (7 * zz - 1),
+            _SH_C4[3] * yz * (7 * zz - 3),
+            _SH_C4[4] * (zz * (35 * zz - 30) + 3),
+            _SH_C4[5] * xz * (7 * zz - 3),
+            _SH_C4[6] * (xx - yy) * (7 * zz - 1),
+            _SH_C4[7] * xz * (xx - 3 * yy),
+            _SH_C4[8] * (xx * (xx - 3 * yy) - yy * (3 * xx - yy)),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+    """Evaluate SH ``coeffs [..., K, 3]`` (first ``(degree+1)^2`` used) along ``dirs [..., 3]``.
+
+    ``dirs`` need not be unit length. Returns the raw value ``[..., 3]`` (no +0.5, no clamp).
+    """
+    if not 0 <= degree <= 4:
+        raise ValueError(f"sh_degree must be in 0..4, got {degree}")
+    nb = (degree + 1) ** 2
+    if coeffs.shape[-2] < nb:
+        raise ValueError(
+            f"sh_degree={degree} needs {nb} coefficients per Gaussian, colors has {coeffs.shape[-2]}"
+        )
+    d = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    basis = _sh_basis(degree, d)  # [..., nb]
+    return (basis[..., :, None] * coeffs[..., :nb, :]).sum(dim=-2)
+
+
+def camera_centers(viewmats: Tensor) -> Tensor:
+    """World-space camera centres ``[C, 3]`` of world-to-camera ``viewmats [C, 4, 4]``."""
+    return torch.linalg.inv(viewmats)[:, :3, 3]
+
+
+def sh_colors(degree: int, means: Tensor, coeffs: Tensor, viewmats: Tensor) -> Tensor:
+    """RGB ``[C, N, 3]`` from SH ``coeffs [N, K, 3]`` seen from each camera, the gsplat way:
+    direction from the camera centre to the mean, ``+0.5``, clamped at 0."""
+    campos = camera_centers(viewmats)  # [C, 3]
+    dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
+    if degree == 0:
+        rgb = (_SH_C0 * coeffs[:, 0, :])[None].expand(viewmats.shape[0], -1, -1)
+    else:
+        rgb = eval_sh(degree, dirs, coeffs[None].expand(viewmats.shape[0], -1, -1, -1))
+    return torch.clamp_min(rgb + 0.5, 0.0)

@@ -1,0 +1,404 @@
+"""Tiled front-to-back rasteriser in plain torch, with a hand-written backward.
+
+Why hand-written: gsplat's rasteriser is CUDA-only (its pure-torch variant still calls CUDA
+kernels for tile intersection), so on a CPU nothing in the ecosystem can render a Gaussian
+splat with gradients. Plain autograd over the blending would keep a ``[pixels, Gaussians]``
+graph per tile alive until backward (gigabytes for 100k Gaussians); instead the forward keeps
+only the final transmittance per pixel and the backward recomputes each chunk of tiles.
+
+Layout. The image is cut into ``tile x tile`` tiles; every (camera, tile) gets the list of
+Gaussians whose extents touch it, sorted front to back. Tiles with similar list lengths are
+grouped into chunks, padded to a common length ``K`` and processed as one batched tensor
+``[tiles, P = tile^2, K]`` of about ``budget`` elements, so there is no Python loop per Gaussian
+or per pixel. Very long lists are split into depth segments with the transmittance carried over.
+
+Maths (3DGS / gsplat): with pixel offsets ``(dx, dy)`` from the mean and conic ``(a, b, c)``,
+``alpha = min(0.999, o exp(-(0.5 a dx^2 + b dx dy + 0.5 c dy^2)))``, alphas below 1/255 are
+skipped, and a pixel stops (exclusively) once its transmittance would fall to 1e-4. The exponent
+is a quadratic form in the pixel coordinates, so per tile it is one matrix product of the six
+pixel monomials ``[x^2, xy, y^2, x, y, 1]`` (measured from the tile centre) with six
+per-Gaussian coefficients; the backward returns through the same product.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+ALPHA_MAX = 0.999
+T_STOP = 1e-4
+DEFAULT_BUDGET = 1 << 20  # elements per [tiles, P, K] chunk
+_BIG = 1e20  # exponent given to padding slots: alpha = exp(-1e20) = 0
+
+
+@dataclass
+class Chunk:
+    tiles: Tensor  # [Tc] global tile ids (camera * n_tiles + tile)
+    gauss: Tensor  # [Tc, K] flat Gaussian ids (camera * N + n); padding -> C*N
+    seg: int  # depth-segment length (== K when not segmented)
+
+
+@dataclass
+class TilePlan:
+    """Which Gaussians touch which tiles, in depth order, grouped into chunks."""
+
+    C: int
+    N: int
+    width: int
+    height: int
+    tile: int
+    tiles_x: int
+    tiles_y: int
+    n_isects: int
+    chunks: List[Chunk] = field(default_factory=list)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.tiles_x * self.tiles_y
+
+
+def pixel_monomials(tile: int, dtype, device) -> Tensor:
+    """``[P, 6]`` rows ``[x^2, xy, y^2, x, y, 1]`` of the pixel centres of a tile, measured from
+    the tile centre; row-major pixel order inside the tile."""
+    r = torch.arange(tile, dtype=torch.float64) + 0.5 - tile / 2.0
+    py, px = torch.meshgrid(r, r, indexing="ij")
+    px, py = px.reshape(-1), py.reshape(-1)
+    f = torch.stack([px * px, px * py, py * py, px, py, torch.ones_like(px)], dim=-1)
+    return f.to(dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def build_plan(
+    means2d: Tensor,  # [C, N, 2]
+    radii: Tensor,  # [C, N, 2] int
+    depths: Tensor,  # [C, N]
+    width: int,
+    height: int,
+    tile: int = 8,
+    budget: int = DEFAULT_BUDGET,
+) -> TilePlan:
+    """Intersect Gaussians with tiles, sort each tile's list by depth, and group tiles into
+    chunks of about ``budget`` elements."""
+    C, N = depths.shape
+    device = means2d.device
+    tiles_x = math.ceil(width / tile)
+    tiles_y = math.ceil(height / tile)
+    n_tiles = tiles_x * tiles_y
+    plan = TilePlan(C, N, width, height, tile, tiles_x, tiles_y, 0)
+    P = tile * tile
+
+    vis = (radii > 0).all(dim=-1).reshape(-1)
+    vidx = torch.nonzero(vis).squeeze(1)
+    if vidx.numel() == 0:
+        return plan
+    order = torch.argsort(depths.reshape(-1)[vidx], stable=True)
+    vidx = vidx[order]  # visible Gaussians, front to back
+    cam = torch.div(vidx, N, rounding_mode="floor")
+    m = means2d.reshape(-1, 2)[vidx].double() / tile
+    r = radii.reshape(-1, 2)[vidx].double() / tile
+    x0 = torch.floor(m[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
+    x1 = torch.ceil(m[:, 0] + r[:, 0]).clamp(0, tiles_x).long()
+    y0 = torch.floor(m[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
+    y1 = torch.ceil(m[:, 1] + r[:, 1]).clamp(0, tiles_y).long()
+    nx = x1 - x0
+    cnt = nx * (y1 - y0)
+    M = int(cnt.sum())
+    plan.n_isects = M
+    if M == 0:
+        return plan
+    rep = torch.repeat_interleave(torch.arange(vidx.numel(), device=device), cnt)
+    local = torch.arange(M, device=device) - (torch.cumsum(cnt, 0) - cnt)[rep]
+    nxr = nx[rep]
+    tx = x0[rep] + local % nxr
+    ty = y0[rep] + torch.div(local, nxr, rounding_mode="floor")
+    key = cam[rep] * n_tiles + ty * tiles_x + tx
+    key_sorted, perm = torch.sort(key, stable=True)  # stable: keeps depth order per tile
+    isect_gauss = vidx[rep[perm]]
+    counts = torch.bincount(key_sorted, minlength=C * n_tiles)
+    offsets = torch.cumsum(counts, 0) - counts
+    isect_gauss = torch.cat([isect_gauss, isect_gauss.new_full((1,), C * N)])  # padding slot
+
+    nz = torch.nonzero(counts).squeeze(1)
+    cnz = counts[nz]
+    cnz_sorted, o = torch.sort(cnz, descending=True, stable=True)
+    tiles_sorted = nz[o]
+    cl = cnz_sorted.tolist()
+    i = 0
+    n_t = len(cl)
+    while i < n_t:
+        K = cl[i]
+        n = max(1, budget // (P * K))
+        tl = tiles_sorted[i : i + n]
+        ar = torch.arange(K, device=device)
+        idx = offsets[tl][:, None] + ar[None, :]
+        idx = torch.where(ar[None, :] < counts[tl][:, None], idx, torch.full_like(idx, M))
+        seg = K if P * K * tl.numel() <= budget else max(16, budget // (P * tl.numel()))
+        plan.chunks.append(Chunk(tiles=tl, gauss=isect_gauss[idx], seg=min(seg, K)))
+        i += n
+    return plan
+
+
+def _gaussian_table(means2d, conics, opacities, feats):
+    """Flat per-Gaussian arrays with one padding entry at the end (index C*N)."""
+    C, N = opacities.shape
+    dt, dev = means2d.dtype, means2d.device
+    pad1 = torch.zeros(1, dtype=dt, device=dev)
+    m = means2d.reshape(-1, 2)
+    cn = conics.reshape(-1, 3)
+    gx = torch.cat([m[:, 0], pad1])
+    gy = torch.cat([m[:, 1], pad1])
+    ga = torch.cat([cn[:, 0], pad1])
+    gb = torch.cat([cn[:, 1], pad1])
+    gc = torch.cat([cn[:, 2], pad1])
+    o = opacities.reshape(-1)
+    # Visible Gaussians have o >= 1/255, others are never gathered; clamp keeps log finite.
+    glogo = torch.cat([torch.log(o.clamp_min(1e-30)), pad1 - _BIG])
+    go = torch.cat([o, pad1 + 1.0])
+    gf = torch.cat([feats.reshape(C * N, -1), feats.new_zeros(1, feats.shape[-1])])
+    return gx, gy, ga, gb, gc, glogo, go, gf
+
+
+class _Ctx:
+    """Per-chunk recomputation shared by forward and backward."""
+
+    def __init__(self, plan: TilePlan, table, pixf: Tensor):
+        self.plan = plan
+        self.gx, self.gy, self.ga, self.gb, self.gc, self.glogo, self.go, self.gf = table
+        self.pixf = pixf  # [P, 6]
+        t = plan.tile
+        tid = torch.arange(plan.n_tiles, device=pixf.device)
+        self.ox = ((tid % plan.tiles_x) * t + t / 2.0).to(pixf.dtype)
+        self.oy = (torch.div(tid, plan.tiles_x, rounding_mode="floor") * t + t / 2.0).to(pixf.dtype)
+
+    def gather(self, ch: Chunk, s0: int, s1: int):
+        g = ch.gauss[:, s0:s1]  # [Tc, k]
+        lt = ch.tiles % self.plan.n_tiles
+        mx = self.gx[g] - self.ox[lt][:, None]
+        my = self.gy[g] - self.oy[lt][:, None]
+        a, b, c = self.ga[g], self.gb[g], self.gc[g]
+        ua = a * mx + b * my
+        ub = b * mx + c * my
+        # negated quadratic-form coefficients: pixf @ nq = -(sigma - log o)
+        nq = torch.stack(
+            [-0.5 * a, -b, -0.5 * c, ua, ub, self.glogo[g] - 0.5 * (mx * ua + my * ub)], dim=1
+        )  # [Tc, 6, k]
+        return g, mx, my, a, b, c, ua, ub, nq
+
+    def blend(self, nq: Tensor, T0: Optional[Tensor], done: Optional[Tensor]):
+        """alpha [Tc,P,k], one-minus-alpha with T0 prepended [Tc,P,k+1], T [Tc,P,k+1] and the
+        pixels that have stopped [Tc,P] (None if none has). ``T0``/``done`` carry the state of
+        earlier depth segments."""
+        alpha = torch.matmul(self.pixf, nq).exp_().clamp_(max=ALPHA_MAX)  # [Tc, P, k]
+        alpha.masked_fill_(alpha < ALPHA_THRESHOLD, 0.0)
+        if done is not None:
+            alpha.masked_fill_(done.unsqueeze(-1), 0.0)
+        buf = _prepend(alpha, T0)
+        T = torch.cumprod(buf, dim=-1)
+        stop = T[..., -1] <= T_STOP
+        if bool(stop.any()):
+            # exclusive early stop: drop every Gaussian whose blend would take T to <= 1e-4,
+            # and every later one (the pixel is done)
+            alpha.masked_fill_(T[..., 1:] <= T_STOP, 0.0)
+            buf = _prepend(alpha, T0)
+            T = torch.cumprod(buf, dim=-1)
+            done = stop if done is None else (done | stop)
+        return alpha, buf, T, done
+
+
+def _one(x: Tensor) -> Tensor:
+    return torch.ones((), dtype=x.dtype, device=x.device)
+
+
+def _prepend(alpha: Tensor, T0: Optional[Tensor]) -> Tensor:
+    Tc, P, k = alpha.shape
+    buf = torch.empty((Tc, P, k + 1), dtype=alpha.dtype, device=alpha.device)
+    if T0 is None:
+        buf[..., 0] = 1.0
+    else:
+        buf[..., 0] = T0
+    torch.sub(_one(alpha), alpha, out=buf[..., 1:])
+    return buf
+
+
+def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats):
+    """Blend ``feats [C, N, D]``; returns tile-major ``img [C*n_tiles, P, D]`` and final
+    transmittance ``T [C*n_tiles, P]``, plus the segment start transmittances (per chunk)."""
+    D = feats.shape[-1]
+    dt, dev = means2d.dtype, means2d.device
+    P = plan.tile * plan.tile
+    n_all = plan.C * plan.n_tiles
+    img = torch.zeros((n_all, P, D), dtype=dt, device=dev)
+    Tfin = torch.ones((n_all, P), dtype=dt, device=dev)
+    seg_T0: List[List[Optional[Tensor]]] = []
+    if not plan.chunks:
+        return img, Tfin, seg_T0
+    cx = _Ctx(plan, _gaussian_table(means2d, conics, opacities, feats), pixel_monomials(plan.tile, dt, dev))
+    for ch in plan.chunks:
+        K = ch.gauss.shape[1]
+        acc = None
+        T0 = None
+        done = None
+        starts: List[Tuple[Optional[Tensor], Optional[Tensor]]] = []
+        for s0 in range(0, K, ch.seg):
+            s1 = min(K, s0 + ch.seg)
+            if done is not None and bool(done.all()):
+                break  # every pixel of these tiles has stopped
+            starts.append((T0, done))
+            g, *_, nq = cx.gather(ch, s0, s1)
+            alpha, buf, T, done = cx.blend(nq, T0, done)
+            w = alpha.mul_(T[..., :-1])
+            out = torch.bmm(w, cx.gf[g])  # [Tc, P, D]
+            acc = out if acc is None else acc.add_(out)
+            T0 = T[..., -1].contiguous()
+        img[ch.tiles] = acc
+        Tfin[ch.tiles] = T0
+        seg_T0.append(starts)
+    return img, Tfin, seg_T0
+
+
+def rasterize_backward(
+    plan: TilePlan, means2d, conics, opacities, feats, Tfin, seg_T0, v_img, v_alpha, absgrad: bool
+):
+    """Gradients w.r.t. means2d [C,N,2], conics [C,N,3], opacities [C,N], feats [C,N,D] and,
+    if asked, the per-pixel absolute means2d gradient sums [C,N,2]."""
+    C, N = opacities.shape
+    D = feats.shape[-1]
+    dt, dev = means2d.dtype, means2d.device
+    G = C * N + 1
+    g_m = torch.zeros((G, 2), dtype=dt, device=dev)
+    g_con = torch.zeros((G, 3), dtype=dt, device=dev)
+    g_o = torch.zeros(G, dtype=dt, device=dev)
+    g_f = torch.zeros((G, D), dtype=dt, device=dev)
+    g_abs = torch.zeros((G, 2), dtype=dt, device=dev) if absgrad else None
+    if plan.chunks:
+        pixf = pixel_monomials(plan.tile, dt, dev)
+        pix3 = pixf[:, 3:]  # [P, 3] = [x, y, 1]
+        cx = _Ctx(plan, _gaussian_table(means2d, conics, opacities, feats), pixf)
+        pixfT = pixf.t().contiguous()
+        for ch, starts in zip(plan.chunks, seg_T0):
+            Gc = v_img[ch.tiles]  # [Tc, P, D]
+            # background-free: A = 1 - T_final, so dL/dalpha_k gets + T_final/(1-alpha_k) v_A
+            S = (-v_alpha[ch.tiles] * Tfin[ch.tiles]).unsqueeze(-1)  # [Tc, P, 1]
+            K = ch.gauss.shape[1]
+            segs = [(s0, min(K, s0 + ch.seg)) for s0 in range(0, K, ch.seg)][: len(starts)]
+            for (s0, s1), (T0, done) in reversed(list(zip(segs, starts))):
+                g, mx, my, a, b, c, ua, ub, nq = cx.gather(ch, s0, s1)
+                alpha, buf, T, _ = cx.blend(nq, T0, done)
+                F = cx.gf[g]  # [Tc, k, D]
+                w = alpha * T[..., :-1]
+                gf = torch.bmm(w.transpose(1, 2), Gc)  # [Tc, k, D]
+                vw = torch.bmm(Gc, F.transpose(1, 2))  # [Tc, P, k]
+                wg = w.mul_(vw)
+                cs = torch.cumsum(wg, dim=-1)
+                tot = cs[..., -1:]
+                # suffix_k = sum_{j>k} w_j vw_j + later segments + background/alpha term
+                suffix = (tot + S) - cs
+                S = S + tot
+                # dL/dalpha = T_k vw_k - suffix_k / (1 - alpha_k)
+                va = vw.mul_(T[..., :-1]).sub_(suffix.div_(buf[..., 1:]))
+                # d/d(-E) where alpha = exp(-E): dE_neg = alpha * va, zero where clamped
+                vE = va.mul_(alpha)
+                vE.masked_fill_(alpha >= ALPHA_MAX, 0.0)
+                vnq = torch.matmul(pixfT, vE)  # [Tc, 6, k]
+                q0, q1, q2, q3, q4, q5 = vnq.unbind(1)
+                # nq = [-a/2, -b, -c/2, ua, ub, log o - (mx ua + my ub)/2]
+                v_mx = a * q3 + b * q4 - ua * q5
+                v_my = b * q3 + c * q4 - ub * q5
+                v_a = -0.5 * q0 + mx * q3 - 0.5 * mx * mx * q5
+                v_b = -q1 + my * q3 + mx * q4 - mx * my * q5
+                v_c = -0.5 * q2 + my * q4 - 0.5 * my * my * q5
+                v_o = q5 / cx.go[g]
+                gi = g.reshape(-1)
+                g_m.index_add_(0, gi, torch.stack([v_mx, v_my], -1).reshape(-1, 2))
+                g_con.index_add_(0, gi, torch.stack([v_a, v_b, v_c], -1).reshape(-1, 3))
+                g_o.index_add_(0, gi, v_o.reshape(-1))
+                g_f.index_add_(0, gi, gf.reshape(-1, D))
+                if absgrad:
+                    # per-pixel dE/dmx = a dx + b dy = ua - a px - b py (and likewise for y);
+                    # d loss / d mx at a pixel = -vE * dE/dmx
+                    lx = torch.matmul(pix3, torch.stack([-a, -b, ua], 1))  # [Tc, P, k]
+                    ax = lx.mul_(vE).abs_().sum(1)
+                    ly = torch.matmul(pix3, torch.stack([-b, -c, ub], 1))
+                    ay = ly.mul_(vE).abs_().sum(1)
+                    g_abs.index_add_(0, gi, torch.stack([ax, ay], -1).reshape(-1, 2))
+    out = (
+        g_m[:-1].reshape(C, N, 2),
+        g_con[:-1].reshape(C, N, 3),
+        g_o[:-1].reshape(C, N),
+        g_f[:-1].reshape(C, N, D),
+    )
+    return out + ((g_abs[:-1].reshape(C, N, 2) if absgrad else None),)
+
+
+def tiles_to_image(x: Tensor, plan: TilePlan) -> Tensor:
+    """``[C*n_tiles, P, D]`` -> ``[C, H, W, D]`` (cropped)."""
+    t = plan.tile
+    D = x.shape[-1]
+    x = x.reshape(plan.C, plan.tiles_y, plan.tiles_x, t, t, D).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(plan.C, plan.tiles_y * t, plan.tiles_x * t, D)
+    return x[:, : plan.height, : plan.width]
+
+
+def image_to_tiles(x: Tensor, plan: TilePlan) -> Tensor:
+    """``[C, H, W, D]`` -> ``[C*n_tiles, P, D]`` (zero padded)."""
+    t = plan.tile
+    C, H, W, D = x.shape
+    Hp, Wp = plan.tiles_y * t, plan.tiles_x * t
+    if (Hp, Wp) != (H, W):
+        x = torch.nn.functional.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+    x = x.reshape(C, plan.tiles_y, t, plan.tiles_x, t, D).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(C * plan.n_tiles, t * t, D)
+
+
+class RasterizeFunction(torch.autograd.Function):
+    """Differentiable blending of screen-space Gaussians; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, feats, plan: TilePlan, absgrad: bool):
+        img_t, Tfin, seg_T0 = rasterize_forward(plan, means2d, conics, opacities, feats)
+        ctx.plan = plan
+        ctx.absgrad = absgrad
+        ctx.seg_T0 = seg_T0
+        ctx.means2d_ref = means2d  # to attach .absgrad in backward, as gsplat does
+        ctx.save_for_backward(means2d, conics, opacities, feats, Tfin)
+        img = tiles_to_image(img_t, plan)
+        alpha = tiles_to_image((1.0 - Tfin).unsqueeze(-1), plan)
+        return img, alpha
+
+    @staticmethod
+    def backward(ctx, v_img, v_alpha):
+        means2d, conics, opacities, feats, Tfin = ctx.saved_tensors
+        plan = ctx.plan
+        if v_img is None:
+            v_img = torch.zeros((plan.C, plan.height, plan.width, feats.shape[-1]), dtype=feats.dtype, device=feats.device)
+        if v_alpha is None:
+            v_alpha = torch.zeros((plan.C, plan.height, plan.width, 1), dtype=feats.dtype, device=feats.device)
+        v_img_t = image_to_tiles(v_img.contiguous(), plan)
+        v_alpha_t = image_to_tiles(v_alpha.contiguous(), plan)[..., 0]
+        g_m, g_con, g_o, g_f, g_abs = rasterize_backward(
+            plan, means2d, conics, opacities, feats, Tfin, ctx.seg_T0, v_img_t, v_alpha_t, ctx.absgrad
+        )
+        if ctx.absgrad:
+            ref = ctx.means2d_ref
+            prev = getattr(ref, "absgrad", None)
+            ref.absgrad = g_abs if prev is None else prev + g_abs
+        return g_m, g_con, g_o, g_f, None, None
+
+
+def rasterize(means2d, conics, opacities, feats, plan: TilePlan, absgrad: bool = False):
+    """Blend ``feats [C, N, D]`` of the screen-space Gaussians into ``[C, H, W, D]`` images and
+    return them with the alpha ``[C, H, W, 1]``. Differentiable (hand-written backward) when
+    grad is enabled and an input requires it; a forward-only path otherwise."""
+    need_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, opacities, feats)
+    )
+    if need_grad:
+        return RasterizeFunction.apply(means2d, conics, opacities, feats, plan, absgrad)
+    with torch.no_grad():
+        img_t, Tfin, _ = rasterize_forward(plan, means2d, conics, opacities, feats)
+        return tiles_to_image(img_t, plan), tiles_to_image((1.0 - Tfin).unsqueeze(-1), plan)
