@@ -35,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="transformers device: auto, cpu, cuda")
     ap.add_argument("--batch_size", "--batch-size", type=int, default=0,
                     help="transformers batch size (0 = 1 on CPU, 8 on CUDA)")
+    ap.add_argument("--input_size", "--input-size", type=int, default=518,
+                    help="transformers model input short side (multiple of 14)")
     ap.add_argument("--retries", type=int, default=5, help="gradio retries per image")
     ap.add_argument("--overwrite", action="store_true", help="regenerate existing valid maps")
     a = ap.parse_args(argv)
     cfg = DepthConfig(images=a.images, out=a.out, backend=a.backend, model=a.model, device=a.device,
-                      batch_size=a.batch_size, space=a.space, retries=a.retries, overwrite=a.overwrite,
+                      batch_size=a.batch_size, input_size=a.input_size, space=a.space, retries=a.retries, overwrite=a.overwrite,
                       verify=a.verify, num_samples=a.num_samples)
     return depth_main(cfg)
 

@@ -154,14 +154,19 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 0):
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 0,
+                 input_size: int = SHORT_SIDE):
         ok, reason = model_availability(model)
         if not ok:
             raise DepthBackendError(missing_model_message(model, reason))
         import torch
         from transformers import AutoModelForDepthEstimation
 
+        if input_size < MULTIPLE or input_size % MULTIPLE:
+            raise DepthBackendError(f"input size {input_size} must be a positive multiple of {MULTIPLE} "
+                                    f"(Depth Anything V2 uses {SHORT_SIDE})")
         self.model_id = model
+        self.input_size = input_size
         self.device = resolve_device(device)
         self.batch_size = batch_size if batch_size > 0 else (8 if self.device.startswith("cuda") else 1)
         src = str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
@@ -174,7 +179,8 @@ class TransformersBackend:
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     def describe(self) -> str:
-        return f"{self.model_id} on {self.device}, batch size {self.batch_size}"
+        return (f"{self.model_id} on {self.device}, batch size {self.batch_size}, "
+                f"short side {self.input_size}")
 
     def preprocess(self, images: list[np.ndarray]):
         """uint8 [H, W, 3] images of one size -> normalised float [B, 3, h, w] on the device."""
@@ -182,7 +188,7 @@ class TransformersBackend:
         import torch.nn.functional as F
 
         h, w = images[0].shape[:2]
-        th, tw = processed_size(h, w)
+        th, tw = processed_size(h, w, self.input_size)
         x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if (th, tw) != (h, w):

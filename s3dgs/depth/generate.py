@@ -217,7 +217,7 @@ class _MetaBook:
 # generation
 # --------------------------------------------------------------------------------------------
 
-def _make_backend(backend: str, model: str, space: str, device: str, batch_size: int,
+def _make_backend(backend: str, model: str, space: str, device: str, batch_size: int, input_size: int,
                   retries: int, backoff: float, log: Callable[[str], None]):
     if backend == "auto":
         ok, reason = model_availability(model)
@@ -228,7 +228,7 @@ def _make_backend(backend: str, model: str, space: str, device: str, batch_size:
             backend = "gradio"
     if backend == "transformers":
         log(f"Loading Depth Anything V2 model {model}...")
-        b = TransformersBackend(model, device=device, batch_size=batch_size)
+        b = TransformersBackend(model, device=device, batch_size=batch_size, input_size=input_size)
         log(f"Model ready! ({b.describe()})")
         return b
     if backend == "gradio":
@@ -248,6 +248,7 @@ def generate_depth(
     space: str = DEFAULT_SPACE,
     device: str = "auto",
     batch_size: int = 0,
+    input_size: int = 518,
     retries: int = 5,
     backoff: float = 2.0,
     overwrite: bool = False,
@@ -266,6 +267,7 @@ def generate_depth(
         space: Space id (`owner/name`) or URL for the gradio backend.
         device: "auto", "cpu", "cuda", "cuda:1", ... (transformers).
         batch_size: images per forward pass (transformers); 0 = 1 on CPU, 8 on CUDA.
+        input_size: model input short side (transformers), a multiple of 14; 518 as trained.
         retries, backoff: gradio retries per image and the first back-off in seconds (doubling).
         overwrite: regenerate maps that already exist and are valid.
         progress: show a progress bar (images per second).
@@ -323,7 +325,8 @@ def generate_depth(
             return summary
 
         # --- backend ----------------------------------------------------------------------------
-        engine = (_make_backend(backend, model, space, device, batch_size, retries, backoff, log)
+        engine = (_make_backend(backend, model, space, device, batch_size, input_size, retries, backoff,
+                                log)
                   if own_backend else backend)
         summary.backend = engine.name
         summary.model = engine.model_id
@@ -341,6 +344,8 @@ def generate_depth(
                              "backend": engine.name, "model": engine.model_id}
                     if pred.note:
                         entry["note"] = pred.note
+                    if getattr(engine, "input_size", None):
+                        entry["input_size"] = engine.input_size
                     save_depth_png(dst, u16, info=entry, compress_level=PNG_COMPRESS_LEVEL)
                 except (DepthFileError, OSError) as exc:
                     error = exc
@@ -745,6 +750,8 @@ class DepthConfig:
     """transformers device: auto, cpu, cuda, cuda:N."""
     batch_size: int = 0
     """Images per forward pass (transformers); 0 = 1 on CPU, 8 on CUDA."""
+    input_size: int = 518
+    """Model input short side (transformers), a multiple of 14; 518 as Depth Anything V2 was trained, smaller is faster and coarser."""
     space: str = DEFAULT_SPACE
     """gradio backend: Space id (owner/name) or URL of an app exposing /on_submit."""
     retries: int = 5
@@ -784,6 +791,7 @@ def depth_main(cfg: DepthConfig) -> int:
     try:
         summary = generate_depth(cfg.images, cfg.out, backend=cfg.backend, model=cfg.model,
                                  space=cfg.space, device=cfg.device, batch_size=cfg.batch_size,
+                                 input_size=cfg.input_size,
                                  retries=cfg.retries, backoff=cfg.backoff, overwrite=cfg.overwrite,
                                  progress=cfg.progress)
     except DepthError as exc:
