@@ -145,13 +145,17 @@ class Noise:
         dirs = rng.normal(size=(n, dim))
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         freqs = np.exp(rng.uniform(np.log(fmin), np.log(fmax), n))
-        self.w = dirs * freqs[:, None] * 2 * np.pi
-        self.phase = rng.uniform(0, 2 * np.pi, n)
+        self.wT = (dirs * freqs[:, None] * 2 * np.pi).T.astype(np.float32)
+        self.phase = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
         amp = 1.0 / np.sqrt(freqs)
-        self.amp = amp / np.sqrt((amp ** 2).sum() / 2)  # unit variance
+        self.amp = (amp / np.sqrt((amp ** 2).sum() / 2)).astype(np.float32)  # unit variance
 
     def __call__(self, p):
-        return np.sin(p @ self.w.T + self.phase) @ self.amp
+        """Noise at points p [P, dim] (float32 arithmetic: fast, deterministic): [P] float64."""
+        arg = np.asarray(p, np.float32) @ self.wT
+        arg += self.phase
+        np.sin(arg, out=arg)
+        return (arg @ self.amp).astype(np.float64)
 
 
 def _smoothstep(e0, e1, x):
@@ -161,16 +165,16 @@ def _smoothstep(e0, e1, x):
 
 class Shader:
     def __init__(self, seed: int):
-        self.n_soil = Noise(seed + 11, 32, 3.0, 120.0)
-        self.n_pebble = Noise(seed + 12, 24, 60.0, 160.0)
-        self.n_wall = Noise(seed + 13, 32, 1.5, 60.0, dim=2)
-        self.n_wall2 = Noise(seed + 14, 16, 4.0, 30.0, dim=2)
+        self.n_soil = Noise(seed + 11, 20, 3.0, 120.0)
+        self.n_pebble = Noise(seed + 12, 14, 60.0, 160.0)
+        self.n_wall = Noise(seed + 13, 20, 1.5, 60.0, dim=2)
+        self.n_wall2 = Noise(seed + 14, 10, 4.0, 30.0, dim=2)
         self.n_stem = Noise(seed + 15, 16, 100.0, 600.0)
         self.n_leaf = Noise(seed + 16, 24, 40.0, 400.0)
         self.n_fruit = Noise(seed + 17, 12, 20.0, 100.0)
 
     def ground(self, p):
-        n = self.n_soil(p[:, :2] @ np.eye(2, 3))
+        n = self.n_soil(p * np.array([1.0, 1.0, 0.0]))
         base = np.array([0.40, 0.30, 0.20]) * (0.85 + 0.18 * n)[:, None]
         peb = 0.7 * _smoothstep(1.5, 2.0, self.n_pebble(p))[:, None]
         return base * (1 - peb) + np.array([0.55, 0.50, 0.44]) * peb
