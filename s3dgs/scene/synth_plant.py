@@ -215,7 +215,7 @@ def make_plant(params: PlantParams, seed: int = 0, bg_radius: float = 1.6) -> Pl
         dens = max(params.leaf_density, 0.0)
         n_pairs = int(round(2 * dens + (1 if dens > 0.75 and k < nn - 3 else 0)))
         if dens > 0:
-            size = (0.12 + 0.05 * dens) * H * rng.uniform(0.85, 1.15) * (1.0 - 0.25 * k / max(nn - 1, 1))
+            size = (0.14 + 0.05 * dens) * H * rng.uniform(0.85, 1.15) * (1.0 - 0.25 * k / max(nn - 1, 1))
             pos = list(np.linspace(0.35, 0.8, n_pairs)) if n_pairs else []
             attach = [(s, side) for s in pos for side in (-1, 1)] + [(1.0, 0)]
             for s, side in attach:
@@ -241,7 +241,7 @@ def make_plant(params: PlantParams, seed: int = 0, bg_radius: float = 1.6) -> Pl
                 base = a + gap * d_long
                 if side != 0:  # petiolule as a thin pedicel-like capsule (leaf tissue)
                     caps.append((a, base, 0.6 * params.branch_radius, LABEL_OF["leaf"]))
-                verts, faces, uv = _leaflet_mesh(base, d_long, d_side, Ls, 0.5 * Ls,
+                verts, faces, uv = _leaflet_mesh(base, d_long, d_side, Ls, 0.55 * Ls,
                                                  droop=rng.uniform(0.05, 0.2), cup=rng.uniform(0.05, 0.2))
                 col = np.array([0.17, 0.42, 0.10]) * rng.uniform(0.85, 1.15, 3)
                 meshes.append({"vertices": verts, "faces": faces, "uv": uv, "color": col, "node": k})
