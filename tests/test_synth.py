@@ -109,6 +109,26 @@ def test_gt_depth_backprojects_onto_true_surfaces(tiny):
         assert np.median(gt.plant_distance(X[~plant][::50])) > 0.05
 
 
+def test_ground_truth_distances_known_answers(tiny):
+    out, _ = tiny
+    gt = load_ground_truth(out)
+    R = gt.bg_radius
+    pts = np.array([[0.9 * R, 0.0, 0.01],  # 1 cm above the ground, far from the plant
+                    [0.0, 0.95 * R, 1.0],  # 5 % of R from the backdrop wall
+                    ])
+    np.testing.assert_allclose(gt.distance_to_surface(pts), [0.01, 0.05 * R], atol=1e-9)
+    s = next(s for s in gt.stems if s["class"] == "D")
+    c, r = s["points"][1], s["radius"][1]
+    axis = s["points"][2] - s["points"][0]
+    side = np.cross(axis, [0.0, 0.0, 1.0]) if abs(axis[2]) < 0.99 * np.linalg.norm(axis) else np.array([1.0, 0, 0])
+    side /= np.linalg.norm(side)
+    probe = np.stack([c + (r + 0.003) * side, c + (r + 0.003) * -side])
+    d = gt.plant_distance(probe)
+    assert np.all(d <= 0.003 + 1e-4) and np.all(d > 0.002)  # 3 mm off the stem surface
+    assert gt.stem_distance(c[None])[0] < 1e-9
+    assert len(gt.stems) > 10 and {s["class"] for s in gt.stems} == set("UNDP")
+
+
 def test_projected_centrelines_land_on_their_class(tiny):
     """Interior centreline vertices, where not hidden, project onto a pixel of their class.
 

@@ -32,18 +32,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from s3dgs import CLASSES
 from s3dgs.scene.colmap import SceneError
 
-try:  # tyro is a dependency; keep the module importable without it for library use.
-    import tyro
-
-    _Positional = tyro.conf.Positional
-except Exception:  # pragma: no cover
-    _Positional = None
+import tyro
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 LINES = (("U", "N", "U", "width", 0.40), ("N", "D", "D", "width", 0.40), ("N", "P", "P", "height", 0.15))
@@ -293,9 +289,9 @@ def make_heatmaps(
 class HeatmapConfig:
     """Keypoint JSON per frame -> skeleton heatmaps (heatmaps/<stem>.npy) and confidence.json."""
 
-    keypoints_dir: _Positional[Path]  # type: ignore[valid-type]
+    keypoints_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="KEYPOINTS_DIR")]
     """Folder of Roboflow-style <stem>.json keypoint files, one per frame."""
-    out_scene: _Positional[Path]  # type: ignore[valid-type]
+    out_scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT_SCENE")]
     """Scene folder to write heatmaps/ and confidence.json into."""
     min_confidence: float = 0.5
     """Keypoints under this confidence are ignored."""

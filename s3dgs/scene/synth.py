@@ -23,21 +23,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import numpy as np
 
 from s3dgs import CLASSES
 from s3dgs.scene.synth_plant import LABELS, Plant, PlantParams, make_plant
 
-try:
-    import tyro
-
-    _Positional = tyro.conf.Positional
-except Exception:  # pragma: no cover
-    _Positional = None
+import tyro
 
 PRESETS: dict[str, dict] = {
     # ~48 views at 320x240, a young plant with 6 nodes and a 4 mm stem.
@@ -55,7 +50,7 @@ PRESETS: dict[str, dict] = {
 class SynthConfig:
     """Make the synthetic tomato plant scene with ground truth."""
 
-    out: _Positional[Path]  # type: ignore[valid-type]
+    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """Scene folder to write (created; existing files are overwritten)."""
     preset: Literal["default", "thin", "tiny"] = "default"
     """default: 48 views 320x240; thin: the same with a thin stem; tiny: 10 small views for tests.
@@ -527,4 +522,3 @@ def synth_main(cfg: SynthConfig) -> int:
 
 
 __all__ = ["SynthConfig", "make_synthetic_scene", "synth_main", "PRESETS", "LABELS"]
-_ = fields  # keep import for tyro-less introspection
