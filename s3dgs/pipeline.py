@@ -73,6 +73,9 @@ class RunConfig:
     """transformers model: hub id or local folder."""
     depth_dir: Optional[Path] = None
     """Use these depth maps (<stem>.png and meta.json, made elsewhere) instead of generating them."""
+    hotspot_sigma: Optional[float] = None
+    """Heatmap hotspot sigma in pixels (default: 20 px at 1920 px frame width, scaled to the frames'
+    width, at least 3)."""
     fps: float = 2.0
     """Frames per second sampled from a video."""
     max_size: int = 1600
@@ -118,8 +121,9 @@ class DemoConfig:
     """Synthetic scene preset (default, or tiny for a quick check)."""
     seed: int = 0
     """Seed of the synthetic plant."""
-    iterations: int = 1500
-    """Training iterations (about 8-10 minutes on two CPU cores at the default scale)."""
+    iterations: int = 500
+    """Training iterations. About 0.5-1.5 it/s on two (shared) CPU cores at 160x120 with ~3k
+    Gaussians, so roughly 6-15 minutes; tune to the machine."""
     warmup_iterations: Optional[int] = None
     """Iterations before the semantic term starts (default: 4/7 of the iterations)."""
     resolution_scale: float = 0.5
@@ -386,8 +390,14 @@ def rescale_keypoints(src: Path, scene: Path) -> Path:
 def do_heatmaps(cfg: RunConfig, scene: Path) -> dict:
     from s3dgs.scene.heatmaps import make_heatmaps
 
+    from PIL import Image
+
     kp = rescale_keypoints(cfg.keypoints, scene)
-    conf = make_heatmaps(kp, scene, progress=cfg.progress)
+    sigma = cfg.hotspot_sigma
+    if sigma is None:
+        with Image.open(_scene_images(scene)[0]) as im:
+            sigma = max(3.0, 20.0 * im.width / 1920.0)
+    conf = make_heatmaps(kp, scene, progress=cfg.progress, hotspot_sigma=sigma)
     return {"note": f"{len(conf)} heatmaps"}
 
 
@@ -401,7 +411,8 @@ def _train_config(cfg: RunConfig, scene: Path, run: Path, use_depth: bool):
                        resolution_scale=cfg.resolution_scale, lambda_depth=cfg.lambda_depth,
                        lambda_sem=cfg.lambda_sem, test_every=cfg.test_every, sh_degree=cfg.sh_degree,
                        sh_degree_interval=max(1, min(1000, cfg.iterations // (cfg.sh_degree + 1))),
-                       ckpt_every=cfg.ckpt_every, device=cfg.device, no_depth=not use_depth,
+                       ckpt_every=cfg.ckpt_every, device=cfg.device,
+                       refine_start_iter=min(500, max(50, cfg.iterations // 5)), no_depth=not use_depth,
                        progress=cfg.progress, log_every=max(10, min(100, cfg.iterations // 50)))
 
 
@@ -501,7 +512,8 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
                         skip_reason=lambda: None if backend else depth_why)
     heat = Stage("heatmaps", lambda: do_heatmaps(cfg, scene),
                  lambda: [scene / "heatmaps", scene / "confidence.json"],
-                 {"keypoints": str(cfg.keypoints) if cfg.keypoints else None},
+                 {"keypoints": str(cfg.keypoints) if cfg.keypoints else None,
+                  "hotspot_sigma": cfg.hotspot_sigma},
                  skip_reason=lambda: None if cfg.keypoints else
                  "no --keypoints given: training without semantic heatmaps")
     use_depth = backend is not None
@@ -520,10 +532,10 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
 
 def _print_summary(records: list[dict], total: float, say=print) -> None:
     say("")
-    say("stage       status      time      note")
+    say("stage       status      time        note")
     for r in records:
         t = _fmt_s(r["seconds"]) if r["status"] == "ran" else "-"
-        say(f"{r['stage']:<11} {r['status']:<11} {t:<9} {r['note']}")
+        say(f"{r['stage']:<11} {r['status']:<11} {t:<11} {r['note']}")
     say(f"total       {_fmt_s(total)}")
 
 

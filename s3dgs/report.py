@@ -45,8 +45,8 @@ th{background:#eef3ec} td.num{text-align:right;font-variant-numeric:tabular-nums
 figure{display:inline-block;margin:4px 8px 10px 0;vertical-align:top}
 figure img{max-width:100%;height:auto;border:1px solid #ccc;display:block}
 figcaption{font-size:.85em;color:#555;margin-top:2px}
-.row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
-.row figure{flex:1 1 220px;max-width:340px}
+.row{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:8px;align-items:start}
+.row figure{margin:0} .row figure img{width:100%}
 .note{background:#fff6d6;border-left:4px solid #e0b000;padding:6px 10px;margin:8px 0}
 .muted{color:#777} pre{background:#f3f3f3;padding:8px;overflow:auto;font-size:.85em}
 """
@@ -275,10 +275,13 @@ def _views_section(run: Path, scene: Optional[Path], classes) -> str:
                 figs.append(f"<figure>{_img_tag(data, f'{stem} {caption}')}<figcaption>{_esc(caption)}"
                             "</figcaption></figure>")
         if scene is not None:
+            meta = _read_json(scene / "depths" / "meta.json")
+            sim = isinstance(meta, dict) and bool(meta.get("simulated"))
             prior = _colour_depth_prior(scene / "depths" / f"{stem}.png")
             if prior is not None:
                 figs.append(f"<figure>{_img_tag(_array_png(prior), f'{stem} depth prior')}"
-                            "<figcaption>depth prior (disparity, near = warm)</figcaption></figure>")
+                            f"<figcaption>{'SIMULATED ' if sim else ''}depth prior (disparity, near = warm)"
+                            "</figcaption></figure>")
             heat = _colour_heatmap(scene / "heatmaps" / f"{stem}.npy", classes)
             if heat is not None:
                 figs.append(f"<figure>{_img_tag(_array_png(heat), f'{stem} heatmaps')}"
@@ -310,6 +313,11 @@ def _clouds_section(run: Path) -> str:
         return _section("Per-class point clouds",
                         '<p class="muted">No per-class point clouds (classes/*.ply).</p>', "clouds")
     counts = {c: len(x) for c, x in clouds.items()}
+    if not any(counts.values()):
+        return _section("Per-class point clouds",
+                        "<p class=\"muted\">No Gaussian passed the export thresholds for any class "
+                        f"({_esc(', '.join(counts))}: 0 points); was the run trained with heatmaps?</p>",
+                        "clouds")
     allpts = np.concatenate([x for x in clouds.values() if len(x)] or [np.zeros((1, 3))])
     centre = np.median(allpts, axis=0)
     span = np.percentile(np.abs(allpts - centre), 98, axis=0).max() if len(allpts) > 1 else 1.0
@@ -433,7 +441,7 @@ def build_report_html(run_dir: str | Path, scene_dir: str | Path | None = None) 
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>s3dgs report: {_esc(run.name)}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>s3dgs report: {_esc(run.resolve().name)}</h1>"
+            f"<header><h1>s3dgs report: {_esc(run.resolve().parent.name + '/' + run.resolve().name)}</h1>"
             f"<p>{_esc(run.resolve())} · {when} · {nav}</p></header><main>\n"
             + "\n".join(sections) + "\n</main></body></html>\n")
 
