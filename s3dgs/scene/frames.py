@@ -201,7 +201,8 @@ def folder_frames(
     blur_threshold: float = 0.2,
     progress: bool = True,
 ) -> FrameSet:
-    """Use the images in `folder` (or `folder/images`), sorted by name.
+    """Use the images in `folder/images` when that holds images (a scene folder), else in `folder`,
+    sorted by name.
 
     Images are used in place unless one is larger than `max_size`; then all are scaled into
     `work_dir`. Frames under `blur_threshold * median` sharpness are left out.
@@ -211,7 +212,7 @@ def folder_frames(
 
     src = folder
     files = _list_images(src)
-    if not files and (folder / "images").is_dir():
+    if _list_images(folder / "images"):  # a scene folder (e.g. the synthetic plant): its frames
         src = folder / "images"
         files = _list_images(src)
     if not files:

@@ -5,8 +5,9 @@ prepare, stage by stage (each with a progress bar), everything through pycolmap:
 1. frames: a video is sampled at `--fps` (sharpest frame per window, blurred frames dropped); a
    folder of frames is used as it is (scaled down when larger than `--max-size`);
 2. SIFT features (one shared camera, SIMPLE_RADIAL by default, when all frames share a size);
-3. matching: sequential (each frame with its next `--overlap` and the frames 2, 4, 8, ... ahead) for
-   a video or a large folder, exhaustive for small folders;
+3. matching: exhaustive (all pairs) for small sets (up to `--exhaustive-max` frames), else
+   sequential (each frame with its next `--overlap` and the frames 2, 4, 8, ... ahead, plus all
+   pairs of every `--overlap`-th frame to close loops);
 4. incremental mapping; the model with most registered frames is kept, others are reported;
 5. undistortion to PINHOLE into the scene layout of DESIGN.md: OUT/images, OUT/sparse/0,
    OUT/points3D.ply. The SfM work (database, extracted frames, every model found) stays in
@@ -111,18 +112,23 @@ class PrepareConfig:
     max_size: int = 1600
     """Longer image side for structure from motion and the scene, in pixels; 0 keeps the size."""
     matcher: Matcher = "auto"
-    """Feature matching: sequential (video order), exhaustive (all pairs), or auto (sequential for
-    videos and folders of more than --exhaustive-max frames, else exhaustive)."""
-    exhaustive_max: int = 100
-    """Largest folder matched exhaustively under --matcher auto."""
+    """Feature matching: sequential (frames in order: video frames, or a folder sorted by name),
+    exhaustive (all pairs), or auto (exhaustive up to --exhaustive-max frames, else sequential)."""
+    exhaustive_max: int = 50
+    """Most frames matched exhaustively under --matcher auto (all pairs grow as N^2: 50 frames are
+    1225 pairs); more frames are taken as ordered and matched sequentially."""
     overlap: int = 10
-    """Sequential matching: each frame is matched with this many next frames (plus 2, 4, 8, ... ahead)."""
+    """Sequential matching: each frame is matched with this many next frames (plus 2, 4, 8, ...
+    ahead), and every overlap-th frame with all the others of those, to close loops."""
     camera_model: str = "SIMPLE_RADIAL"
     """COLMAP camera model for structure from motion (SIMPLE_RADIAL, OPENCV, PINHOLE, ...)."""
     max_features: int = 8192
     """SIFT features per frame."""
     min_registered: float = 0.5
     """Fail (after keeping the best model) when fewer than this fraction of the frames register."""
+    relax: bool = True
+    """When too few frames register, map again with relaxed thresholds (fewer inliers per frame) and
+    keep the better result."""
     seed: int = 0
     """Random seed for structure from motion (repeatable runs)."""
     num_threads: int = -1
@@ -285,9 +291,14 @@ def undistort_main(cfg: UndistortConfig) -> int:
 # prepare
 
 
-def _sequential_and_exhaustive_pairs(db_path: Path, matcher: str, overlap: int) -> list[tuple[str, str]]:
-    """Image-name pairs from pycolmap's own pair generators (sequential: linear and quadratic
-    overlap together; exhaustive: all pairs)."""
+def _pairs(db_path: Path, matcher: str, overlap: int) -> list[tuple[str, str]]:
+    """Image-name pairs to match, from pycolmap's own pair generators.
+
+    exhaustive: all pairs. sequential: each frame (in name order) with its next `overlap` frames and
+    the frames 2, 4, 8, ... ahead (linear and quadratic overlap together), plus all pairs of every
+    `overlap`-th frame, which closes loops (an orbit around a plant ends where it began) without the
+    vocabulary tree that COLMAP's loop detection needs.
+    """
     import pycolmap
 
     with pycolmap.Database.open(str(db_path)) as db:
@@ -300,8 +311,12 @@ def _sequential_and_exhaustive_pairs(db_path: Path, matcher: str, overlap: int) 
                 o = pycolmap.SequentialPairingOptions()
                 o.overlap = overlap
                 o.quadratic_overlap = quadratic
-                pairs |= {tuple(sorted(p)) for p in pycolmap.SequentialPairGenerator(o, db).all_pairs()}
-    return sorted((id_to_name[a], id_to_name[b]) for a, b in {tuple(sorted(p)) for p in pairs})
+                pairs |= set(pycolmap.SequentialPairGenerator(o, db).all_pairs())
+    named = {tuple(sorted((id_to_name[a], id_to_name[b]))) for a, b in pairs}
+    if matcher != "exhaustive":
+        keyframes = sorted(id_to_name.values())[:: max(1, overlap)]
+        named |= {(a, b) for i, a in enumerate(keyframes) for b in keyframes[i + 1:]}
+    return sorted(named)
 
 
 def _extract(frames: FrameSet, db_path: Path, cfg: PrepareConfig, progress: bool) -> None:
@@ -336,7 +351,7 @@ def _match(db_path: Path, matcher: str, cfg: PrepareConfig, work: Path, progress
     import pycolmap
     from tqdm import tqdm
 
-    pairs = _sequential_and_exhaustive_pairs(db_path, matcher, cfg.overlap)
+    pairs = _pairs(db_path, matcher, cfg.overlap)
     opts = pycolmap.FeatureMatchingOptions()
     opts.num_threads = cfg.num_threads
     chunk = max(200, -(-len(pairs) // 10))
@@ -351,10 +366,20 @@ def _match(db_path: Path, matcher: str, cfg: PrepareConfig, work: Path, progress
                                        device=pycolmap.Device.cpu)
             bar.update(len(part))
     with pycolmap.Database.open(str(db_path)) as db:
-        return int(db.num_verified_image_pairs())
+        _, inliers = db.read_two_view_geometry_num_inliers()
+    min_inliers = pycolmap.TwoViewGeometryOptions().min_num_inliers
+    return sum(1 for n in inliers if n >= min_inliers)  # pairs that passed geometric verification
 
 
-def _map(db_path: Path, frames: FrameSet, sparse_dir: Path, cfg: PrepareConfig, progress: bool) -> dict:
+# Thresholds of the second mapping attempt, for weakly textured or small frames (few inliers per
+# pair): COLMAP's defaults are 100 inliers and 16 degrees for the first pair, 30 inliers and a 25 %
+# inlier ratio to register a frame.
+RELAXED_MAPPER = {"init_min_num_inliers": 30, "init_min_tri_angle": 8.0,
+                  "abs_pose_min_num_inliers": 15, "abs_pose_min_inlier_ratio": 0.15}
+
+
+def _map(db_path: Path, frames: FrameSet, sparse_dir: Path, cfg: PrepareConfig, progress: bool,
+         relaxed: bool = False) -> dict:
     import pycolmap
     from tqdm import tqdm
 
@@ -365,14 +390,22 @@ def _map(db_path: Path, frames: FrameSet, sparse_dir: Path, cfg: PrepareConfig, 
     opts.random_seed = cfg.seed
     opts.num_threads = cfg.num_threads
     opts.min_model_size = max(3, min(10, len(frames.names) // 4))
-    with tqdm(total=len(frames.names), desc="mapping", unit="frame", disable=not progress) as bar:
+    if relaxed:
+        for k, v in RELAXED_MAPPER.items():
+            setattr(opts.mapper, k, v)
+    desc = "mapping (relaxed)" if relaxed else "mapping"
+    with tqdm(total=len(frames.names), desc=desc, unit="frame", disable=not progress) as bar:
         def _tick():
             if bar.n < bar.total:
                 bar.update(1)
         recs = pycolmap.incremental_mapping(str(db_path), str(frames.image_dir), str(sparse_dir), opts,
                                             initial_image_pair_callback=lambda: (_tick(), _tick()),
                                             next_image_callback=_tick)
-    return recs
+    return {k: r for k, r in recs.items() if r.num_reg_images() > 0}
+
+
+def _most_registered(recs: dict) -> int:
+    return max((r.num_reg_images() for r in recs.values()), default=0)
 
 
 def prepare_scene(
@@ -413,6 +446,7 @@ def prepare_scene(
     _check_out(out, cfg.overwrite, [input])
     work = out / "colmap"
     out.mkdir(parents=True, exist_ok=True)
+    (out / "prepare.json").unlink(missing_ok=True)  # written last: its presence means a finished prepare
     work.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     warnings: list[str] = []
@@ -441,7 +475,7 @@ def prepare_scene(
 
     matcher = cfg.matcher
     if matcher == "auto":
-        matcher = "sequential" if frames.source == "video" or len(frames.names) > cfg.exhaustive_max else "exhaustive"
+        matcher = "exhaustive" if len(frames.names) <= cfg.exhaustive_max else "sequential"
 
     with _pycolmap_log(cfg.verbose):
         # 2. features
@@ -462,7 +496,16 @@ def prepare_scene(
 
         # 4. mapping
         t0 = time.perf_counter()
-        recs = _map(db_path, frames, work / "sparse", cfg, progress)
+        need = max(3, int(np.ceil(cfg.min_registered * len(frames.names))))
+        sparse_root = work / "sparse"
+        recs = _map(db_path, frames, sparse_root, cfg, progress)
+        if _most_registered(recs) < need and cfg.relax:
+            first = _most_registered(recs)
+            retry = _map(db_path, frames, work / "sparse_relaxed", cfg, progress, relaxed=True)
+            if _most_registered(retry) > first:
+                warnings.append(f"COLMAP's default mapping thresholds registered {first} frames; relaxed "
+                                f"ones (fewer inliers per frame) registered {_most_registered(retry)}")
+                recs, sparse_root = retry, work / "sparse_relaxed"
         timings["mapping"] = time.perf_counter() - t0
         if not recs:
             raise PrepareError(f"{input}: structure from motion found no model ({verified} matched pairs "
@@ -475,9 +518,9 @@ def prepare_scene(
         if len(order) > 1:
             warnings.append(
                 f"structure from motion found {len(order)} disconnected models ({', '.join(map(str, sizes))} "
-                f"frames); kept the largest (colmap/sparse/{best_key}). The others could not be joined: film "
+                f"frames); kept the largest (colmap/{sparse_root.name}/{best_key}). The others could not be joined: film "
                 "with more overlap, or raise --fps / --overlap.")
-        best_dir = work / "sparse" / str(best_key)
+        best_dir = sparse_root / str(best_key)
         if not (best_dir / "images.bin").exists() and not (best_dir / "images.txt").exists():
             best_dir.mkdir(parents=True, exist_ok=True)
             rec.write_binary(str(best_dir))
@@ -498,7 +541,6 @@ def prepare_scene(
         camera_model=cam.model.name, matcher=matcher, width=und.views[0].width, height=und.views[0].height,
         timings={k: round(v, 3) for k, v in timings.items()}, warnings=warnings,
         unregistered=[n for n in frames.names if n not in registered])
-    need = max(3, int(np.ceil(cfg.min_registered * len(frames.names))))
     too_few = len(registered) < need
     if too_few:
         summary.warnings.append(
