@@ -245,7 +245,7 @@ def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
         )
     d = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     basis = _sh_basis(degree, d)  # [..., nb]
-    return (basis[..., :, None] * coeffs[..., :nb, :]).sum(dim=-2)
+    return torch.matmul(basis.unsqueeze(-2), coeffs[..., :nb, :]).squeeze(-2)
 
 
 def camera_centers(viewmats: Tensor) -> Tensor:
@@ -261,5 +261,11 @@ def sh_colors(degree: int, means: Tensor, coeffs: Tensor, viewmats: Tensor) -> T
     if degree == 0:
         rgb = (_SH_C0 * coeffs[:, 0, :])[None].expand(viewmats.shape[0], -1, -1)
     else:
-        rgb = eval_sh(degree, dirs, coeffs[None].expand(viewmats.shape[0], -1, -1, -1))
+        if not 0 <= degree <= 4:
+            raise ValueError(f"sh_degree must be in 0..4, got {degree}")
+        nb = (degree + 1) ** 2
+        d = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        basis = _sh_basis(degree, d)  # [C, N, nb]
+        # batched over Gaussians: [N, C, nb] @ [N, nb, 3]
+        rgb = torch.bmm(basis.transpose(0, 1), coeffs[:, :nb, :]).transpose(0, 1)
     return torch.clamp_min(rgb + 0.5, 0.0)

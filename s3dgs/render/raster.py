@@ -143,33 +143,46 @@ def build_plan(
     return plan
 
 
-def _gaussian_table(means2d, conics, opacities, feats):
-    """Flat per-Gaussian arrays with one padding entry at the end (index C*N)."""
+# columns of the packed per-Gaussian table
+_X, _Y, _A, _B, _C, _LOGO, _O = range(7)
+_NCOL = 7
+
+
+def _gaussian_table(means2d, conics, opacities, feats) -> Tensor:
+    """Packed per-Gaussian rows ``[C*N + 1, 7 + D]``: x, y, conic a, b, c, log opacity,
+    opacity, features; the last row is padding (alpha = 0)."""
     C, N = opacities.shape
-    dt, dev = means2d.dtype, means2d.device
-    pad1 = torch.zeros(1, dtype=dt, device=dev)
-    m = means2d.reshape(-1, 2)
-    cn = conics.reshape(-1, 3)
-    gx = torch.cat([m[:, 0], pad1])
-    gy = torch.cat([m[:, 1], pad1])
-    ga = torch.cat([cn[:, 0], pad1])
-    gb = torch.cat([cn[:, 1], pad1])
-    gc = torch.cat([cn[:, 2], pad1])
-    o = opacities.reshape(-1)
-    # Visible Gaussians have o >= 1/255, others are never gathered; clamp keeps log finite.
-    glogo = torch.cat([torch.log(o.clamp_min(1e-30)), pad1 - _BIG])
-    go = torch.cat([o, pad1 + 1.0])
-    gf = torch.cat([feats.reshape(C * N, -1), feats.new_zeros(1, feats.shape[-1])])
-    return gx, gy, ga, gb, gc, glogo, go, gf
+    D = feats.shape[-1]
+    o = opacities.reshape(-1, 1)
+    tab = torch.cat(
+        [
+            means2d.reshape(-1, 2),
+            conics.reshape(-1, 3),
+            # visible Gaussians have o >= 1/255; the clamp only keeps culled ones finite
+            torch.log(o.clamp_min(1e-30)),
+            o,
+            feats.reshape(C * N, D),
+        ],
+        dim=1,
+    )
+    pad = torch.zeros((1, tab.shape[1]), dtype=tab.dtype, device=tab.device)
+    pad[0, _LOGO] = -_BIG
+    pad[0, _O] = 1.0
+    return torch.cat([tab, pad])
 
 
 class _Ctx:
     """Per-chunk recomputation shared by forward and backward."""
 
-    def __init__(self, plan: TilePlan, table, pixf: Tensor):
+    def __init__(self, plan: TilePlan, table: Tensor, pixf: Tensor):
         self.plan = plan
-        self.gx, self.gy, self.ga, self.gb, self.gc, self.glogo, self.go, self.gf = table
+        self.tab = table
         self.pixf = pixf  # [P, 6]
+        # threshold_() keeps x > th: use the largest value below 1/255 in this dtype
+        thr = torch.tensor(ALPHA_THRESHOLD, dtype=pixf.dtype)
+        self.thr_lo = float(torch.nextafter(thr, torch.zeros_like(thr)))
+        # alpha can only reach the 0.999 clamp for opacities >= 0.999
+        self.any_clamp = bool((table[:-1, _O] >= ALPHA_MAX).any())
         t = plan.tile
         tid = torch.arange(plan.n_tiles, device=pixf.device)
         self.ox = ((tid % plan.tiles_x) * t + t / 2.0).to(pixf.dtype)
@@ -177,24 +190,30 @@ class _Ctx:
 
     def gather(self, ch: Chunk, s0: int, s1: int):
         g = ch.gauss[:, s0:s1]  # [Tc, k]
+        rows = self.tab[g]  # [Tc, k, 7 + D]
         lt = ch.tiles % self.plan.n_tiles
-        mx = self.gx[g] - self.ox[lt][:, None]
-        my = self.gy[g] - self.oy[lt][:, None]
-        a, b, c = self.ga[g], self.gb[g], self.gc[g]
+        mx = rows[..., _X] - self.ox[lt][:, None]
+        my = rows[..., _Y] - self.oy[lt][:, None]
+        a, b, c = rows[..., _A], rows[..., _B], rows[..., _C]
         ua = a * mx + b * my
         ub = b * mx + c * my
-        # negated quadratic-form coefficients: pixf @ nq = -(sigma - log o)
+        # log alpha = pixf @ nq = log o - (0.5 a dx^2 + b dx dy + 0.5 c dy^2)
         nq = torch.stack(
-            [-0.5 * a, -b, -0.5 * c, ua, ub, self.glogo[g] - 0.5 * (mx * ua + my * ub)], dim=1
+            [-0.5 * a, -b, -0.5 * c, ua, ub, rows[..., _LOGO] - 0.5 * (mx * ua + my * ub)], dim=1
         )  # [Tc, 6, k]
-        return g, mx, my, a, b, c, ua, ub, nq
+        return g, rows, mx, my, a, b, c, ua, ub, nq
 
     def blend(self, nq: Tensor, T0: Optional[Tensor], done: Optional[Tensor]):
         """alpha [Tc,P,k], one-minus-alpha with T0 prepended [Tc,P,k+1], T [Tc,P,k+1] and the
         pixels that have stopped [Tc,P] (None if none has). ``T0``/``done`` carry the state of
         earlier depth segments."""
-        alpha = torch.matmul(self.pixf, nq).exp_().clamp_(max=ALPHA_MAX)  # [Tc, P, k]
-        alpha.masked_fill_(alpha < ALPHA_THRESHOLD, 0.0)
+        la = torch.matmul(self.pixf, nq)  # [Tc, P, k] log alpha
+        # exp() of arguments that underflow float32 is ~20x slower on CPU: clamp first, since
+        # alpha < 1/255 (log < -5.5) is then set to exactly 0 anyway
+        alpha = la.clamp_(min=-80.0).exp_()
+        torch.nn.functional.threshold_(alpha, self.thr_lo, 0.0)  # keeps alpha >= 1/255
+        if self.any_clamp:
+            alpha.clamp_(max=ALPHA_MAX)
         if done is not None:
             alpha.masked_fill_(done.unsqueeze(-1), 0.0)
         buf = _prepend(alpha, T0)
@@ -227,14 +246,14 @@ def _prepend(alpha: Tensor, T0: Optional[Tensor]) -> Tensor:
 
 def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats):
     """Blend ``feats [C, N, D]``; returns tile-major ``img [C*n_tiles, P, D]`` and final
-    transmittance ``T [C*n_tiles, P]``, plus the segment start transmittances (per chunk)."""
+    transmittance ``T [C*n_tiles, P]``, plus the per-segment start state (per chunk)."""
     D = feats.shape[-1]
     dt, dev = means2d.dtype, means2d.device
     P = plan.tile * plan.tile
     n_all = plan.C * plan.n_tiles
     img = torch.zeros((n_all, P, D), dtype=dt, device=dev)
     Tfin = torch.ones((n_all, P), dtype=dt, device=dev)
-    seg_T0: List[List[Optional[Tensor]]] = []
+    seg_T0: List[list] = []
     if not plan.chunks:
         return img, Tfin, seg_T0
     cx = _Ctx(plan, _gaussian_table(means2d, conics, opacities, feats), pixel_monomials(plan.tile, dt, dev))
@@ -249,10 +268,10 @@ def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats):
             if done is not None and bool(done.all()):
                 break  # every pixel of these tiles has stopped
             starts.append((T0, done))
-            g, *_, nq = cx.gather(ch, s0, s1)
+            g, rows, *_, nq = cx.gather(ch, s0, s1)
             alpha, buf, T, done = cx.blend(nq, T0, done)
             w = alpha.mul_(T[..., :-1])
-            out = torch.bmm(w, cx.gf[g])  # [Tc, P, D]
+            out = torch.bmm(w, rows[..., _NCOL:])  # [Tc, P, D]
             acc = out if acc is None else acc.add_(out)
             T0 = T[..., -1].contiguous()
         img[ch.tiles] = acc
@@ -270,11 +289,9 @@ def rasterize_backward(
     D = feats.shape[-1]
     dt, dev = means2d.dtype, means2d.device
     G = C * N + 1
-    g_m = torch.zeros((G, 2), dtype=dt, device=dev)
-    g_con = torch.zeros((G, 3), dtype=dt, device=dev)
-    g_o = torch.zeros(G, dtype=dt, device=dev)
-    g_f = torch.zeros((G, D), dtype=dt, device=dev)
-    g_abs = torch.zeros((G, 2), dtype=dt, device=dev) if absgrad else None
+    # accumulated per Gaussian: [mx, my, a, b, c, o, feats (D), |mx|, |my|]
+    nacc = 6 + D + (2 if absgrad else 0)
+    acc = torch.zeros((G, nacc), dtype=dt, device=dev)
     if plan.chunks:
         pixf = pixel_monomials(plan.tile, dt, dev)
         pix3 = pixf[:, 3:]  # [P, 3] = [x, y, 1]
@@ -282,57 +299,61 @@ def rasterize_backward(
         pixfT = pixf.t().contiguous()
         for ch, starts in zip(plan.chunks, seg_T0):
             Gc = v_img[ch.tiles]  # [Tc, P, D]
-            # background-free: A = 1 - T_final, so dL/dalpha_k gets + T_final/(1-alpha_k) v_A
+            # A = 1 - T_final, so dL/dalpha_k gets + T_final / (1 - alpha_k) * v_A: it enters
+            # as a constant term of every suffix sum
             S = (-v_alpha[ch.tiles] * Tfin[ch.tiles]).unsqueeze(-1)  # [Tc, P, 1]
             K = ch.gauss.shape[1]
             segs = [(s0, min(K, s0 + ch.seg)) for s0 in range(0, K, ch.seg)][: len(starts)]
             for (s0, s1), (T0, done) in reversed(list(zip(segs, starts))):
-                g, mx, my, a, b, c, ua, ub, nq = cx.gather(ch, s0, s1)
+                g, rows, mx, my, a, b, c, ua, ub, nq = cx.gather(ch, s0, s1)
                 alpha, buf, T, _ = cx.blend(nq, T0, done)
-                F = cx.gf[g]  # [Tc, k, D]
+                F = rows[..., _NCOL:]  # [Tc, k, D]
                 w = alpha * T[..., :-1]
                 gf = torch.bmm(w.transpose(1, 2), Gc)  # [Tc, k, D]
-                vw = torch.bmm(Gc, F.transpose(1, 2))  # [Tc, P, k]
+                vw = torch.bmm(Gc, F.transpose(1, 2))  # [Tc, P, k] dL/dw
                 wg = w.mul_(vw)
+                del vw
                 cs = torch.cumsum(wg, dim=-1)
                 tot = cs[..., -1:]
-                # suffix_k = sum_{j>k} w_j vw_j + later segments + background/alpha term
-                suffix = (tot + S) - cs
-                S = S + tot
-                # dL/dalpha = T_k vw_k - suffix_k / (1 - alpha_k)
-                va = vw.mul_(T[..., :-1]).sub_(suffix.div_(buf[..., 1:]))
-                # d/d(-E) where alpha = exp(-E): dE_neg = alpha * va, zero where clamped
-                vE = va.mul_(alpha)
-                vE.masked_fill_(alpha >= ALPHA_MAX, 0.0)
+                St = S + tot
+                S = St
+                # suffix_k = sum_{j>k} w_j vw_j + later segments + alpha term
+                suffix = torch.sub(St, cs, out=cs)
+                # dL/dalpha_k = T_k vw_k - suffix_k / (1 - alpha_k); alpha = exp(log alpha), so
+                # dL/dlog(alpha_k) = w_k vw_k - suffix_k alpha_k / (1 - alpha_k)
+                clamped = (alpha >= ALPHA_MAX) if cx.any_clamp else None
+                ratio = alpha.div_(buf[..., 1:])
+                vE = torch.sub(wg, suffix.mul_(ratio), out=wg)
+                if clamped is not None:
+                    vE.masked_fill_(clamped, 0.0)
                 vnq = torch.matmul(pixfT, vE)  # [Tc, 6, k]
                 q0, q1, q2, q3, q4, q5 = vnq.unbind(1)
                 # nq = [-a/2, -b, -c/2, ua, ub, log o - (mx ua + my ub)/2]
-                v_mx = a * q3 + b * q4 - ua * q5
-                v_my = b * q3 + c * q4 - ub * q5
-                v_a = -0.5 * q0 + mx * q3 - 0.5 * mx * mx * q5
-                v_b = -q1 + my * q3 + mx * q4 - mx * my * q5
-                v_c = -0.5 * q2 + my * q4 - 0.5 * my * my * q5
-                v_o = q5 / cx.go[g]
-                gi = g.reshape(-1)
-                g_m.index_add_(0, gi, torch.stack([v_mx, v_my], -1).reshape(-1, 2))
-                g_con.index_add_(0, gi, torch.stack([v_a, v_b, v_c], -1).reshape(-1, 3))
-                g_o.index_add_(0, gi, v_o.reshape(-1))
-                g_f.index_add_(0, gi, gf.reshape(-1, D))
+                cols = [
+                    a * q3 + b * q4 - ua * q5,  # mx
+                    b * q3 + c * q4 - ub * q5,  # my
+                    -0.5 * q0 + mx * q3 - 0.5 * mx * mx * q5,  # a
+                    -q1 + my * q3 + mx * q4 - mx * my * q5,  # b
+                    -0.5 * q2 + my * q4 - 0.5 * my * my * q5,  # c
+                    q5 / rows[..., _O],  # o
+                ]
+                parts = [torch.stack(cols, -1), gf]
                 if absgrad:
-                    # per-pixel dE/dmx = a dx + b dy = ua - a px - b py (and likewise for y);
-                    # d loss / d mx at a pixel = -vE * dE/dmx
+                    # per-pixel d log(alpha)/d mx = -(a dx + b dy) = -(ua - a px - b py)
                     lx = torch.matmul(pix3, torch.stack([-a, -b, ua], 1))  # [Tc, P, k]
                     ax = lx.mul_(vE).abs_().sum(1)
                     ly = torch.matmul(pix3, torch.stack([-b, -c, ub], 1))
                     ay = ly.mul_(vE).abs_().sum(1)
-                    g_abs.index_add_(0, gi, torch.stack([ax, ay], -1).reshape(-1, 2))
+                    parts.append(torch.stack([ax, ay], -1))
+                acc.index_add_(0, g.reshape(-1), torch.cat(parts, -1).reshape(-1, nacc))
+    acc = acc[:-1]
     out = (
-        g_m[:-1].reshape(C, N, 2),
-        g_con[:-1].reshape(C, N, 3),
-        g_o[:-1].reshape(C, N),
-        g_f[:-1].reshape(C, N, D),
+        acc[:, 0:2].reshape(C, N, 2),
+        acc[:, 2:5].reshape(C, N, 3),
+        acc[:, 5].reshape(C, N),
+        acc[:, 6 : 6 + D].reshape(C, N, D),
     )
-    return out + ((g_abs[:-1].reshape(C, N, 2) if absgrad else None),)
+    return out + ((acc[:, 6 + D :].reshape(C, N, 2) if absgrad else None),)
 
 
 def tiles_to_image(x: Tensor, plan: TilePlan) -> Tensor:
