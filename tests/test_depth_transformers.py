@@ -228,6 +228,17 @@ def test_kill_midway_then_resume(tiny, tmp_path):
     assert len(read_meta(out)["images"]) == n
 
 
+def test_invalid_map_removed_when_its_redo_fails(tiny_constant, tmp_path):
+    _write_images(tmp_path / "images", [(20, 24)])
+    out = tmp_path / "depths"
+    out.mkdir()
+    Image.fromarray(np.zeros((20, 24), np.uint16)).save(out / "frame_0000.png")  # constant: invalid
+    s = generate_depth(tmp_path / "images", out, model=str(tiny_constant), device="cpu", progress=False,
+                       input_size=FAST)
+    assert s.redone == 1 and "frame_0000.jpg" in s.failed
+    assert not (out / "frame_0000.png").exists()
+
+
 def test_bad_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DepthError, match="no images"):

@@ -294,6 +294,7 @@ def generate_depth(
 
         # --- what is already done -------------------------------------------------------------
         todo: list[tuple[Path, Path, tuple[int, int]]] = []
+        invalid: set[Path] = set()  # existing maps found invalid: removed if their redo fails
         check_iter = files
         if len(files) > 50 and not overwrite and any(out.glob("*.png")):
             check_iter = tqdm(files, desc="Checking existing maps", unit="img", disable=not progress,
@@ -316,6 +317,7 @@ def generate_depth(
                 if problem is not None:
                     log(f"  redoing {dst.name}: {problem}")
                     summary.redone += 1
+                    invalid.add(dst)
             todo.append((img, dst, size))
         if summary.skipped:
             log(f"  {summary.skipped} maps already valid (skipped), {len(todo)} to generate")
@@ -357,6 +359,10 @@ def generate_depth(
                 reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                 summary.failed[img.name] = reason
                 book.fail(img.stem, img.name, reason)
+                if dst in invalid:  # never leave a broken map where a reader would take it as valid
+                    dst.unlink(missing_ok=True)
+                if not dst.exists():  # (with --overwrite a valid old map and its entry stay)
+                    book.images.pop(img.stem, None)
                 say(f"  failed: {img.name}: {reason}")
             bar.update(1)
             book.save()
