@@ -1,0 +1,134 @@
+"""`s3dgs eval` (issue 7 item 1) on a short synthetic run and on constructed Gaussians with known
+answers, and the depth study end to end in its tiny form."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s3dgs.evaluate import evaluate_run, format_table, geometry_tolerances, sample_plant_surface
+from s3dgs.gaussians.model import save_ply
+from s3dgs.scene.groundtruth import load_ground_truth
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("U", "N", "D", "P")
+
+
+def _stem_gaussians(gt, drop=None):
+    """Gaussians on every true stem centreline (spacing a quarter radius), opaque, of the stem's
+    class. `drop(stem_index, t) -> bool` removes some (t = arc parameter in [0, 1])."""
+    means, cls = [], []
+    for i, s in enumerate(gt.stems):
+        pts, rad = s["points"], np.broadcast_to(np.asarray(s["radius"]).reshape(-1), (len(s["points"]),))
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+        cum = np.concatenate([[0], np.cumsum(seg)])
+        step = 0.25 * float(rad.min())
+        t = np.linspace(0, cum[-1], max(2, int(np.ceil(cum[-1] / step)) + 1))
+        x = np.stack([np.interp(t, cum, pts[:, k]) for k in range(3)], 1)
+        keep = np.ones(len(t), bool) if drop is None else ~np.array([drop(i, u) for u in t / cum[-1]])
+        means.append(x[keep])
+        cls += [CLASSES.index(s["class"])] * int(keep.sum())
+    means = torch.tensor(np.concatenate(means), dtype=torch.float32)
+    n = len(means)
+    sem = torch.full((n, 4), -6.0)
+    sem[torch.arange(n), torch.tensor(cls)] = 6.0
+    return {"means": means, "scales": torch.full((n, 3), float(np.log(1e-3))),
+            "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), "opacities": torch.full((n,), 5.0),
+            "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3), "semantics": sem}
+
+
+def _fake_run(tmp_path, scene, params, name="run"):
+    run = tmp_path / name
+    run.mkdir()
+    save_ply(run / "point_cloud.ply", params, CLASSES)
+    (run / "config.json").write_text(json.dumps({"scene": str(scene), "test_every": 8, "sh_degree": 0}))
+    return run
+
+
+def test_gaussians_on_true_stems_cover_them_without_floaters(tiny_scene, tmp_path):
+    gt = load_ground_truth(tiny_scene)
+    run = _fake_run(tmp_path, tiny_scene, _stem_gaussians(gt))
+    m = evaluate_run(run, max_views=1)
+    g = m["geometry"]
+    assert g["available"]
+    assert g["stems"]["covered_fraction"] > 0.99
+    assert g["stems"]["breaks"] == 0
+    assert g["floaters"]["fraction"] == 0.0
+    # centres on the centreline lie one radius inside the surface
+    assert g["chamfer"]["accuracy_m"] <= 1.01 * float(max(np.max(s["radius"]) for s in gt.stems))
+    assert m["cost"]["available"] is False and m["cost"]["gaussians"] == len(_stem_gaussians(gt)["means"])
+    assert json.loads((run / "metrics.json").read_text())["geometry"]["tolerances"]["floater_tol_m"] > 0
+
+
+def test_gap_is_a_break_and_far_gaussian_a_floater(tiny_scene, tmp_path):
+    gt = load_ground_truth(tiny_scene)
+    tol = geometry_tolerances(gt)
+    lengths = [np.linalg.norm(np.diff(s["points"], axis=0), axis=1).sum() for s in gt.stems]
+    longest = int(np.argmax(lengths))
+    params = _stem_gaussians(gt, drop=lambda i, t: i == longest and 0.45 < t < 0.55)
+    # one opaque Gaussian far from every surface, as heavy as all the others together
+    far = torch.tensor([[0.0, 0.0, 0.3]])
+    d = gt.distance_to_surface(far.numpy())[0]
+    if d <= tol["floater_tol_m"]:
+        far = torch.tensor([[0.5, 0.5, 0.3]])
+        assert gt.distance_to_surface(far.numpy())[0] > tol["floater_tol_m"]
+    for k, v in params.items():
+        params[k] = torch.cat([v, v[:1]])
+    params["means"][-1] = far[0]
+    run = _fake_run(tmp_path, tiny_scene, params)
+    g = evaluate_run(run, max_views=1)["geometry"]
+    assert g["stems"]["breaks"] >= 1 and g["stems"]["n_broken_stems"] == 1
+    assert 0.8 < g["stems"]["covered_fraction"] < 1.0
+    assert g["floaters"]["n_floaters"] == 1
+    assert g["floaters"]["fraction"] == pytest.approx(1 / len(params["means"]), rel=1e-3)
+
+
+def test_surface_samples_lie_on_the_plant(tiny_scene):
+    gt = load_ground_truth(tiny_scene)
+    s = sample_plant_surface(gt, n=2000)
+    assert len(s) > 1500
+    assert np.all(gt.plant_distance(s) < 1e-5)
+
+
+def test_eval_cli_on_short_synthetic_run(tiny_scene, tmp_path, capsys):
+    from s3dgs.cli import main
+    from s3dgs.train import TrainConfig, run_training
+
+    run = tmp_path / "run"
+    run_training(TrainConfig(scene=tiny_scene, out=run, num_iterations=30, warmup_iterations=10,
+                             log_every=10, progress=False, save_renders=False, sh_degree=1,
+                             sh_degree_interval=20, refine_start_iter=10, refine_every=10,
+                             reset_every=10_000, num_threads=2))
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "mIoU" in out and "Chamfer" in out
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["views"]["n"] == 2  # tiny preset: 10 views, every 8th held out
+    assert 5 < m["images"]["psnr"] < 60 and 0 < m["images"]["ssim"] <= 1
+    assert m["images"]["lpips"] is None or m["images"]["lpips"] >= 0
+    for group in ("depth", "semantics", "geometry", "cost"):
+        assert m[group]["available"], group
+    assert 0 <= m["depth"]["abs_rel"] and 0 <= m["depth"]["delta1"] <= 1 and m["depth"]["scale"] > 0
+    assert set(m["semantics"]["iou"]) == set(CLASSES)
+    assert 0 <= m["geometry"]["floaters"]["fraction"] <= 1
+    assert m["cost"]["iterations"] == 30 and m["cost"]["gaussians"] > 0 and m["cost"]["train_time_s"] > 0
+    assert "Gaussians" in format_table(m)
+
+
+def test_eval_without_ground_truth_or_run(tmp_path, tiny_scene):
+    from s3dgs.evaluate import EvalConfig, eval_main
+
+    assert eval_main(EvalConfig(run=tmp_path / "nothing")) == 1
+    # a scene without gt/: geometry, depth and semantics say why they are absent
+    import shutil
+
+    scene = tmp_path / "nogt"
+    shutil.copytree(tiny_scene, scene, ignore=shutil.ignore_patterns("gt"))
+    gt = load_ground_truth(tiny_scene)
+    run = _fake_run(tmp_path, scene, _stem_gaussians(gt))
+    m = evaluate_run(run, max_views=1)
+    for group in ("depth", "semantics", "geometry"):
+        assert m[group]["available"] is False and m[group]["reason"]
+    assert m["images"]["psnr"] is not None
