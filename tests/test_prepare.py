@@ -233,7 +233,7 @@ def test_prepare_bad_inputs(tmp_path, capsys):
         prepare_scene(empty, tmp_path / "o5", camera_model="NOPE", quiet=True)
     # through the command line: a message and exit status 1, no traceback
     assert main(["prepare", str(bad), str(tmp_path / "o6"), "--quiet"]) == 1
-    assert "could not be read as a video" in capsys.readouterr().out
+    assert "could not be read as a video" in capsys.readouterr().err
 
 
 def test_sharpest_per_window_and_blur():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -280,7 +281,7 @@ def undistort_main(cfg: UndistortConfig) -> int:
         info = undistort_scene(cfg.scene, cfg.out, images=cfg.images, overwrite=cfg.overwrite,
                                verbose=cfg.verbose)
     except SceneError as exc:
-        print(f"s3dgs undistort: {exc}")
+        print(f"s3dgs undistort: {exc}", file=sys.stderr)
         return 1
     print(f"undistort: {info['images']} images ({', '.join(info['models_before'])} -> PINHOLE "
           f"{info['width']}x{info['height']}), {info['points']} points -> {info['scene']}")
@@ -561,10 +562,10 @@ def prepare_main(cfg: PrepareConfig) -> int:
         summary = prepare_scene(cfg.input, cfg.out, cfg)
     except TooFewRegisteredError as exc:
         print(exc.summary.text())
-        print(f"s3dgs prepare: {exc}")
+        print(f"s3dgs prepare: {exc}", file=sys.stderr)
         return 1
     except SceneError as exc:
-        print(f"s3dgs prepare: {exc}")
+        print(f"s3dgs prepare: {exc}", file=sys.stderr)
         return 1
     print(summary.text())
     return 0
