@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from s3dgs.depth.backends import DEFAULT_MODEL, DEFAULT_SPACE  # noqa: E402
-from s3dgs.depth.generate import DepthConfig, depth_main  # noqa: E402
+from s3dgs.depth.backends import DEFAULT_MODEL, DEFAULT_SPACE
+from s3dgs.depth.generate import DepthConfig, depth_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from s3dgs.depth.backends import DEFAULT_SPACE  # noqa: E402
-from s3dgs.depth.generate import check_space  # noqa: E402
+from s3dgs.depth.backends import DEFAULT_SPACE
+from s3dgs.depth.generate import check_space
 
 
 def main(argv: list[str] | None = None) -> int:

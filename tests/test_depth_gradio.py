@@ -22,9 +22,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 
-from s3dgs.depth.backends import GradioBackend, DepthBackendError, _retry_after  # noqa: E402
-from s3dgs.depth.generate import check_space, depth_main, DepthConfig, generate_depth  # noqa: E402
-from s3dgs.depth.io import load_depth_png, read_depth_info, read_meta  # noqa: E402
+from s3dgs.depth.backends import DepthBackendError, GradioBackend, _retry_after
+from s3dgs.depth.generate import DepthConfig, check_space, depth_main, generate_depth
+from s3dgs.depth.io import load_depth_png, read_depth_info, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = {"mode": "normal", "calls": 0}

@@ -19,16 +19,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from s3dgs.cli import main as cli_main  # noqa: E402
-from s3dgs.depth.backends import (  # noqa: E402
+from s3dgs.cli import main as cli_main
+from s3dgs.depth.backends import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DepthBackendError,
     TransformersBackend,
     processed_size,
 )
-from s3dgs.depth.generate import DepthError, generate_depth, verify_depths  # noqa: E402
-from s3dgs.depth.io import check_depth_png, load_depth_png, read_depth_info, read_meta  # noqa: E402
+from s3dgs.depth.generate import DepthError, generate_depth, verify_depths
+from s3dgs.depth.io import check_depth_png, read_depth_info, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = 70  # model input short side for the tests that are not about resizing (518 is slow on 2 cores)

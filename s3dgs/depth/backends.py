@@ -21,9 +21,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -105,8 +105,8 @@ def model_availability(model: str) -> tuple[bool, str]:
     offline) any hub id, which transformers will download.
     """
     try:
-        import transformers  # noqa: F401
         import torch  # noqa: F401
+        import transformers  # noqa: F401
     except ImportError as exc:
         return False, f"transformers/torch not importable ({exc}); pip install 's3dgs[depth]'"
     p = Path(model).expanduser()

@@ -19,10 +19,11 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Callable, Literal, Optional
+from typing import Annotated, Literal
 
 import numpy as np
 import tyro
@@ -780,11 +781,11 @@ class VerifyConfig:
 
     depths: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DEPTHS")]]
     """Depth folder to check (e.g. SCENE/depths)."""
-    images: Optional[Path] = None
+    images: Path | None = None
     """Images the maps were made from (default: the images folder beside DEPTHS if it exists, else the names and sizes recorded in meta.json)."""
     num_samples: int = 0
     """Also write a contact sheet of N samples (image | coloured disparity)."""
-    sheet: Optional[Path] = None
+    sheet: Path | None = None
     """Contact sheet path (default DEPTHS/verify/contact_sheet.png)."""
 
 
