@@ -155,7 +155,10 @@ def render(
         parts.append(proj.depths[..., None])
     feats = torch.cat(parts, dim=-1) if len(parts) > 1 else rgb.contiguous()
 
-    plan = build_plan(proj.means2d, proj.radii, proj.depths, width, height, tile_size, DEFAULT_BUDGET)
+    plan = build_plan(
+        proj.means2d, proj.radii, proj.depths, width, height, tile_size, DEFAULT_BUDGET,
+        conics=proj.conics, opacities=proj.opacities,
+    )
     img, alphas = rasterize(proj.means2d, proj.conics, proj.opacities, feats, plan, absgrad=absgrad)
 
     out_colors = img[..., :3]

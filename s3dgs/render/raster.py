@@ -81,9 +81,16 @@ def build_plan(
     height: int,
     tile: int = 8,
     budget: int = DEFAULT_BUDGET,
+    conics: Optional[Tensor] = None,  # [C, N, 3]
+    opacities: Optional[Tensor] = None,  # [C, N]
 ) -> TilePlan:
     """Intersect Gaussians with tiles, sort each tile's list by depth, and group tiles into
-    chunks of about ``budget`` elements."""
+    chunks of about ``budget`` elements.
+
+    With ``conics`` and ``opacities`` the bounding-box candidates are refined: a (Gaussian,
+    tile) pair is dropped when no pixel centre of the tile can reach alpha >= 1/255 (exact
+    minimum of the quadratic form over the tile's rectangle of pixel centres, with a margin),
+    which changes nothing in the result and removes most corner tiles."""
     C, N = depths.shape
     device = means2d.device
     tiles_x = math.ceil(width / tile)
@@ -116,6 +123,17 @@ def build_plan(
     nxr = nx[rep]
     tx = x0[rep] + local % nxr
     ty = y0[rep] + torch.div(local, nxr, rounding_mode="floor")
+    if conics is not None and opacities is not None:
+        keep = _ellipse_touches_tile(
+            means2d.reshape(-1, 2)[vidx], conics.reshape(-1, 3)[vidx], opacities.reshape(-1)[vidx],
+            rep, tx, ty, tile,
+        )
+        ki = torch.nonzero(keep).squeeze(1)
+        rep, tx, ty = rep[ki], tx[ki], ty[ki]
+        M = int(rep.numel())
+        plan.n_isects = M
+        if M == 0:
+            return plan
     key = cam[rep] * n_tiles + ty * tiles_x + tx
     key_sorted, perm = torch.sort(key, stable=True)  # stable: keeps depth order per tile
     isect_gauss = vidx[rep[perm]]
@@ -146,6 +164,32 @@ def build_plan(
 # columns of the packed per-Gaussian table
 _X, _Y, _A, _B, _C, _LOGO, _O = range(7)
 _NCOL = 7
+
+
+def _ellipse_touches_tile(m, con, o, rep, tx, ty, tile):
+    """Whether ``0.5 d^T Q d <= log(255 o)`` holds at some pixel centre of tile (tx, ty), for
+    candidate pairs ``rep`` (index into the visible Gaussians ``m [V,2], con [V,3], o [V]``)."""
+    tau = torch.log(o * 255.0)
+    tau = tau + 1e-3 * tau.abs() + 1e-3  # conservative: keeping an extra pair costs only time
+    a, b, c = con.unbind(-1)
+    per_g = torch.stack([m[:, 0] - 0.5, m[:, 1] - 0.5, a, b, c, tau, b / c, b / a], -1)[rep]
+    mx, my, a, b, c, tau, b_c, b_a = per_g.unbind(-1)
+    x0 = tx.to(m.dtype) * tile - mx  # pixel-centre rectangle relative to the mean
+    x1 = x0 + (tile - 1)
+    y0 = ty.to(m.dtype) * tile - my
+    y1 = y0 + (tile - 1)
+    # on a vertical edge dx = X the minimum over dy is at dy = -b X / c (clamped); likewise
+    best = None
+    for X in (x0, x1):
+        dy = torch.clamp(-b_c * X, y0, y1)
+        v = (0.5 * a * X + b * dy) * X + 0.5 * c * dy * dy
+        best = v if best is None else torch.minimum(best, v)
+    for Y in (y0, y1):
+        dx = torch.clamp(-b_a * Y, x0, x1)
+        v = (0.5 * c * Y + b * dx) * Y + 0.5 * a * dx * dx
+        best = torch.minimum(best, v)
+    inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
+    return inside | (best <= tau)
 
 
 def _gaussian_table(means2d, conics, opacities, feats) -> Tensor:
@@ -218,15 +262,18 @@ class _Ctx:
             alpha.masked_fill_(done.unsqueeze(-1), 0.0)
         buf = _prepend(alpha, T0)
         T = torch.cumprod(buf, dim=-1)
-        stop = T[..., -1] <= T_STOP
+        Tend = T[..., -1]
+        stop = Tend <= T_STOP
         if bool(stop.any()):
             # exclusive early stop: drop every Gaussian whose blend would take T to <= 1e-4,
-            # and every later one (the pixel is done)
-            alpha.masked_fill_(T[..., 1:] <= T_STOP, 0.0)
-            buf = _prepend(alpha, T0)
-            T = torch.cumprod(buf, dim=-1)
+            # and every later one (the pixel is done). T before the stop is unchanged, so
+            # T[..., :-1] stays valid where alpha is kept; the final T is the last one > 1e-4.
+            keep = T[..., 1:] > T_STOP
+            alpha.mul_(keep)
+            n_keep = torch.count_nonzero(keep, dim=-1).unsqueeze(-1)
+            Tend = T.gather(-1, n_keep).squeeze(-1)
             done = stop if done is None else (done | stop)
-        return alpha, buf, T, done
+        return alpha, buf, T, Tend, done
 
 
 def _one(x: Tensor) -> Tensor:
@@ -269,11 +316,11 @@ def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats):
                 break  # every pixel of these tiles has stopped
             starts.append((T0, done))
             g, rows, *_, nq = cx.gather(ch, s0, s1)
-            alpha, buf, T, done = cx.blend(nq, T0, done)
+            alpha, buf, T, Tend, done = cx.blend(nq, T0, done)
             w = alpha.mul_(T[..., :-1])
             out = torch.bmm(w, rows[..., _NCOL:])  # [Tc, P, D]
             acc = out if acc is None else acc.add_(out)
-            T0 = T[..., -1].contiguous()
+            T0 = Tend.contiguous()
         img[ch.tiles] = acc
         Tfin[ch.tiles] = T0
         seg_T0.append(starts)
@@ -306,7 +353,7 @@ def rasterize_backward(
             segs = [(s0, min(K, s0 + ch.seg)) for s0 in range(0, K, ch.seg)][: len(starts)]
             for (s0, s1), (T0, done) in reversed(list(zip(segs, starts))):
                 g, rows, mx, my, a, b, c, ua, ub, nq = cx.gather(ch, s0, s1)
-                alpha, buf, T, _ = cx.blend(nq, T0, done)
+                alpha, buf, T, _, _ = cx.blend(nq, T0, done)
                 F = rows[..., _NCOL:]  # [Tc, k, D]
                 w = alpha * T[..., :-1]
                 gf = torch.bmm(w.transpose(1, 2), Gc)  # [Tc, k, D]
