@@ -8,6 +8,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# One intra-op thread: the tensors in tests are tiny, and several torch processes on a 2-core
+# machine with a thread each per core spin against each other (measured: 15x slower steps).
+torch.set_num_threads(1)
 
 FERN = Path(__file__).resolve().parents[2] / "shared" / "data" / "llff_fern"
 
@@ -18,3 +23,13 @@ def fern_dir() -> Path:
     if not (FERN / "sparse" / "0").is_dir():
         pytest.skip("../shared/data/llff_fern not present")
     return FERN
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory) -> Path:
+    """The fastest synthetic plant preset, built once per test session."""
+    from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
+
+    out = tmp_path_factory.mktemp("tiny") / "scene"
+    make_synthetic_scene(SynthConfig(out=out, preset="tiny", seed=0))
+    return out
