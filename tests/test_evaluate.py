@@ -132,3 +132,29 @@ def test_eval_without_ground_truth_or_run(tmp_path, tiny_scene):
     for group in ("depth", "semantics", "geometry"):
         assert m[group]["available"] is False and m[group]["reason"]
     assert m["images"]["psnr"] is not None
+
+
+def test_depth_study_tiny_end_to_end(tmp_path):
+    """The study script in its tiny form: makes the scene, trains and evaluates rows (a subset here,
+    to keep the suite fast; `--tiny` alone runs every row), writes the table, JSON and plots."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("depth_study", ROOT / "benchmarks" / "depth_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    out = tmp_path / "study"
+    rc = study.main([str(tmp_path / "scene"), "--tiny", "--iterations", "8", "--threads", "2", "--out", str(out),
+                     "--only", "rgb,disparity,prior_worse"])
+    assert rc == 0
+    r = json.loads((out / "study.json").read_text())
+    assert [row["name"] for row in r["rows"]] == ["rgb", "disparity", "prior_worse"]
+    for row in r["rows"]:
+        assert row["psnr"] > 5 and row["floaters"] is not None and row["depth_abs_rel"] is not None
+    errs = r["prior_abs_rel_after_affine_fit"]
+    assert errs["prior_worse"] > errs["scene"]  # the worse prior is worse
+    md = (out / "study.md").read_text()
+    assert "| rgb |" in md and "| prior_worse |" in md
+    assert (out / "plots" / "rows.png").stat().st_size > 0
+    # the regenerated copy shares everything but its depths
+    copy = out / "scenes" / "prior_worse"
+    assert (copy / "images").is_symlink() and not (copy / "depths").is_symlink()
