@@ -2,9 +2,10 @@
 
 Cases (RGB from SH degree 3 + 4 semantic channels + depth, one camera):
   (a) 2k Gaussians at 128x128, (b) 20k at 256x256, (c) 100k at 480x270.
-For each: median forward, backward and no-grad (forward only) seconds, the same without the
-depth channel (its cost), and the peak RSS of a separate process running that case's
-forward + backward. Targets from issue 4: (b) fwd+bwd <= 0.30 s, (c) fwd+bwd <= 1.5 s and
+For each: median forward, backward and no-grad (forward only) wall seconds, the fastest
+fwd+bwd, process CPU seconds, the same without the depth channel (runs interleaved; the
+depth cost is taken from the fastest runs), and the peak RSS of a separate process running
+that case's forward + backward. Targets from issue 4: (b) fwd+bwd <= 0.30 s, (c) fwd+bwd <= 1.5 s and
 <= 1 GB peak RSS, depth costs <= 5% over colour + semantics.
 
 Scene: Gaussians uniform in a 2 x 2 x 1 box 4 units in front of the camera (all in view),
@@ -13,6 +14,9 @@ log-normal scales sized so the projected footprint roughly tiles the image at th
 rotations, opacities uniform in [0.1, 0.9], so about 3..5 layers per pixel.
 
 Usage: python benchmarks/render.py [--cases a,b,c] [--threads 2] [--repeats 5] [--absgrad]
+
+On a CPU shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE: with the default (spinning)
+policy, 2 OpenMP threads on an oversubscribed machine were measured 10-20x slower than 1.
 """
 
 from __future__ import annotations
@@ -73,40 +77,62 @@ def _loss(out):
     return loss
 
 
+def _one_run(base, depth: bool, absgrad: bool):
+    """(fwd wall, bwd wall, fwd+bwd CPU seconds, output) for one training-style call."""
+    s = dict(base)
+    for k in ("means", "quats", "scales", "opacities", "colors", "extra"):
+        s[k] = base[k].clone().requires_grad_(True)
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    out = _call(s, depth=depth, absgrad=absgrad)
+    loss = _loss(out)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    c2 = time.process_time()
+    return t1 - t0, t2 - t1, c2 - c0, out
+
+
+def _med(x):
+    return round(statistics.median(x), 4)
+
+
 def time_case(key: str, repeats: int, absgrad: bool):
+    """Runs with and without depth are interleaved so that a change in machine load hits both."""
     N, W, H = CASES[key]
     base = make_scene(N, W, H)
     res = {"N": N, "width": W, "height": H}
-    for depth in (True, False):
-        fwd, bwd = [], []
-        for _ in range(repeats + 1):  # first round is warm-up
-            s = dict(base)
-            for k in ("means", "quats", "scales", "opacities", "colors", "extra"):
-                s[k] = base[k].clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            out = _call(s, depth=depth, absgrad=absgrad)
-            loss = _loss(out)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
-        fwd, bwd = fwd[1:], bwd[1:]
-        tag = "" if depth else "_nodepth"
-        res["fwd_s" + tag] = round(statistics.median(fwd), 4)
-        res["bwd_s" + tag] = round(statistics.median(bwd), 4)
-        res["fwd_bwd_s" + tag] = round(statistics.median([a + b for a, b in zip(fwd, bwd)]), 4)
-        if depth:
-            res["n_isects"] = out.meta["n_isects"]
-            res["mean_alpha"] = round(float(out.alphas.mean()), 3)
-    ng = []
-    for _ in range(repeats + 1):
+    runs = {True: [], False: []}
+    _one_run(base, True, absgrad)  # warm-up
+    for _ in range(repeats):
+        for depth in (True, False):
+            f, b, c, out = _one_run(base, depth, absgrad)
+            runs[depth].append((f, b, c))
+            if depth:
+                res["n_isects"] = out.meta["n_isects"]
+                res["mean_alpha"] = round(float(out.alphas.mean()), 3)
+    for depth, tag in ((True, ""), (False, "_nodepth")):
+        f, b, c = zip(*runs[depth])
+        fb = [x + y for x, y in zip(f, b)]
+        res["fwd_s" + tag] = _med(f)
+        res["bwd_s" + tag] = _med(b)
+        res["fwd_bwd_s" + tag] = _med(fb)
+        res["fwd_bwd_min_s" + tag] = round(min(fb), 4)
+        res["fwd_bwd_cpu_s" + tag] = _med(c)
+    ng, ngc = [], []
+    for i in range(repeats + 1):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         with torch.no_grad():
             _call(base)
-        ng.append(time.perf_counter() - t0)
-    res["nograd_s"] = round(statistics.median(ng[1:]), 4)
-    res["depth_overhead"] = round(res["fwd_bwd_s"] / res["fwd_bwd_s_nodepth"] - 1.0, 4)
+        if i:
+            ng.append(time.perf_counter() - t0)
+            ngc.append(time.process_time() - c0)
+    res["nograd_s"] = _med(ng)
+    res["nograd_cpu_s"] = _med(ngc)
+    # depth cost from the fastest runs of each (least disturbed by other load)
+    res["depth_overhead"] = round(res["fwd_bwd_min_s"] / res["fwd_bwd_min_s_nodepth"] - 1.0, 4)
+    res["depth_overhead_median"] = round(res["fwd_bwd_s"] / res["fwd_bwd_s_nodepth"] - 1.0, 4)
     return res
 
 
@@ -139,6 +165,8 @@ def main():
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "channels": "RGB (SH3) + 4 extra + depth",
         "absgrad": args.absgrad,
         "repeats": args.repeats,
@@ -154,6 +182,7 @@ def main():
             }
         result["cases"][key] = r
         print(json.dumps({key: r}), file=sys.stderr, flush=True)
+    result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result, indent=2))
 
 

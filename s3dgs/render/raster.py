@@ -28,11 +28,12 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_STOP = 1e-4
-DEFAULT_BUDGET = 1 << 20  # elements per [tiles, P, K] chunk
+DEFAULT_BUDGET = 1 << 18  # elements per [tiles, P, K] chunk (256k measured fastest on CPU)
 _BIG = 1e20  # exponent given to padding slots: alpha = exp(-1e20) = 0
 
 
@@ -439,6 +440,7 @@ class RasterizeFunction(torch.autograd.Function):
         return img, alpha
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, v_img, v_alpha):
         means2d, conics, opacities, feats, Tfin = ctx.saved_tensors
         plan = ctx.plan
