@@ -158,3 +158,14 @@ def test_depth_study_tiny_end_to_end(tmp_path):
     # the regenerated copy shares everything but its depths
     copy = out / "scenes" / "prior_worse"
     assert (copy / "images").is_symlink() and not (copy / "depths").is_symlink()
+
+
+def test_real_scene_skips_when_absent(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_scene", ROOT / "benchmarks" / "real_scene.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--scene", str(tmp_path / "absent"), "--out", str(tmp_path / "run")]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
