@@ -248,6 +248,28 @@ def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     return torch.matmul(basis.unsqueeze(-2), coeffs[..., :nb, :]).squeeze(-2)
 
 
+class _ShContract(torch.autograd.Function):
+    """``rgb[c, n] = sum_k basis[c, n, k] coeffs[n, k]``: batched tiny matrix products are slow
+    on CPU (forward and above all backward), broadcast products are not."""
+
+    @staticmethod
+    def forward(ctx, basis, coeffs):  # [C, N, nb], [N, nb, 3] -> [C, N, 3]
+        ctx.save_for_backward(basis, coeffs)
+        return torch.bmm(basis.transpose(0, 1), coeffs).transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, g):  # g [C, N, 3]
+        basis, coeffs = ctx.saved_tensors
+        g_basis = g_coeffs = None
+        if ctx.needs_input_grad[0]:
+            g_basis = sum(coeffs[None, :, :, j] * g[:, :, j : j + 1] for j in range(3))
+        if ctx.needs_input_grad[1]:
+            g_coeffs = basis[0, :, :, None] * g[0, :, None, :]
+            for c in range(1, basis.shape[0]):
+                g_coeffs = g_coeffs + basis[c, :, :, None] * g[c, :, None, :]
+        return g_basis, g_coeffs
+
+
 def camera_centers(viewmats: Tensor) -> Tensor:
     """World-space camera centres ``[C, 3]`` of world-to-camera ``viewmats [C, 4, 4]``."""
     return torch.linalg.inv(viewmats)[:, :3, 3]
@@ -266,6 +288,5 @@ def sh_colors(degree: int, means: Tensor, coeffs: Tensor, viewmats: Tensor) -> T
         nb = (degree + 1) ** 2
         d = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         basis = _sh_basis(degree, d)  # [C, N, nb]
-        # batched over Gaussians: [N, C, nb] @ [N, nb, 3]
-        rgb = torch.bmm(basis.transpose(0, 1), coeffs[:, :nb, :]).transpose(0, 1)
+        rgb = _ShContract.apply(basis, coeffs[:, :nb, :])
     return torch.clamp_min(rgb + 0.5, 0.0)

@@ -34,7 +34,7 @@ ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_STOP = 1e-4
 DEFAULT_BUDGET = 1 << 18  # elements per [tiles, P, K] chunk (256k measured fastest on CPU)
-_BIG = 1e20  # exponent given to padding slots: alpha = exp(-1e20) = 0
+_BIG = 1e20  # padding slots get log opacity -1e20, hence alpha 0
 
 
 @dataclass
@@ -104,26 +104,30 @@ def build_plan(
     vidx = torch.nonzero(vis).squeeze(1)
     if vidx.numel() == 0:
         return plan
-    order = torch.argsort(depths.reshape(-1)[vidx], stable=True)
+    order = torch.argsort(depths.reshape(-1)[vidx])
     vidx = vidx[order]  # visible Gaussians, front to back
-    cam = torch.div(vidx, N, rounding_mode="floor")
+    # int32 from here on where it fits: sorting and integer division are cheaper
+    small = C * n_tiles < 2**31 and C * N < 2**31
+    it = torch.int32 if small else torch.int64
     m = means2d.reshape(-1, 2)[vidx].double() / tile
     r = radii.reshape(-1, 2)[vidx].double() / tile
-    x0 = torch.floor(m[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
-    x1 = torch.ceil(m[:, 0] + r[:, 0]).clamp(0, tiles_x).long()
-    y0 = torch.floor(m[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
-    y1 = torch.ceil(m[:, 1] + r[:, 1]).clamp(0, tiles_y).long()
+    x0 = torch.floor(m[:, 0] - r[:, 0]).clamp(0, tiles_x).to(it)
+    x1 = torch.ceil(m[:, 0] + r[:, 0]).clamp(0, tiles_x).to(it)
+    y0 = torch.floor(m[:, 1] - r[:, 1]).clamp(0, tiles_y).to(it)
+    y1 = torch.ceil(m[:, 1] + r[:, 1]).clamp(0, tiles_y).to(it)
     nx = x1 - x0
-    cnt = nx * (y1 - y0)
+    cnt = (nx * (y1 - y0)).long()
     M = int(cnt.sum())
     plan.n_isects = M
     if M == 0:
         return plan
-    rep = torch.repeat_interleave(torch.arange(vidx.numel(), device=device), cnt)
-    local = torch.arange(M, device=device) - (torch.cumsum(cnt, 0) - cnt)[rep]
+    V = vidx.numel()
+    rep = torch.repeat_interleave(torch.arange(V, device=device, dtype=it), cnt)
+    local = torch.arange(M, device=device, dtype=it) - (torch.cumsum(cnt, 0) - cnt).to(it)[rep]
     nxr = nx[rep]
-    tx = x0[rep] + local % nxr
-    ty = y0[rep] + torch.div(local, nxr, rounding_mode="floor")
+    q = torch.div(local, nxr, rounding_mode="floor")
+    tx = x0[rep] + (local - q * nxr)
+    ty = y0[rep] + q
     if conics is not None and opacities is not None:
         keep = _ellipse_touches_tile(
             means2d.reshape(-1, 2)[vidx], conics.reshape(-1, 3)[vidx], opacities.reshape(-1)[vidx],
@@ -135,7 +139,9 @@ def build_plan(
         plan.n_isects = M
         if M == 0:
             return plan
-    key = cam[rep] * n_tiles + ty * tiles_x + tx
+    key = ty * tiles_x + tx
+    if C > 1:
+        key = key + torch.div(vidx, N, rounding_mode="floor").to(it)[rep] * n_tiles
     key_sorted, perm = torch.sort(key, stable=True)  # stable: keeps depth order per tile
     isect_gauss = vidx[rep[perm]]
     counts = torch.bincount(key_sorted, minlength=C * n_tiles)
@@ -292,9 +298,11 @@ def _prepend(alpha: Tensor, T0: Optional[Tensor]) -> Tensor:
     return buf
 
 
-def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats):
+def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats, for_backward: bool = False):
     """Blend ``feats [C, N, D]``; returns tile-major ``img [C*n_tiles, P, D]`` and final
-    transmittance ``T [C*n_tiles, P]``, plus the per-segment start state (per chunk)."""
+    transmittance ``T [C*n_tiles, P]``, plus, per chunk, the start state of each depth segment
+    (and, with ``for_backward``, its gathered per-Gaussian rows: small, ``[tiles, K]``-sized,
+    so the backward only recomputes the ``[tiles, P, K]`` blending)."""
     D = feats.shape[-1]
     dt, dev = means2d.dtype, means2d.device
     P = plan.tile * plan.tile
@@ -310,13 +318,14 @@ def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats):
         acc = None
         T0 = None
         done = None
-        starts: List[Tuple[Optional[Tensor], Optional[Tensor]]] = []
+        starts: list = []
         for s0 in range(0, K, ch.seg):
             s1 = min(K, s0 + ch.seg)
             if done is not None and bool(done.all()):
                 break  # every pixel of these tiles has stopped
-            starts.append((T0, done))
-            g, rows, *_, nq = cx.gather(ch, s0, s1)
+            gathered = cx.gather(ch, s0, s1)
+            starts.append((T0, done, gathered if for_backward else None))
+            g, rows, *_, nq = gathered
             alpha, buf, T, Tend, done = cx.blend(nq, T0, done)
             w = alpha.mul_(T[..., :-1])
             out = torch.bmm(w, rows[..., _NCOL:])  # [Tc, P, D]
@@ -352,8 +361,10 @@ def rasterize_backward(
             S = (-v_alpha[ch.tiles] * Tfin[ch.tiles]).unsqueeze(-1)  # [Tc, P, 1]
             K = ch.gauss.shape[1]
             segs = [(s0, min(K, s0 + ch.seg)) for s0 in range(0, K, ch.seg)][: len(starts)]
-            for (s0, s1), (T0, done) in reversed(list(zip(segs, starts))):
-                g, rows, mx, my, a, b, c, ua, ub, nq = cx.gather(ch, s0, s1)
+            for (s0, s1), (T0, done, gathered) in reversed(list(zip(segs, starts))):
+                if gathered is None:
+                    gathered = cx.gather(ch, s0, s1)
+                g, rows, mx, my, a, b, c, ua, ub, nq = gathered
                 alpha, buf, T, _, _ = cx.blend(nq, T0, done)
                 F = rows[..., _NCOL:]  # [Tc, k, D]
                 w = alpha * T[..., :-1]
@@ -429,7 +440,7 @@ class RasterizeFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, means2d, conics, opacities, feats, plan: TilePlan, absgrad: bool):
-        img_t, Tfin, seg_T0 = rasterize_forward(plan, means2d, conics, opacities, feats)
+        img_t, Tfin, seg_T0 = rasterize_forward(plan, means2d, conics, opacities, feats, for_backward=True)
         ctx.plan = plan
         ctx.absgrad = absgrad
         ctx.seg_T0 = seg_T0
