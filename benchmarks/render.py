@@ -4,7 +4,7 @@ Cases (RGB from SH degree 3 + 4 semantic channels + depth, one camera):
   (a) 2k Gaussians at 128x128, (b) 20k at 256x256, (c) 100k at 480x270.
 For each: median forward, backward and no-grad (forward only) wall seconds, the fastest
 fwd+bwd, process CPU seconds, the same without the depth channel (runs interleaved; the
-depth cost is taken from the fastest runs), and the peak RSS of a separate process running
+depth cost is the median time ratio over the pairs), and the peak RSS of a separate process running
 that case's forward + backward. Targets from issue 4: (b) fwd+bwd <= 0.30 s, (c) fwd+bwd <= 1.5 s and
 <= 1 GB peak RSS, depth costs <= 5% over colour + semantics.
 
@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,8 +57,8 @@ def make_scene(N: int, W: int, H: int, seed: int = 0):
     extra = torch.softmax(torch.randn(N, 4, generator=g), dim=-1)
     viewmat = torch.eye(4)[None]
     K = torch.tensor([[[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]]])
-    return dict(means=means, quats=quats, scales=scales, opacities=opac, colors=sh, extra=extra,
-                viewmats=viewmat, Ks=K, width=W, height=H)
+    return {"means": means, "quats": quats, "scales": scales, "opacities": opac, "colors": sh,
+            "extra": extra, "viewmats": viewmat, "Ks": K, "width": W, "height": H}
 
 
 def _call(s, depth=True, absgrad=False):
@@ -130,21 +129,26 @@ def time_case(key: str, repeats: int, absgrad: bool):
             ngc.append(time.process_time() - c0)
     res["nograd_s"] = _med(ng)
     res["nograd_cpu_s"] = _med(ngc)
-    # depth cost from the fastest runs of each (least disturbed by other load)
-    res["depth_overhead"] = round(res["fwd_bwd_min_s"] / res["fwd_bwd_min_s_nodepth"] - 1.0, 4)
-    res["depth_overhead_median"] = round(res["fwd_bwd_s"] / res["fwd_bwd_s_nodepth"] - 1.0, 4)
+    # depth cost: median over the interleaved (depth, no depth) pairs of the time ratio, so
+    # that a change of machine load between pairs cancels out
+    ratios = [(a[0] + a[1]) / (b[0] + b[1]) for a, b in zip(runs[True], runs[False])]
+    res["depth_overhead"] = round(statistics.median(ratios) - 1.0, 4)
+    res["depth_overhead_cpu"] = round(
+        statistics.median([a[2] / b[2] for a, b in zip(runs[True], runs[False])]) - 1.0, 4
+    )
     return res
 
 
 def peak_rss_gb(key: str, threads: int, absgrad: bool) -> float:
     """Peak RSS of a fresh process that builds the scene and runs one forward + backward."""
+    here = os.path.dirname(os.path.abspath(__file__))
     code = (
-        "import sys, resource, torch; sys.path.insert(0, %r); torch.set_num_threads(%d);"
-        "import render as b; s = b.make_scene(*b.CASES[%r]);"
+        f"import sys, resource, torch; sys.path.insert(0, {here!r}); torch.set_num_threads({threads});"
+        f"import render as b; s = b.make_scene(*b.CASES[{key!r}]);"
         "[s[k].requires_grad_(True) for k in ('means','quats','scales','opacities','colors','extra')];"
-        "b._loss(b._call(s, absgrad=%r)).backward();"
+        f"b._loss(b._call(s, absgrad={absgrad!r})).backward();"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    ) % (os.path.dirname(os.path.abspath(__file__)), threads, key, absgrad)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return round(int(out.stdout.strip().splitlines()[-1]) / 1024**2, 3)  # KiB -> GiB
 

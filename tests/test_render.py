@@ -55,8 +55,8 @@ def make_scene(N=60, W=37, H=29, C=2, sh_degree=2, E=4, dtype=torch.float64, see
     f = 0.9 * W
     K = torch.tensor([[f, 0.0, W / 2 + 0.3], [0.0, f * 1.05, H / 2 - 0.2], [0.0, 0.0, 1.0]], dtype=dtype)
     Ks = K[None].repeat(C, 1, 1)
-    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
-                extra=extra, viewmats=viewmats, Ks=Ks, W=W, H=H, sh_degree=sh_degree)
+    return {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
+            "extra": extra, "viewmats": viewmats, "Ks": Ks, "W": W, "H": H, "sh_degree": sh_degree}
 
 
 # --------------------------------------------------------------------------- reference
@@ -67,7 +67,7 @@ def dense_blend(means2d, conics, opac, feats, valid, depths, W, H, means2d_pix=N
     means2d_pix: optional [C,P,N,2] per-pixel copies of means2d (for per-pixel gradients).
     Returns img [C,H,W,D] and alpha [C,H,W,1].
     """
-    C, N = opac.shape
+    C = opac.shape[0]
     D = feats.shape[-1]
     ys, xs = torch.meshgrid(torch.arange(H, dtype=means2d.dtype) + 0.5,
                             torch.arange(W, dtype=means2d.dtype) + 0.5, indexing="ij")
@@ -133,9 +133,9 @@ def reference_render(s, *, extra=True, render_depth=True, backgrounds=None, eps2
     colors = img[..., :3]
     if backgrounds is not None:
         colors = colors + (1 - alpha) * backgrounds[:, None, None, :]
-    out = dict(colors=colors, alphas=alpha, extras=img[..., 3:3 + E] if E else None,
-               depths=img[..., 3 + E:4 + E] / alpha.clamp_min(1e-10) if render_depth else None,
-               means2d=means2d, m_pix=m_pix)
+    out = {"colors": colors, "alphas": alpha, "extras": img[..., 3:3 + E] if E else None,
+           "depths": img[..., 3 + E:4 + E] / alpha.clamp_min(1e-10) if render_depth else None,
+           "means2d": means2d, "m_pix": m_pix}
     return out
 
 
@@ -205,8 +205,8 @@ def compare_with_reference(s, rtol, atol_frac, backgrounds=None, **kw):
     close(out.alphas, ref["alphas"], "alphas")
     close(out.extras, ref["extras"], "extras")
     close(out.depths, ref["depths"], "depths")
-    for k in want:
-        close(got[k], want[k], f"grad {k}")
+    for k, v in want.items():
+        close(got[k], v, f"grad {k}")
     return out
 
 
@@ -282,7 +282,7 @@ def test_matches_dense_reference_float32():
     s64 = make_scene(dtype=torch.float64, seed=3)
     s32 = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in s64.items()}
     wts = random_weights(s64, s64["extra"].shape[1])
-    v_true, g_true = _grads(s64, run_render, wts)
+    _, g_true = _grads(s64, run_render, wts)
     v_mine, g_mine = _grads(s32, run_render, wts)
     v_ref, g_ref = _grads(s32, reference_render, wts)
     for k in v_ref:
@@ -396,6 +396,8 @@ def test_contract_shapes_and_meta():
     assert m["radii"].dtype == torch.int32
     assert (m["width"], m["height"], m["n_cameras"]) == (W, H, C)
     assert m["gaussian_ids"] is None and m["absgrad"] is True
+    (out.colors.sum() + out.depths.sum()).backward()
+    assert m["means2d"].grad.shape == (C, N, 2) and m["means2d"].absgrad.shape == (C, N, 2)
     out2 = run_render(s, render_depth=False, extra_t=None)
     assert out2.depths is None and out2.extras is None
     torch.testing.assert_close(out2.colors, out.colors, rtol=1e-5, atol=1e-6)
@@ -565,13 +567,16 @@ def test_gsplat_backend_contract_and_agreement():
         outs[be] = (out, {k: v.grad for k, v in ins.items()})
     (g, gg), (t, tg) = outs["gsplat"], outs["torch"]
     assert g.colors.shape == t.colors.shape and g.extras.shape == t.extras.shape
-    assert g.meta["radii"].shape == t.meta["radii"].shape
-    assert torch.equal(g.meta["radii"].cpu(), t.meta["radii"].cpu())
+    assert g.meta["radii"].shape == t.meta["radii"].shape and g.meta["radii"].dtype == torch.int32
+    # same formula; float rounding may move a ceil() by one pixel for a few Gaussians
+    dr = (g.meta["radii"] - t.meta["radii"]).abs()
+    assert dr.max() <= 1 and (dr > 0).float().mean() < 0.01
     for a, b in ((g.colors, t.colors), (g.alphas, t.alphas), (g.extras, t.extras), (g.depths, t.depths)):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
     for k in gg:
         torch.testing.assert_close(gg[k], tg[k], rtol=1e-2, atol=1e-3 * tg[k].abs().max().item())
-    torch.testing.assert_close(g.meta["means2d"].absgrad, t.meta["means2d"].absgrad, rtol=1e-2, atol=1e-4)
+    ta = t.meta["means2d"].absgrad
+    torch.testing.assert_close(g.meta["means2d"].absgrad, ta, rtol=1e-2, atol=1e-3 * ta.abs().max().item())
 
 
 @pytest.mark.skipif(not CUDA, reason="gsplat backend needs CUDA")

@@ -14,11 +14,11 @@ from .api import RenderOutput, gsplat_available, render
 from .projection import eval_sh, project_gaussians, quat_to_rotmat, sh_colors
 
 __all__ = [
-    "render",
     "RenderOutput",
+    "eval_sh",
     "gsplat_available",
     "project_gaussians",
     "quat_to_rotmat",
-    "eval_sh",
+    "render",
     "sh_colors",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from .raster import DEFAULT_BUDGET, build_plan, rasterize
 
 logger = logging.getLogger("s3dgs.render")
 
-_GSPLAT_OK: Optional[bool] = None
+_GSPLAT_OK: bool | None = None
 _ANNOUNCED: set = set()
 
 
@@ -30,10 +30,10 @@ class RenderOutput:
     """
 
     colors: Tensor
-    extras: Optional[Tensor]
-    depths: Optional[Tensor]
+    extras: Tensor | None
+    depths: Tensor | None
     alphas: Tensor
-    meta: Dict[str, Any]
+    meta: dict[str, Any]
 
 
 def gsplat_available() -> bool:
@@ -43,10 +43,10 @@ def gsplat_available() -> bool:
         ok = False
         if torch.cuda.is_available():
             try:
-                from gsplat.cuda._backend import _C  # noqa: F401
+                from gsplat.cuda._backend import _C
 
                 ok = _C is not None
-            except Exception as e:  # pragma: no cover - depends on the machine
+            except (ImportError, OSError, RuntimeError) as e:  # pragma: no cover - machine-dependent
                 logger.info("gsplat CUDA extension unavailable (%s); using the torch backend", e)
         _GSPLAT_OK = ok
     return _GSPLAT_OK
@@ -80,10 +80,10 @@ def render(
     width: int,
     height: int,
     *,
-    sh_degree: Optional[int] = None,
-    extra: Optional[Tensor] = None,  # [N, E]
+    sh_degree: int | None = None,
+    extra: Tensor | None = None,  # [N, E]
     render_depth: bool = True,
-    backgrounds: Optional[Tensor] = None,  # [C, 3]
+    backgrounds: Tensor | None = None,  # [C, 3]
     near: float = 0.01,
     far: float = 1e10,
     backend: str = "auto",
@@ -170,6 +170,8 @@ def render(
         depths = img[..., 3 + E : 4 + E] / alphas.clamp_min(1e-10)
 
     means2d = proj.means2d
+    if means2d.requires_grad:
+        means2d.retain_grad()  # .grad filled on backward, as gsplat's DefaultStrategy expects
     meta = {
         "means2d": means2d,
         "radii": proj.radii,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -21,10 +19,10 @@ def render_gsplat(
     width: int,
     height: int,
     *,
-    sh_degree: Optional[int],
-    extra: Optional[Tensor],
+    sh_degree: int | None,
+    extra: Tensor | None,
     render_depth: bool,
-    backgrounds: Optional[Tensor],
+    backgrounds: Tensor | None,
     near: float,
     far: float,
     absgrad: bool,

@@ -13,9 +13,7 @@ reaches 1/255, so pixels outside the extents could not receive anything anyway).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -26,11 +24,11 @@ EXTENT_SIGMAS = 3.33
 __all__ = [
     "ALPHA_THRESHOLD",
     "Projection",
-    "quat_to_rotmat",
-    "project_gaussians",
-    "eval_sh",
-    "sh_colors",
     "camera_centers",
+    "eval_sh",
+    "project_gaussians",
+    "quat_to_rotmat",
+    "sh_colors",
 ]
 
 
@@ -77,7 +75,7 @@ def project_gaussians(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4]
     scales: Tensor,  # [N, 3]
-    opacities: Optional[Tensor],  # [N] or None
+    opacities: Tensor | None,  # [N] or None
     viewmats: Tensor,  # [C, 4, 4]
     Ks: Tensor,  # [C, 3, 3]
     width: int,

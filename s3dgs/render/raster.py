@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -56,7 +55,7 @@ class TilePlan:
     tiles_x: int
     tiles_y: int
     n_isects: int
-    chunks: List[Chunk] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
 
     @property
     def n_tiles(self) -> int:
@@ -82,8 +81,8 @@ def build_plan(
     height: int,
     tile: int = 8,
     budget: int = DEFAULT_BUDGET,
-    conics: Optional[Tensor] = None,  # [C, N, 3]
-    opacities: Optional[Tensor] = None,  # [C, N]
+    conics: Tensor | None = None,  # [C, N, 3]
+    opacities: Tensor | None = None,  # [C, N]
 ) -> TilePlan:
     """Intersect Gaussians with tiles, sort each tile's list by depth, and group tiles into
     chunks of about ``budget`` elements.
@@ -254,7 +253,7 @@ class _Ctx:
         )  # [Tc, 6, k]
         return g, rows, mx, my, a, b, c, ua, ub, nq
 
-    def blend(self, nq: Tensor, T0: Optional[Tensor], done: Optional[Tensor]):
+    def blend(self, nq: Tensor, T0: Tensor | None, done: Tensor | None):
         """alpha [Tc,P,k], one-minus-alpha with T0 prepended [Tc,P,k+1], T [Tc,P,k+1] and the
         pixels that have stopped [Tc,P] (None if none has). ``T0``/``done`` carry the state of
         earlier depth segments."""
@@ -287,7 +286,7 @@ def _one(x: Tensor) -> Tensor:
     return torch.ones((), dtype=x.dtype, device=x.device)
 
 
-def _prepend(alpha: Tensor, T0: Optional[Tensor]) -> Tensor:
+def _prepend(alpha: Tensor, T0: Tensor | None) -> Tensor:
     Tc, P, k = alpha.shape
     buf = torch.empty((Tc, P, k + 1), dtype=alpha.dtype, device=alpha.device)
     if T0 is None:
@@ -309,7 +308,7 @@ def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats, for_bac
     n_all = plan.C * plan.n_tiles
     img = torch.zeros((n_all, P, D), dtype=dt, device=dev)
     Tfin = torch.ones((n_all, P), dtype=dt, device=dev)
-    seg_T0: List[list] = []
+    seg_T0: list[list] = []
     if not plan.chunks:
         return img, Tfin, seg_T0
     cx = _Ctx(plan, _gaussian_table(means2d, conics, opacities, feats), pixel_monomials(plan.tile, dt, dev))
@@ -325,8 +324,8 @@ def rasterize_forward(plan: TilePlan, means2d, conics, opacities, feats, for_bac
                 break  # every pixel of these tiles has stopped
             gathered = cx.gather(ch, s0, s1)
             starts.append((T0, done, gathered if for_backward else None))
-            g, rows, *_, nq = gathered
-            alpha, buf, T, Tend, done = cx.blend(nq, T0, done)
+            rows, nq = gathered[1], gathered[-1]
+            alpha, _, T, Tend, done = cx.blend(nq, T0, done)
             w = alpha.mul_(T[..., :-1])
             out = torch.bmm(w, rows[..., _NCOL:])  # [Tc, P, D]
             acc = out if acc is None else acc.add_(out)
