@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     it = a.iterations
     sched = {"num_iterations": it, "refine_start_iter": max(10, min(500, it // 6)),
-             "refine_every": max(10, min(100, it // 30)), "refine_stop_iter": min(15_000, int(0.8 * it)),
+             "refine_every": min(100, max(50, it // 30)), "refine_stop_iter": min(15_000, int(0.8 * it)),
              "reset_every": 3000 if it >= 6000 else 10 * it + 1,
              "sh_degree_interval": max(1, min(1000, it // (a.sh_degree + 2)))}
     t0 = time.perf_counter()
