@@ -40,7 +40,7 @@ __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "ru
 
 log = logging.getLogger("s3dgs")
 
-STAGES = ("prepare", "depth", "heatmaps", "train", "eval", "export", "report")
+STAGES = ("prepare", "align", "depth", "heatmaps", "train", "eval", "export", "report")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
@@ -73,6 +73,10 @@ class RunConfig:
     """transformers model: hub id or local folder."""
     depth_dir: Optional[Path] = None
     """Use these depth maps (<stem>.png and meta.json, made elsewhere) instead of generating them."""
+    reference: Optional[Path] = None
+    """A scene of the same frames with true poses and ground truth (e.g. the synthetic plant): the
+    prepared model is aligned to it (similarity of the camera centres) and evaluated against its
+    true cameras and ground truth."""
     hotspot_sigma: Optional[float] = None
     """Heatmap hotspot sigma in pixels (default: 20 px at 1920 px frame width, scaled to the frames'
     width, at least 3)."""
@@ -105,7 +109,7 @@ class RunConfig:
     export_min_opacity: float = 0.1
     """Opacity a Gaussian needs to be exported."""
     redo: tuple[str, ...] = ()
-    """Stages to redo even when finished (prepare, depth, heatmaps, train, eval, export, report);
+    """Stages to redo even when finished (prepare, align, depth, heatmaps, train, eval, export, report);
     the stages after them are redone too."""
     progress: bool = True
     """Show progress bars."""
@@ -452,9 +456,18 @@ def evaluate_available() -> Optional[Callable]:
     return evaluate_run
 
 
+def do_align(cfg: RunConfig, scene: Path) -> dict:
+    from s3dgs.scene.align import align_to_reference
+
+    a = align_to_reference(scene, cfg.reference)
+    return {"note": f"{a['matched_cameras']} cameras aligned to {cfg.reference} (scale {a['scale']:.4g}, "
+                    f"centre error median {a['centre_error_median_pct_of_spread']:.2f} % / max "
+                    f"{a['centre_error_max_pct_of_spread']:.2f} % of the camera spread)", **a}
+
+
 def do_eval(cfg: RunConfig, scene: Path, run: Path) -> dict:
     fn = evaluate_available()
-    res = fn(run, scene)
+    res = fn(run, cfg.reference if cfg.reference else scene)
     keys = [k for k, v in (res or {}).items() if isinstance(v, dict)]
     return {"note": "metrics: " + ", ".join(keys) if keys else "metrics written"}
 
@@ -502,6 +515,10 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
                     {"input": input_key(), "fps": cfg.fps, "max_size": cfg.max_size,
                      "min_registered": cfg.min_registered})
 
+    align = Stage("align", lambda: do_align(cfg, scene), lambda: [scene / "alignment.json"],
+                  {"reference": str(cfg.reference) if cfg.reference else None},
+                  skip_reason=lambda: None if cfg.reference else "no --reference scene: nothing to align to")
+
     def depth_run():
         info = do_depth(cfg, scene, backend)
         return info
@@ -521,13 +538,14 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
                   lambda: [run / "point_cloud.ply", run / "train_summary.json", run / "metrics.jsonl"],
                   {"train": dataclasses.asdict(_train_config(cfg, scene, run, use_depth)),
                    "keypoints": bool(cfg.keypoints)})
-    ev = Stage("eval", lambda: do_eval(cfg, scene, run), lambda: [run / "metrics.json"], {},
+    ev = Stage("eval", lambda: do_eval(cfg, scene, run), lambda: [run / "metrics.json"],
+               {"reference": str(cfg.reference) if cfg.reference else None},
                skip_reason=lambda: None if evaluate_available() else
                "s3dgs.evaluate is not available in this installation; no metrics.json")
     export = Stage("export", lambda: do_export(cfg, run), lambda: [run / "classes" / "counts.json"],
                    {"threshold": cfg.export_threshold, "min_opacity": cfg.export_min_opacity})
     report = Stage("report", lambda: do_report(run, scene), lambda: [run / "report.html"], {})
-    return [prepare, depth_stage, heat, train, ev, export, report], ctx
+    return [prepare, align, depth_stage, heat, train, ev, export, report], ctx
 
 
 def _print_summary(records: list[dict], total: float, say=print) -> None:
@@ -645,7 +663,8 @@ def make_demo_scene(cfg: DemoConfig, say=print) -> Path:
 
 def demo_run_config(cfg: DemoConfig, synth: Path) -> RunConfig:
     return RunConfig(input=synth / "images", out=Path(cfg.out), keypoints=synth / "keypoints",
-                     depth_dir=synth / "depths", depth_backend="none", iterations=cfg.iterations,
+                     depth_dir=synth / "depths", depth_backend="none", reference=synth,
+                     iterations=cfg.iterations,
                      warmup_iterations=cfg.warmup_iterations, resolution_scale=cfg.resolution_scale,
                      sh_degree=cfg.sh_degree, test_every=cfg.test_every, ckpt_every=cfg.ckpt_every,
                      device=cfg.device, redo=cfg.redo, progress=cfg.progress, min_registered=0.5)

@@ -132,8 +132,8 @@ def test_run_pipeline_resumes_with_fake_rooms(tmp_path, monkeypatch):
     res = P.run_pipeline(cfg, say=lambda m: None)
     assert calls == ["train", "export", "report"]  # depth and eval skipped with a reason
     status = {r["stage"]: r["status"] for r in res["stages"]}
-    assert status == {"prepare": "done", "depth": "skipped", "heatmaps": "done", "train": "ran",
-                      "eval": "skipped", "export": "ran", "report": "ran"}
+    assert status == {"prepare": "done", "align": "skipped", "depth": "skipped", "heatmaps": "done",
+                      "train": "ran", "eval": "skipped", "export": "ran", "report": "ran"}
     assert res["report"] == tmp_path / "out" / "run" / "report.html"
     calls.clear()
     P.run_pipeline(cfg, say=lambda m: None)
