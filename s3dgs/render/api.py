@@ -10,7 +10,12 @@ import torch
 from torch import Tensor
 
 from .projection import project_gaussians, sh_colors
-from .raster import DEFAULT_BUDGET, build_plan, rasterize
+from .raster import build_plan, rasterize
+
+# Elements per [tiles, pixels, Gaussians] chunk of the torch backend; None picks 2^18 with one
+# thread (cache-friendly, fastest measured) and 2^20 with several: fewer, larger parallel
+# regions, which on an oversubscribed CPU with spinning OpenMP threads was measured 2-10x faster.
+DEFAULT_BUDGET: int | None = None
 
 logger = logging.getLogger("s3dgs.render")
 
@@ -155,8 +160,11 @@ def render(
         parts.append(proj.depths[..., None])
     feats = torch.cat(parts, dim=-1) if len(parts) > 1 else rgb.contiguous()
 
+    budget = DEFAULT_BUDGET
+    if budget is None:
+        budget = 1 << 20 if torch.get_num_threads() > 1 else 1 << 18
     plan = build_plan(
-        proj.means2d, proj.radii, proj.depths, width, height, tile_size, DEFAULT_BUDGET,
+        proj.means2d, proj.radii, proj.depths, width, height, tile_size, budget,
         conics=proj.conics, opacities=proj.opacities,
     )
     img, alphas = rasterize(proj.means2d, proj.conics, proj.opacities, feats, plan, absgrad=absgrad)

@@ -120,6 +120,9 @@ def build_plan(
     plan.n_isects = M
     if M == 0:
         return plan
+    if M >= 2**31:
+        it = torch.int64
+        x0, y0, nx = x0.long(), y0.long(), nx.long()
     V = vidx.numel()
     rep = torch.repeat_interleave(torch.arange(V, device=device, dtype=it), cnt)
     local = torch.arange(M, device=device, dtype=it) - (torch.cumsum(cnt, 0) - cnt).to(it)[rep]
