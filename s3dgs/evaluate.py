@@ -38,7 +38,7 @@ import tyro
 
 from s3dgs import metrics as M
 
-__all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances",
+__all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "plant_region",
            "sample_plant_surface"]
 
 _GT_LABELS = {"U": 1, "N": 2, "D": 3, "P": 4}  # ids in gt/masks (s3dgs.scene.groundtruth.LABELS)
@@ -130,6 +130,18 @@ def geometry_tolerances(gt) -> dict:
         "break_factor": 3.0,
         "break_rule": "interior uncovered run longer than break_factor x local radius",
     }
+
+
+def plant_region(gt, tol: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned box around the true plant (capsules, spheres, leaflets) grown by 10 % of the
+    plant size on every side: ``(lo [3], hi [3])`` in metres."""
+    tol = tol or geometry_tolerances(gt)
+    pts = [gt.cap_a - gt.cap_r[:, None], gt.cap_a + gt.cap_r[:, None], gt.cap_b - gt.cap_r[:, None],
+           gt.cap_b + gt.cap_r[:, None], gt.sph_c - gt.sph_r[:, None], gt.sph_c + gt.sph_r[:, None],
+           gt.tris.reshape(-1, 3)]
+    pts = np.concatenate([p.reshape(-1, 3) for p in pts if p.size])
+    m = 0.1 * tol["plant_size_m"]
+    return pts.min(0) - m, pts.max(0) + m
 
 
 def sample_plant_surface(gt, n: int = 20000, seed: int = 0) -> np.ndarray:
@@ -349,13 +361,20 @@ def _geometry(scene: Path, params: dict, classes, activation: str, opaque_thresh
         cls = np.where(probs.max(1) > class_threshold, probs.argmax(1), -1)
     else:
         cls = np.full(len(means), -1)
-    fl = M.floater_fraction(means, opac, gt.distance_to_surface, tol["floater_tol_m"])
+    lo, hi = plant_region(gt, tol)
+    tol["plant_region_m"] = {"min": lo.tolist(), "max": hi.tolist(),
+                             "rule": "bounding box of the true plant grown by 10 % of plant_size on every "
+                                     "side; floaters and Chamfer count the Gaussians inside it (the "
+                                     "backdrop, metres behind the plant, is not what the prior is for)"}
+    inside = np.all((means >= lo) & (means <= hi), axis=1)
+    fl = M.floater_fraction(means[inside], opac[inside], gt.distance_to_surface, tol["floater_tol_m"])
+    fl_all = M.floater_fraction(means, opac, gt.distance_to_surface, tol["floater_tol_m"])
     stem_kw = {"tol": tol["stem_cover_tol_m"], "min_opacity": opaque_threshold,
                "break_factor": tol["break_factor"]}
     st = M.stem_continuity(gt.stems, means, cls, opac, class_names=tuple(classes) or M.CLASS_NAMES, **stem_kw)
     any_cls = M.stem_continuity([{**s, "class": None} for s in gt.stems], means, np.zeros(len(means)), opac,
                                 **stem_kw)
-    opaque = means[opac >= opaque_threshold]
+    opaque = means[(opac >= opaque_threshold) & inside]
     samples = sample_plant_surface(gt)
     ch = M.chamfer_to_surface(opaque, gt.distance_to_surface, samples)
     per_class: dict = {}
@@ -368,7 +387,9 @@ def _geometry(scene: Path, params: dict, classes, activation: str, opaque_thresh
         "frame": "scene coordinates = ground-truth world frame (metres)",
         "tolerances": tol,
         "floaters": {"fraction": fl["fraction"], "count_fraction": fl["count_fraction"],
-                     "n_floaters": fl["n_floaters"], "n": fl["n"]},
+                     "n_floaters": fl["n_floaters"], "n": fl["n"], "region": "plant region"},
+        "floaters_all": {"fraction": fl_all["fraction"], "count_fraction": fl_all["count_fraction"],
+                         "n_floaters": fl_all["n_floaters"], "n": fl_all["n"], "region": "whole scene"},
         "stems": {"covered_fraction": st["covered_fraction"], "breaks": st["breaks"],
                   "n_stems": st["n_stems"], "n_broken_stems": st["n_broken_stems"],
                   "covered_fraction_by_class": {k: v[0] / v[1] if v[1] > 0 else None
@@ -378,7 +399,8 @@ def _geometry(scene: Path, params: dict, classes, activation: str, opaque_thresh
         "chamfer": {"accuracy_m": ch["accuracy"], "completeness_m": ch["completeness"],
                     "chamfer_m": ch["chamfer"], "n_opaque": len(opaque),
                     "n_surface_samples": len(samples),
-                    "rule": "accuracy: mean distance of opaque Gaussian centres to the nearest true "
+                    "rule": "accuracy: mean distance of opaque Gaussian centres in the plant region to "
+                            "the nearest true "
                             "surface (plant, ground, backdrop); completeness: mean distance of points "
                             "sampled on the plant's outer surface (hidden ones included) to the "
                             "nearest opaque centre; chamfer = mean of the two"},
@@ -419,7 +441,8 @@ def format_table(m: dict) -> str:
         rows.append(("semantics", s["reason"]))
     g = m["geometry"]
     if g.get("available"):
-        rows += [("floaters (opacity-weighted)", _f(g["floaters"]["fraction"], "{:.3f}")),
+        rows += [("floaters (plant region)", _f(g["floaters"]["fraction"], "{:.3f}")),
+                 ("floaters (whole scene)", _f(g["floaters_all"]["fraction"], "{:.3f}")),
                  ("stem covered (right class)", _f(g["stems"]["covered_fraction"], "{:.3f}")),
                  ("stem breaks (right class)", str(g["stems"]["breaks"])),
                  ("stem covered (any class)", _f(g["stems_any_class"]["covered_fraction"], "{:.3f}")),

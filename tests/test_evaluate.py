@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from s3dgs.evaluate import evaluate_run, format_table, geometry_tolerances, sample_plant_surface
+from s3dgs.evaluate import evaluate_run, format_table, geometry_tolerances, plant_region, sample_plant_surface
 from s3dgs.gaussians.model import save_ply
 from s3dgs.scene.groundtruth import load_ground_truth
 
@@ -68,12 +68,12 @@ def test_gap_is_a_break_and_far_gaussian_a_floater(tiny_scene, tmp_path):
     lengths = [np.linalg.norm(np.diff(s["points"], axis=0), axis=1).sum() for s in gt.stems]
     longest = int(np.argmax(lengths))
     params = _stem_gaussians(gt, drop=lambda i, t: i == longest and 0.45 < t < 0.55)
-    # one opaque Gaussian far from every surface, as heavy as all the others together
-    far = torch.tensor([[0.0, 0.0, 0.3]])
-    d = gt.distance_to_surface(far.numpy())[0]
-    if d <= tol["floater_tol_m"]:
-        far = torch.tensor([[0.5, 0.5, 0.3]])
-        assert gt.distance_to_surface(far.numpy())[0] > tol["floater_tol_m"]
+    # one opaque Gaussian inside the plant's region but far from every surface
+    lo, hi = plant_region(gt, tol)
+    grid = np.stack(np.meshgrid(*[np.linspace(lo[i], hi[i], 11)[1:-1] for i in range(3)]), -1).reshape(-1, 3)
+    d = gt.distance_to_surface(grid)
+    far = torch.tensor(grid[np.argmax(d)][None], dtype=torch.float32)
+    assert d.max() > tol["floater_tol_m"]
     for k, v in params.items():
         params[k] = torch.cat([v, v[:1]])
     params["means"][-1] = far[0]
@@ -81,7 +81,7 @@ def test_gap_is_a_break_and_far_gaussian_a_floater(tiny_scene, tmp_path):
     g = evaluate_run(run, max_views=1)["geometry"]
     assert g["stems"]["breaks"] >= 1 and g["stems"]["n_broken_stems"] == 1
     assert 0.8 < g["stems"]["covered_fraction"] < 1.0
-    assert g["floaters"]["n_floaters"] == 1
+    assert g["floaters"]["n_floaters"] == 1 and g["floaters_all"]["n_floaters"] == 1
     assert g["floaters"]["fraction"] == pytest.approx(1 / len(params["means"]), rel=1e-3)
 
 
