@@ -282,7 +282,7 @@ def markdown(r: dict) -> str:
         errs = ", ".join(f"{k} {_fmt(v)}" for k, v in r["prior_abs_rel_after_affine_fit"].items())
         lines += ["", f"Prior error (AbsRel of the prior vs true disparity after a per-view affine fit): {errs}"]
     lines += ["", ("stem cover / breaks: any class, opacity >= 0.5; (class): Gaussians of the stem's class; "
-                   "floaters opacity-weighted; tolerances in each run's metrics.json.")]
+                   "floaters: opacity-weighted, Gaussians in the box around the plant; tolerances in each run's metrics.json.")]
     return "\n".join(lines) + "\n"
 
 
