@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--resolution-scale", type=float, default=1.0)
     args = ap.parse_args()
 
+    import s3dgs  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads OpenMP)
     import torch
 
     from s3dgs.train import TrainConfig, run_training
