@@ -58,7 +58,7 @@ def schedule(iterations: int) -> dict:
     """Trainer settings scaled to a run of `iterations` (the trainer's defaults suit 7000+)."""
     it = iterations
     return {"num_iterations": it, "warmup_iterations": min(4000, it // 3),
-            "refine_start_iter": max(10, min(500, it // 6)), "refine_every": min(100, max(50, it // 30)),
+            "refine_start_iter": max(10, min(500, it // 6)), "refine_every": 100 if it >= 1000 else 50,
             "refine_stop_iter": int(0.8 * it), "reset_every": 3000 if it >= 6000 else 10 * it + 1,
             "sh_degree_interval": max(1, min(1000, it // 8))}
 
@@ -187,6 +187,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--max-views", type=int, default=0, help="evaluate only the first n held-out views")
+    ap.add_argument("--resolution-scale", type=float, default=1.0, help="train and evaluate at this scale")
     ap.add_argument("--select-by", default="score", choices=["score", "psnr", "depth"])
     ap.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
     ap.add_argument("--tiny", action="store_true",
@@ -199,6 +200,11 @@ def main(argv=None) -> int:
     def want(name: str) -> bool:
         return not only or name in only
 
+    def have(name: str) -> bool:
+        """Wanted, or already run (by an earlier or a parallel invocation with --only): rows that
+        exist take part in choosing the best configuration."""
+        return want(name) or (out / "runs" / name / "metrics.json").exists()
+
     scene = a.scene
     if not (scene / "sparse").exists():
         from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
@@ -208,6 +214,8 @@ def main(argv=None) -> int:
     out = a.out or scene.parent / f"{scene.name}_depth_study"
     (out / "plots").mkdir(parents=True, exist_ok=True)
     extra = {"sh_degree": 1} if a.tiny else {}
+    if a.resolution_scale != 1.0:
+        extra["resolution_scale"] = a.resolution_scale
     st = Study(scene, out, a.iterations, a.seed, a.threads, a.max_views, extra)
     t0 = time.perf_counter()
     has_conf = any((scene / "depths").glob("*.conf.png")) if (scene / "depths").is_dir() else False
@@ -215,13 +223,13 @@ def main(argv=None) -> int:
 
     if want("rgb"):
         st.run("rgb", {"lambda_depth": 0.0, "no_depth": True})
-    base = [st.run(n, cfg) for n, cfg in BASE_ROWS.items() if want(n)]
+    base = [st.run(n, cfg) for n, cfg in BASE_ROWS.items() if have(n)]
     best = max(base, key=lambda r: score(r, a.select_by)) if base else None
     best_cfg = dict(best["config"]) if best else dict(BASE_ROWS["disparity_sfm"])
     tried = list(base)
     for n, opt in ADDONS.items():
         name = f"best+{n}"
-        if want(name):
+        if have(name):
             note = f"on top of {best['name'] if best else 'disparity_sfm'}"
             if n == "confidence" and not has_conf:
                 note += "; no depths/*.conf.png in the scene, so this equals its base"
@@ -230,7 +238,9 @@ def main(argv=None) -> int:
     top_cfg = dict(top["config"]) if top else best_cfg
     for lam in LAMBDAS:
         name = f"lambda={lam}"
-        if want(name):
+        if want(name) and top is not None and lam == top_cfg.get("lambda_depth"):
+            st.rows[name] = {**top, "name": name, "note": f"the same run as {top['name']} (lambda {lam})"}
+        elif want(name):
             st.run(name, {**top_cfg, "lambda_depth": lam}, note=f"{top['name'] if top else 'default'} at lambda {lam}")
     for name, knobs in PRIOR_KNOBS.items():
         if not want(name):

@@ -125,11 +125,12 @@ class DemoConfig:
     """Synthetic scene preset (default, or tiny for a quick check)."""
     seed: int = 0
     """Seed of the synthetic plant."""
-    iterations: int = 500
-    """Training iterations. About 0.5-1.5 it/s on two (shared) CPU cores at 160x120 with ~3k
-    Gaussians, so roughly 6-15 minutes; tune to the machine."""
-    warmup_iterations: Optional[int] = None
-    """Iterations before the semantic term starts (default: 4/7 of the iterations)."""
+    iterations: int = 2000
+    """Training iterations. On 2 CPU cores at 159x119 this took 6 min 07 s (3-17 it/s as the
+    Gaussians grow from 2.7k to 130k); the whole demo 6 min 14 s (see BENCHMARKS.md)."""
+    warmup_iterations: Optional[int] = 800
+    """Iterations before the semantic term starts (None: 4/7 of the iterations, as 4000 of 7000;
+    the demo starts earlier so that its short run has 1200 semantic iterations)."""
     resolution_scale: float = 0.5
     """Train at this fraction of the frames' resolution."""
     sh_degree: int = 1
