@@ -78,9 +78,9 @@ class TrainConfig:
     """Initial points (PLY); default SCENE/points3D.ply, else the COLMAP points."""
     depth_dir: Optional[Path] = None
     """Depth priors <stem>.png (overrides SCENE/depths)."""
-    no_depth: bool = False
+    no_depth: tyro.conf.FlagCreatePairsOff[bool] = False
     """Ignore depth priors even when present (RGB + semantics only)."""
-    no_semantics: bool = False
+    no_semantics: tyro.conf.FlagCreatePairsOff[bool] = False
     """Ignore heatmaps even when present."""
     resolution_scale: float = 1.0
     """Rescale frames, heatmaps, depth and intrinsics (e.g. 0.5)."""
@@ -164,7 +164,7 @@ class TrainConfig:
     log_every: int = 100
     ckpt_every: int = 1000
     """Checkpoint period (a final one is always written)."""
-    resume: bool = False
+    resume: tyro.conf.FlagCreatePairsOff[bool] = False
     """Continue from the latest checkpoint in OUT."""
     max_nonfinite: int = 20
     """Stop after this many consecutive non-finite losses."""
