@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from s3dgs.scene.colmap import SceneError, read_model
+from s3dgs.scene.frames import write_video
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -110,18 +111,6 @@ def centre_error(scene: Path, true_centres: dict[str, np.ndarray]) -> tuple[floa
     spread = np.linalg.norm(tgt - tgt.mean(0), axis=1).max()
     err = np.linalg.norm(aligned - tgt, axis=1) / spread
     return float(err.max()), float(np.median(err)), len(names)
-
-
-def write_video(path: Path, images: list[np.ndarray], fps: float) -> None:
-    """H.264 mp4 through the ffmpeg binary that imageio-ffmpeg ships."""
-    import imageio_ffmpeg
-
-    h, w = images[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, quality=9, macro_block_size=16)
-    writer.send(None)
-    for img in images:
-        writer.send(np.ascontiguousarray(img))
-    writer.close()
 
 
 @pytest.fixture(scope="module")

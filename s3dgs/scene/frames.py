@@ -193,6 +193,23 @@ def video_frames(
                     video_duration=duration)
 
 
+def write_video(path: str | Path, frames: list[np.ndarray], fps: float, quality: int = 9) -> Path:
+    """Write `frames` (each [H, W, 3] uint8, all one size) as an H.264 mp4 at `fps` with the ffmpeg
+    binary that imageio-ffmpeg ships: a video of rendered or photographed views for `prepare`.
+    Sizes that are not multiples of 16 are padded by imageio-ffmpeg (it says so)."""
+    import imageio_ffmpeg
+
+    if not frames:
+        raise PrepareError(f"{path}: no frames to write")
+    h, w = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, quality=quality, macro_block_size=16)
+    writer.send(None)
+    for f in frames:
+        writer.send(np.ascontiguousarray(f))
+    writer.close()
+    return Path(path)
+
+
 def folder_frames(
     folder: Path,
     work_dir: Path,
