@@ -625,7 +625,7 @@ def run_main(cfg: RunConfig) -> int:
         res = run_pipeline(cfg)
     except _error_types() as exc:
         print(f"s3dgs run: {exc}")
-        print(f"(the finished stages are kept; rerun the same command to continue)")
+        print("(the finished stages are kept; rerun the same command to continue)")
         return 1
     except KeyboardInterrupt:
         print("\ns3dgs run: interrupted; rerun the same command to continue where it stopped")

@@ -22,11 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -34,7 +33,6 @@ import numpy as np
 import torch
 import tyro
 
-from s3dgs import CLASSES
 from s3dgs.gaussians.model import init_params, save_ply, semantic_probs
 from s3dgs.gaussians.strategy import DefaultStrategy
 from s3dgs.losses import (

@@ -2,11 +2,9 @@
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from s3dgs import CLASSES
 from s3dgs.scene.groundtruth import load_ground_truth
