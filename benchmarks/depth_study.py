@@ -12,7 +12,8 @@ the same held-out views (every 8th):
 3. ``disparity``      depth_loss="prior" in disparity space, per-view least-squares alignment;
 4. ``disparity_sfm``  disparity with the robust alignment against the SfM points (depth_alignment="sfm");
 5. ``best+multiscale``, ``best+edge_aware``, ``best+confidence``, ``best+stem_aware``: each option
-   alone on top of the best of rows 2-4;
+   alone on top of the best of rows 2-4 (when that is ``seed``, whose literal loss takes no options,
+   on the same formula through depth_loss="prior": depth space, per-view plain least squares);
 6. ``lambda=0.02 ... 0.2``: the best row so far (2-5) at each lambda_depth;
 7. ``prior_perfect``, ``prior_worse``: the best configuration on copies of the scene whose depth
    priors were regenerated with the synthetic scene's knobs (perfect_prior; 3x warp and 5x noise).
@@ -50,6 +51,9 @@ BASE_ROWS = {
     "disparity": dict(BASE_DEPTH),
     "disparity_sfm": {**BASE_DEPTH, "depth_alignment": "sfm", "depth_robust": True},
 }
+# the seed's literal formula (rendered depth fitted to the prior value per view by plain least
+# squares) through the loss that takes the add-on options
+SEED_WITH_OPTIONS = {**BASE_DEPTH, "depth_space": "depth"}
 PRIOR_KNOBS = {"prior_perfect": {"perfect_prior": True},
                "prior_worse": {"prior_warp_size": 0.45, "prior_noise_sigma": 0.05}}
 
@@ -226,14 +230,19 @@ def main(argv=None) -> int:
     base = [st.run(n, cfg) for n, cfg in BASE_ROWS.items() if have(n)]
     best = max(base, key=lambda r: score(r, a.select_by)) if base else None
     best_cfg = dict(best["config"]) if best else dict(BASE_ROWS["disparity_sfm"])
+    addon_cfg, addon_note = best_cfg, ""
+    if best_cfg.get("depth_loss") == "seed":
+        # the seed's literal loss takes no options: the add-ons go on the same formula through the
+        # configurable loss (depth space, per-view plain least squares)
+        addon_cfg, addon_note = dict(SEED_WITH_OPTIONS), " (the seed's formula through depth_loss=prior)"
     tried = list(base)
     for n, opt in ADDONS.items():
         name = f"best+{n}"
         if have(name):
-            note = f"on top of {best['name'] if best else 'disparity_sfm'}"
+            note = f"on top of {best['name'] if best else 'disparity_sfm'}{addon_note}"
             if n == "confidence" and not has_conf:
                 note += "; no depths/*.conf.png in the scene, so this equals its base"
-            tried.append(st.run(name, {**best_cfg, **opt}, note=note))
+            tried.append(st.run(name, {**addon_cfg, **opt}, note=note))
     top = max(tried, key=lambda r: score(r, a.select_by)) if tried else None
     top_cfg = dict(top["config"]) if top else best_cfg
     for lam in LAMBDAS:

@@ -281,6 +281,16 @@ def _set_rng_state(st: dict, gen: torch.Generator) -> None:
 # the loop
 # -----------------------------------------------------------------------------------------------
 
+def seed_loss_ignored_options(cfg: TrainConfig) -> list[str]:
+    """The depth options `cfg` sets that depth_loss="seed" (the seed's literal formula) ignores."""
+    if cfg.depth_loss != "seed":
+        return []
+    return [n for n, on in (("--depth-alignment sfm", cfg.depth_alignment == "sfm"),
+                            ("--depth-multiscale", cfg.depth_multiscale),
+                            ("--depth-edge-aware", cfg.depth_edge_aware),
+                            ("--depth-stem-aware", cfg.depth_stem_aware)) if on]
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Train according to `cfg`; returns a summary dict (also written to RUN/train_summary.json)."""
     from s3dgs.render import render
@@ -348,6 +358,12 @@ def run_training(cfg: TrainConfig) -> dict:
         rgb = np.concatenate([rgb.reshape(-1, 3), rng.integers(0, 255, (2000, 3)).astype(np.uint8)])
     else:
         say(f"points: {len(xyz)} initial points from {src}; scene scale {sscale:.4g}")
+
+    if use_depth and cfg.depth_loss == "seed":
+        ignored = seed_loss_ignored_options(cfg)
+        if ignored:
+            say(f"depth: --depth-loss seed is the seed's literal formula and ignores {', '.join(ignored)}; "
+                "for that formula with options use --depth-loss prior --depth-space depth --no-depth-robust")
 
     # depth alignment against SfM points, once per image
     sfm = {}

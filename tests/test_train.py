@@ -146,3 +146,15 @@ def test_nonfinite_loss_skips_then_stops(tiny_scene, tmp_path, monkeypatch):
     with pytest.raises(T.TrainingError, match="non-finite 5 times in a row"):
         _train(tiny_scene, tmp_path / "nan", num_iterations=30, max_nonfinite=5)
     assert "step skipped" in (tmp_path / "nan" / "log.txt").read_text()
+
+
+def test_seed_loss_names_the_options_it_ignores(tmp_path):
+    """The seed's literal loss takes no options; the trainer names those a user set in vain."""
+    from s3dgs.train import TrainConfig, seed_loss_ignored_options
+
+    cfg = TrainConfig(scene=tmp_path, out=tmp_path / "run", depth_loss="seed", depth_multiscale=True,
+                      depth_alignment="sfm")
+    assert seed_loss_ignored_options(cfg) == ["--depth-alignment sfm", "--depth-multiscale"]
+    assert seed_loss_ignored_options(TrainConfig(scene=tmp_path, out=tmp_path, depth_loss="seed")) == []
+    cfg.depth_loss = "prior"
+    assert seed_loss_ignored_options(cfg) == []
