@@ -160,6 +160,25 @@ def test_depth_study_tiny_end_to_end(tmp_path):
     assert (copy / "images").is_symlink() and not (copy / "depths").is_symlink()
 
 
+def test_depth_study_addons_take_effect_on_the_seed_row(tmp_path):
+    """When the seed's literal loss (which takes no options) is the best base row, the add-on rows
+    use the same formula through the configurable loss, so the option really is switched on."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("depth_study", ROOT / "benchmarks" / "depth_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    out = tmp_path / "study"
+    assert study.main([str(tmp_path / "scene"), "--tiny", "--iterations", "4", "--threads", "2",
+                       "--out", str(out), "--only", "seed,best+edge_aware"]) == 0
+    rows = {r["name"]: r for r in json.loads((out / "study.json").read_text())["rows"]}
+    assert rows["seed"]["config"]["depth_loss"] == "seed"
+    cfg = rows["best+edge_aware"]["config"]
+    assert cfg["depth_loss"] == "prior" and cfg["depth_space"] == "depth" and cfg["depth_edge_aware"]
+    assert cfg["depth_alignment"] == "per_view" and cfg["depth_robust"] is False
+    assert "seed's formula through depth_loss=prior" in rows["best+edge_aware"]["note"]
+
+
 def test_real_scene_skips_when_absent(tmp_path, capsys):
     import importlib.util
 
