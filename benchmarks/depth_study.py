@@ -20,6 +20,9 @@ the same held-out views (every 8th):
 
 "Best" = highest ``stem coverage (any class) - floater fraction`` (the two things the prior is
 meant to fix), ties broken by PSNR; `--select-by psnr|depth` picks by PSNR or plant-depth AbsRel.
+`--seeds 1,2` trains rgb, disparity, the best base row and the best row again with those training
+seeds (same scene) and reports each figure's mean and range, so a difference between rows can be
+told from run-to-run noise.
 Writes OUT/study.json, OUT/study.md (one table) and OUT/plots/*.png; the runs stay in OUT/runs/.
 A row whose run already has metrics.json is reused (delete OUT/runs/<row> to redo it).
 """
@@ -155,7 +158,8 @@ class Study:
         self.extra = extra or {}
         self.rows: dict[str, dict] = {}
 
-    def run(self, name: str, overrides: dict, scene: Path | None = None, note: str = "") -> dict:
+    def run(self, name: str, overrides: dict, scene: Path | None = None, note: str = "",
+            seed: int | None = None, record: bool = True) -> dict:
         from s3dgs.evaluate import evaluate_run
         from s3dgs.train import TrainConfig, run_training
 
@@ -166,7 +170,8 @@ class Study:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             t = time.perf_counter()
-            run_training(TrainConfig(scene=scene, out=run_dir, seed=self.seed, num_threads=self.threads,
+            run_training(TrainConfig(scene=scene, out=run_dir, seed=self.seed if seed is None else seed,
+                                     num_threads=self.threads,
                                      progress=False, save_renders=False, log_every=max(1, self.iterations // 5),
                                      ckpt_every=10 * self.iterations + 1, **kw))
             print(f"[{name}] trained in {time.perf_counter() - t:.1f} s", flush=True)
@@ -175,7 +180,8 @@ class Study:
             m = json.loads((run_dir / "metrics.json").read_text())
         row = {"name": name, "config": {k: v for k, v in overrides.items()}, "scene": str(scene),
                "note": note, **headline(m)}
-        self.rows[name] = row
+        if record:
+            self.rows[name] = row
         print(f"[{name}] PSNR {row['psnr']:.2f}  stem cover {row['stem_cover']}  floaters {row['floaters']}"
               f"  depth AbsRel {row['depth_abs_rel']}", flush=True)
         return row
@@ -193,6 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-views", type=int, default=0, help="evaluate only the first n held-out views")
     ap.add_argument("--resolution-scale", type=float, default=1.0, help="train and evaluate at this scale")
     ap.add_argument("--select-by", default="score", choices=["score", "psnr", "depth"])
+    ap.add_argument("--seeds", default="",
+                    help="comma-separated extra training seeds: rgb, disparity, the best base row and the best "
+                         "row are trained again with each (runs/<row>@seed<k>) and the spread is reported")
     ap.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
     ap.add_argument("--tiny", action="store_true",
                     help="tiny preset, 20 iterations, one held-out view: a smoke test of the whole study")
@@ -260,6 +269,17 @@ def main(argv=None) -> int:
         copy = make_prior_copy(scene, out / "scenes" / name, knobs)
         st.run(name, dict(top_cfg), scene=copy, note=f"{top['name'] if top else 'default'} config; prior {knobs}")
 
+    spread = {}
+    extra_seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    if extra_seeds:
+        for name in dict.fromkeys(["rgb", "disparity", best["name"] if best else "", top["name"] if top else ""]):
+            if name not in st.rows:
+                continue
+            reps = [st.rows[name]] + [st.run(f"{name}@seed{k}", st.rows[name]["config"], seed=k,
+                                             scene=Path(st.rows[name]["scene"]), record=False)
+                                      for k in extra_seeds]
+            spread[name] = {"seeds": [a.seed] + extra_seeds,
+                            **{k: [r[k] for r in reps] for k in SPREAD_KEYS}}
     prior_err = {"scene": prior_error(scene)} if synthetic else {}
     for name in PRIOR_KNOBS:
         if (out / "scenes" / name).exists():
@@ -267,7 +287,8 @@ def main(argv=None) -> int:
     result = {"scene": str(scene), "iterations": a.iterations, "seed": a.seed, "select_by": a.select_by,
               "best_base": best["name"] if best else None, "best_overall": top["name"] if top else None,
               "prior_abs_rel_after_affine_fit": prior_err, "schedule": schedule(a.iterations),
-              "study_time_s": time.perf_counter() - t0, "rows": list(st.rows.values())}
+              "study_time_s": time.perf_counter() - t0, "rows": list(st.rows.values()),
+              "seed_spread": spread}
     (out / "study.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "study.md").write_text(markdown(result))
     plots(result, out / "plots")
@@ -288,6 +309,9 @@ COLUMNS = [("PSNR", "psnr", "{:.2f}"), ("SSIM", "ssim", "{:.3f}"), ("depth AbsRe
            ("train s", "train_time_s", "{:.0f}")]
 
 
+SPREAD_KEYS = ("psnr", "depth_abs_rel", "miou", "floaters", "stem_cover", "chamfer_mm")
+
+
 def markdown(r: dict) -> str:
     head = (f"Depth-prior study on `{r['scene']}`: {r['iterations']} iterations, seed {r['seed']}, "
             f"best base row `{r['best_base']}`, best overall `{r['best_overall']}` (by {r['select_by']}).")
@@ -300,6 +324,16 @@ def markdown(r: dict) -> str:
     if r["prior_abs_rel_after_affine_fit"]:
         errs = ", ".join(f"{k} {_fmt(v)}" for k, v in r["prior_abs_rel_after_affine_fit"].items())
         lines += ["", f"Prior error (AbsRel of the prior vs true disparity after a per-view affine fit): {errs}"]
+    if r.get("seed_spread"):
+        seeds = next(iter(r["seed_spread"].values()))["seeds"]
+        lines += ["", f"Training-seed spread (seeds {', '.join(map(str, seeds))}; same scene): mean [min, max]", "",
+                  "| row | " + " | ".join(SPREAD_KEYS) + " |", "|---|" + "---:|" * len(SPREAD_KEYS)]
+        for name, sp in r["seed_spread"].items():
+            cells = []
+            for k in SPREAD_KEYS:
+                v = [x for x in sp[k] if x is not None]
+                cells.append(f"{np.mean(v):.3f} [{min(v):.3f}, {max(v):.3f}]" if v else "–")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", ("stem cover / breaks: any class, opacity >= 0.5; (class): Gaussians of the stem's class; "
                    "floaters: opacity-weighted, Gaussians in the box around the plant; tolerances in each run's metrics.json.")]
     return "\n".join(lines) + "\n"

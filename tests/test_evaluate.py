@@ -144,16 +144,21 @@ def test_depth_study_tiny_end_to_end(tmp_path):
     spec.loader.exec_module(study)
     out = tmp_path / "study"
     rc = study.main([str(tmp_path / "scene"), "--tiny", "--iterations", "8", "--threads", "2", "--out", str(out),
-                     "--only", "rgb,disparity,prior_worse"])
+                     "--only", "rgb,disparity,prior_worse", "--seeds", "1"])
     assert rc == 0
     r = json.loads((out / "study.json").read_text())
     assert [row["name"] for row in r["rows"]] == ["rgb", "disparity", "prior_worse"]
+    # --seeds: rgb and disparity (also the best row here) trained again with seed 1
+    assert set(r["seed_spread"]) == {"rgb", "disparity"}
+    sp = r["seed_spread"]["rgb"]
+    assert sp["seeds"] == [0, 1] and len(sp["psnr"]) == 2 and sp["psnr"][0] == r["rows"][0]["psnr"]
+    assert json.loads((out / "runs" / "rgb@seed1" / "config.json").read_text())["seed"] == 1
     for row in r["rows"]:
         assert row["psnr"] > 5 and row["floaters"] is not None and row["depth_abs_rel"] is not None
     errs = r["prior_abs_rel_after_affine_fit"]
     assert errs["prior_worse"] > errs["scene"]  # the worse prior is worse
     md = (out / "study.md").read_text()
-    assert "| rgb |" in md and "| prior_worse |" in md
+    assert "| rgb |" in md and "| prior_worse |" in md and "Training-seed spread" in md
     assert (out / "plots" / "rows.png").stat().st_size > 0
     # the regenerated copy shares everything but its depths
     copy = out / "scenes" / "prior_worse"
