@@ -266,7 +266,9 @@ def main(argv=None) -> int:
         if not synthetic:
             print(f"[{name}] skipped: {scene} is not a synthetic scene (no gt/meta.json)")
             continue
-        copy = make_prior_copy(scene, out / "scenes" / name, knobs)
+        copy = out / "scenes" / name
+        if not ((out / "runs" / name / "metrics.json").exists() and (copy / "depths" / "meta.json").exists()):
+            copy = make_prior_copy(scene, copy, knobs)  # kept when its row is done (parallel --only runs)
         st.run(name, dict(top_cfg), scene=copy, note=f"{top['name'] if top else 'default'} config; prior {knobs}")
 
     spread = {}
