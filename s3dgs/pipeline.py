@@ -126,8 +126,8 @@ class DemoConfig:
     seed: int = 0
     """Seed of the synthetic plant."""
     iterations: int = 2000
-    """Training iterations. On 2 CPU cores at 159x119 this took 6 min 07 s (3-17 it/s as the
-    Gaussians grow from 2.7k to 130k); the whole demo 6 min 14 s (see BENCHMARKS.md)."""
+    """Training iterations. On 2 CPU cores at 159x119 this took 9 min 01 s on 2026-11-29 (3.7 it/s on
+    average as the Gaussians grow from 2.7k to 132k); the whole demo 9 min 42 s (see BENCHMARKS.md)."""
     warmup_iterations: Optional[int] = 800
     """Iterations before the semantic term starts (None: 4/7 of the iterations, as 4000 of 7000;
     the demo starts earlier so that its short run has 1200 semantic iterations)."""
