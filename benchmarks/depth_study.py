@@ -120,24 +120,6 @@ def prior_error(scene: Path) -> float | None:
     return float(np.mean(errs)) if errs else None
 
 
-def headline(m: dict) -> dict:
-    """The figures a row of the table shows, from a metrics.json dict."""
-    g, d, s, c, im = m["geometry"], m["depth"], m["semantics"], m["cost"], m["images"]
-    geo = g.get("available", False)
-    return {
-        "psnr": im["psnr"], "ssim": im["ssim"], "lpips": im["lpips"],
-        "depth_abs_rel": d.get("abs_rel"), "depth_delta1": d.get("delta1"),
-        "plant_abs_rel": (d.get("plant") or {}).get("abs_rel"),
-        "miou": s.get("miou"),
-        "floaters": g["floaters"]["fraction"] if geo else None,
-        "stem_cover": g["stems_any_class"]["covered_fraction"] if geo else None,
-        "stem_breaks": g["stems_any_class"]["breaks"] if geo else None,
-        "stem_cover_class": g["stems"]["covered_fraction"] if geo else None,
-        "chamfer_mm": 1000 * g["chamfer"]["chamfer_m"] if geo and g["chamfer"]["chamfer_m"] is not None else None,
-        "gaussians": c.get("gaussians"), "train_time_s": c.get("train_time_s"), "it_per_s": c.get("it_per_s"),
-    }
-
-
 def score(h: dict, by: str) -> float:
     if by == "psnr":
         return h["psnr"] or -1e9
@@ -160,7 +142,7 @@ class Study:
 
     def run(self, name: str, overrides: dict, scene: Path | None = None, note: str = "",
             seed: int | None = None, record: bool = True) -> dict:
-        from s3dgs.evaluate import evaluate_run
+        from s3dgs.evaluate import evaluate_run, headline
         from s3dgs.train import TrainConfig, run_training
 
         run_dir = self.out / "runs" / name

@@ -87,21 +87,6 @@ def renamed_reference(synth: Path, dest: Path) -> dict[str, str]:
     return stems
 
 
-def figures(m: dict) -> dict:
-    """The headline figures of a metrics.json dict."""
-    g, d, s, im = m["geometry"], m["depth"], m["semantics"], m["images"]
-    geo = g.get("available", False)
-    return {"psnr": im["psnr"], "ssim": im["ssim"], "depth_abs_rel": d.get("abs_rel"),
-            "depth_delta1": d.get("delta1"), "miou": s.get("miou"),
-            "floaters": g["floaters"]["fraction"] if geo else None,
-            "stem_cover": g["stems_any_class"]["covered_fraction"] if geo else None,
-            "stem_breaks": g["stems_any_class"]["breaks"] if geo else None,
-            "chamfer_mm": (1000 * g["chamfer"]["chamfer_m"]
-                           if geo and g["chamfer"]["chamfer_m"] is not None else None),
-            "gaussians": m["cost"].get("gaussians"), "train_time_s": m["cost"].get("train_time_s"),
-            "held_out_views": (m.get("views") or {}).get("n")}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,7 +106,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from s3dgs.evaluate import evaluate_run
+    from s3dgs.evaluate import evaluate_run, headline
     from s3dgs.pipeline import RunConfig, _train_config, run_pipeline
     from s3dgs.scene.frames import write_video
     from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
@@ -187,11 +172,11 @@ def main(argv=None) -> int:
                   "alignment": {k: align[k] for k in ("matched_cameras", "scale", "centre_error_median",
                                                       "centre_error_max", "centre_error_median_pct_of_spread",
                                                       "centre_error_max_pct_of_spread")},
-                  "pipeline_time_s": round(video_s, 1), **figures(m_video),
+                  "pipeline_time_s": round(video_s, 1), **headline(m_video),
                   "own_poses": {"psnr": m_own["images"]["psnr"], "ssim": m_own["images"]["ssim"],
                                 "note": "rendered from its own SfM cameras, against its own (video) frames"}},
         "true_poses": {"time_s": prev["true_poses"]["time_s"] if reuse else round(true_s, 1),
-                       **figures(m_true)},
+                       **headline(m_true)},
         "reused_runs": reuse,
     }
     (out / "video_run.json").write_text(json.dumps(result, indent=2))

@@ -412,6 +412,29 @@ def _geometry(scene: Path, params: dict, classes, activation: str, opaque_thresh
 # --------------------------------------------------------------------------------------------
 
 
+def headline(m: dict) -> dict:
+    """The headline figures of a metrics dict (`evaluate_run`'s result or RUN/metrics.json), flat:
+    psnr, ssim, lpips, depth_abs_rel, depth_delta1, plant_abs_rel, miou, floaters, stem_cover,
+    stem_breaks (any class), stem_cover_class, chamfer_mm, gaussians, train_time_s, it_per_s,
+    held_out_views. A figure whose group has no ground truth is None."""
+    g, d, s, c, im = m["geometry"], m["depth"], m["semantics"], m["cost"], m["images"]
+    geo = g.get("available", False)
+    chamfer = g["chamfer"]["chamfer_m"] if geo else None
+    return {
+        "psnr": im["psnr"], "ssim": im["ssim"], "lpips": im.get("lpips"),
+        "depth_abs_rel": d.get("abs_rel"), "depth_delta1": d.get("delta1"),
+        "plant_abs_rel": (d.get("plant") or {}).get("abs_rel"),
+        "miou": s.get("miou"),
+        "floaters": g["floaters"]["fraction"] if geo else None,
+        "stem_cover": g["stems_any_class"]["covered_fraction"] if geo else None,
+        "stem_breaks": g["stems_any_class"]["breaks"] if geo else None,
+        "stem_cover_class": g["stems"]["covered_fraction"] if geo else None,
+        "chamfer_mm": 1000 * chamfer if chamfer is not None else None,
+        "gaussians": c.get("gaussians"), "train_time_s": c.get("train_time_s"), "it_per_s": c.get("it_per_s"),
+        "held_out_views": (m.get("views") or {}).get("n"),
+    }
+
+
 def _f(x, fmt="{:.4f}"):
     return "n/a" if x is None else fmt.format(x)
 

@@ -60,6 +60,12 @@ def test_gaussians_on_true_stems_cover_them_without_floaters(tiny_scene, tmp_pat
     assert g["chamfer"]["accuracy_m"] <= 1.01 * float(max(np.max(s["radius"]) for s in gt.stems))
     assert m["cost"]["available"] is False and m["cost"]["gaussians"] == len(_stem_gaussians(gt)["means"])
     assert json.loads((run / "metrics.json").read_text())["geometry"]["tolerances"]["floater_tol_m"] > 0
+    # the flat headline figures the benchmarks tabulate
+    from s3dgs.evaluate import headline
+
+    h = headline(m)
+    assert h["floaters"] == 0.0 and h["stem_cover_class"] == g["stems"]["covered_fraction"]
+    assert h["chamfer_mm"] == 1000 * g["chamfer"]["chamfer_m"] and h["held_out_views"] == 1
 
 
 def test_gap_is_a_break_and_far_gaussian_a_floater(tiny_scene, tmp_path):
@@ -132,6 +138,10 @@ def test_eval_without_ground_truth_or_run(tmp_path, tiny_scene):
     for group in ("depth", "semantics", "geometry"):
         assert m[group]["available"] is False and m[group]["reason"]
     assert m["images"]["psnr"] is not None
+    from s3dgs.evaluate import headline
+
+    h = headline(m)
+    assert h["psnr"] == m["images"]["psnr"] and h["floaters"] is None and h["chamfer_mm"] is None
 
 
 def test_depth_study_tiny_end_to_end(tmp_path):
