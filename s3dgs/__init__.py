@@ -11,5 +11,6 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-CLASSES = ("U", "N", "D", "P")
-"""Semantic stem classes: stem above a node, node, stem below a node, peduncle."""
+from s3dgs.classes import CLASSES  # the one class table: s3dgs/classes.py
+
+__all__ = ["CLASSES", "__version__"]

@@ -9,7 +9,11 @@ and a subcommand pays only for what it uses.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
+
+from s3dgs.errors import S3dgsError
 
 # name: (module, config dataclass, function taking the config, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -78,10 +82,22 @@ def main(argv: list[str] | None = None) -> int:
         prog = f"s3dgs {name} {rest[0]}"
         rest = rest[1:]
     module_name, cfg_name, fn_name, text = entry
-    module = importlib.import_module(module_name)
-    cfg_cls = getattr(module, cfg_name)
-    cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
-    result = getattr(module, fn_name)(cfg)
+    debug = "--debug" in rest or os.environ.get("S3DGS_DEBUG", "") not in ("", "0")
+    rest = [a for a in rest if a != "--debug"]
+    try:
+        module = importlib.import_module(module_name)
+        cfg_cls = getattr(module, cfg_name)
+        cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
+        result = getattr(module, fn_name)(cfg)
+    except S3dgsError as exc:
+        # the one place user errors are reported: the message names the file or option and the fix
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
     return int(result) if isinstance(result, int) else 0
 
 

@@ -35,6 +35,8 @@ from typing import Callable, Literal, Optional
 
 import tyro
 
+from s3dgs.errors import S3dgsError
+
 __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "run_main", "demo_main",
            "PipelineError"]
 
@@ -44,7 +46,7 @@ STAGES = ("prepare", "align", "depth", "heatmaps", "train", "eval", "export", "r
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(S3dgsError, RuntimeError):
     """A stage cannot run; the message names the file and the fix."""
 
 
@@ -393,9 +395,9 @@ def rescale_keypoints(src: Path, scene: Path) -> Path:
 
 
 def do_heatmaps(cfg: RunConfig, scene: Path) -> dict:
-    from s3dgs.scene.heatmaps import make_heatmaps
-
     from PIL import Image
+
+    from s3dgs.scene.heatmaps import make_heatmaps
 
     kp = rescale_keypoints(cfg.keypoints, scene)
     sigma = cfg.hotspot_sigma

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import tyro
 
+from s3dgs.errors import S3dgsError
 from s3dgs.gaussians.model import init_params, save_ply, semantic_probs
 from s3dgs.gaussians.strategy import DefaultStrategy
 from s3dgs.losses import (
@@ -52,7 +53,7 @@ __all__ = ["TrainConfig", "train", "train_main", "scale_invariant_depth_loss", "
 log = logging.getLogger("s3dgs")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(S3dgsError, RuntimeError):
     """Training cannot go on (e.g. the loss stayed non-finite); the last good checkpoint stays."""
 
 

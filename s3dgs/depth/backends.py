@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from s3dgs.errors import S3dgsError
+
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 DEFAULT_SPACE = "depth-anything/Depth-Anything-V2"
 API_NAME = "/on_submit"
@@ -37,7 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DepthBackendError(RuntimeError):
+class DepthBackendError(S3dgsError, RuntimeError):
     """A backend cannot be set up or used; the message says why and what to do."""
 
 

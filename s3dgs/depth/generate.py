@@ -53,6 +53,7 @@ from s3dgs.depth.io import (
     save_depth_png,
     write_meta,
 )
+from s3dgs.errors import S3dgsError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LOCK_NAME = ".s3dgs-depth.lock"
@@ -64,7 +65,7 @@ FORMAT_TEXT = ("16-bit PNG, one per image, same stem, input resolution; "
                "png / 65535 = (raw - raw_min) / (raw_max - raw_min) per image")
 
 
-class DepthError(RuntimeError):
+class DepthError(S3dgsError, RuntimeError):
     """A usage problem (bad folder, nothing to do, ...); the message names the path and the fix."""
 
 

@@ -18,11 +18,13 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from s3dgs.errors import S3dgsError
+
 META_NAME = "meta.json"
 PNG_INFO_KEY = "s3dgs-depth"
 
 
-class DepthFileError(ValueError):
+class DepthFileError(S3dgsError, ValueError):
     """A depth file is missing, unreadable or malformed; the message names the file and the fix."""
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from s3dgs.errors import S3dgsError
+
 # Camera models s3dgs renders directly; everything else must be undistorted first.
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
 
 
-class SceneError(ValueError):
+class SceneError(S3dgsError, ValueError):
     """An input file is missing or malformed. The message names the file and the fix."""
 
 
