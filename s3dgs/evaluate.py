@@ -37,11 +37,11 @@ import torch
 import tyro
 
 from s3dgs import metrics as M
+from s3dgs.classes import GT_LABELS
 
 __all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "plant_region",
            "sample_plant_surface"]
 
-_GT_LABELS = {"U": 1, "N": 2, "D": 3, "P": 4}  # ids in gt/masks (s3dgs.scene.groundtruth.LABELS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,8 +268,8 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
         if has_sem and gmask is not None and r.extras is not None:
             remap = np.zeros_like(gmask)
             for k, c in enumerate(classes):
-                if c in _GT_LABELS:
-                    remap[gmask == _GT_LABELS[c]] = k + 1
+                if c in GT_LABELS:
+                    remap[gmask == GT_LABELS[c]] = k + 1
             sem_pred.append(r.extras[0].cpu().numpy().reshape(-1, len(classes)))
             sem_gt.append(remap.reshape(-1))
 

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 import tyro
 
+from s3dgs.classes import CLASSES, class_color
 from s3dgs.gaussians.model import load_ply, semantic_probs, sh_to_rgb
-
-CLASS_COLORS = {"U": (230, 60, 60), "N": (250, 210, 40), "D": (60, 110, 240), "P": (220, 60, 220)}
 
 
 def _colormap(x: np.ndarray, name: str = "turbo") -> np.ndarray:
@@ -48,7 +47,7 @@ def semantic_overlay(image: np.ndarray, probs: np.ndarray, classes, threshold: f
     on = probs.max(-1) > threshold
     for k, c in enumerate(classes):
         m = on & (top == k)
-        out[m] = 0.35 * out[m] + 0.65 * np.array(CLASS_COLORS.get(c, (255, 255, 255)), np.float32)
+        out[m] = 0.35 * out[m] + 0.65 * np.array(class_color(c), np.float32)
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -88,7 +87,7 @@ def render_views(params, dataset, out_dir: str | Path, **kwargs) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    classes = getattr(dataset, "classes", ("U", "N", "D", "P"))
+    classes = getattr(dataset, "classes", CLASSES)
     for item, r in render_dataset(params, dataset, **kwargs):
         stem = Path(item["name"]).stem
         rgb = (r.colors[0].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from s3dgs.classes import CLASSES
 from s3dgs.losses import ssim as _ssim_torch
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "stem_continuity",
 ]
 
-CLASS_NAMES = ("U", "N", "D", "P")
+CLASS_NAMES = CLASSES  # the one class table: s3dgs/classes.py
 
 
 def _np(a, dtype=np.float64) -> np.ndarray:

@@ -26,9 +26,12 @@ from typing import Optional
 
 import numpy as np
 
+from s3dgs.classes import CLASS_COLORS
+
 __all__ = ["write_report", "build_report_html"]
 
-CLASS_COLOURS = {"U": "#e6194b", "N": "#ffe119", "D": "#4363d8", "P": "#3cb44b"}
+# hex colours of the one class table (s3dgs/classes.py), so the report and the exports agree
+CLASS_COLOURS = {k: "#%02x%02x%02x" % rgb for k, rgb in CLASS_COLORS.items()}
 MAX_VIEWS = 4
 MAX_POINTS = 20000
 
@@ -427,7 +430,7 @@ def build_report_html(run_dir: str | Path, scene_dir: str | Path | None = None) 
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from s3dgs import CLASSES
+    from s3dgs.classes import CLASSES
 
     run = Path(run_dir)
     scene = Path(scene_dir) if scene_dir is not None else _guess_scene(run)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import tyro
 
+from s3dgs.classes import stem_classes
 from s3dgs.errors import S3dgsError
 from s3dgs.gaussians.model import init_params, save_ply, semantic_probs
 from s3dgs.gaussians.strategy import DefaultStrategy
@@ -493,7 +494,7 @@ def run_training(cfg: TrainConfig) -> dict:
                 stem_map = None
                 if cfg.depth_stem_aware and item["has_heatmap"]:
                     hm = item["heatmap"].to(device)
-                    stem_idx = [ds.classes.index(c) for c in ("U", "D", "P") if c in ds.classes]
+                    stem_idx = stem_classes(ds.classes)
                     stem_map = hm[..., stem_idx].amax(-1)
                 ss = None
                 if cfg.depth_alignment == "sfm":

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s3dgs.classes import CLASSES
+
 SH_C0 = 0.28209479177387814
 
 
@@ -104,7 +106,7 @@ def semantic_probs(logits: torch.Tensor, activation: str = "sigmoid") -> torch.T
 # ---------------------------------------------------------------------------------------------
 
 def save_ply(path: str | Path, params: torch.nn.ParameterDict | dict,
-             classes: tuple[str, ...] = ("U", "N", "D", "P")) -> None:
+             classes: tuple[str, ...] = CLASSES) -> None:
     """Write Gaussians as a 3DGS PLY: x, y, z, nx, ny, nz, f_dc_0..2, f_rest_* (channel-major as 3DGS
     writes them), opacity (logit), scale_0..2 (log), rot_0..3 (wxyz), plus sem_<class> (logits).
     Common splat viewers open it; the sem_* fields are ignored by them."""

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from s3dgs.classes import CLASSES, GT_LABEL_NAMES
 from s3dgs.scene.colmap import SceneError
 
-LABELS = {0: "background", 1: "U", 2: "N", 3: "D", 4: "P", 5: "leaf", 6: "fruit"}
+LABELS = GT_LABEL_NAMES  # ground-truth mask ids: the one class table, s3dgs/classes.py
 
 
 def _load_json(path: Path):
@@ -195,7 +196,7 @@ class GroundTruth:
         p = np.asarray(points, np.float64).reshape(-1, 3)
         return self._plant_distance(p, self.background_distance(p))
 
-    def stem_distance(self, points, classes=("U", "N", "D", "P")) -> np.ndarray:
+    def stem_distance(self, points, classes=CLASSES) -> np.ndarray:
         """Distance (m) from points [M, 3] to the centrelines of the given stem classes: [M]."""
         p = np.asarray(points, np.float64).reshape(-1, 3)
         a = [s["points"][:-1] for s in self.stems if s["class"] in classes]

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LABELS = {0: "background", 1: "U", 2: "N", 3: "D", 4: "P", 5: "leaf", 6: "fruit"}
+from s3dgs.classes import GT_LABEL_NAMES
+
+LABELS = GT_LABEL_NAMES  # ground-truth mask ids: the one class table, s3dgs/classes.py
 LABEL_OF = {v: k for k, v in LABELS.items()}
 
 
