@@ -1,6 +1,6 @@
 """`s3dgs synth OUT`: a synthetic tomato plant scene with ground truth (the built-in default scene).
 
-A procedural plant (synth_plant) is ray cast on the CPU (synth_render) from cameras on one or two
+A procedural plant (synth_plant) is ray cast on the CPU (synth_render) from cameras on one or more
 rings; the inputs are then made the way real ones are:
 
 - ``images/<stem>.png``: Lambertian shading, procedural textures, sensor noise;
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import numpy as np
+import tyro
 
 from s3dgs import CLASSES
+from s3dgs.errors import UsageError
 from s3dgs.scene.synth_plant import LABELS, Plant, PlantParams, make_plant
-
-import tyro
 
 PRESETS: dict[str, dict] = {
     # ~48 views at 320x240, a young plant with 6 nodes and a 4 mm stem.
@@ -43,6 +43,14 @@ PRESETS: dict[str, dict] = {
     # For tests: a few views, small images, fewer nodes; about a second.
     "tiny": dict(views=10, width=160, height=120, rings=2, n_points=800, n_nodes=4, n_trusses=1,
                  leaf_density=0.8, stem_radius=0.005, branch_radius=0.002),
+    # Close-up, as a phenotyping rig shoots one plant: three rings of 20 cameras 0.6 m from the stem
+    # with a long focal length (about 31 degrees across), each ring seeing a band of the plant (the
+    # three bands overlap and cover it), and a plant with the stem thicknesses of a mature tomato
+    # (10 mm main stem at the base, 5 mm petioles). At 400x300 the main stem is at least 6 px wide,
+    # petioles and peduncles at least 3 px, pedicels at least 2 px (tests/test_synth.py measures it).
+    "closeup": dict(views=60, width=400, height=300, rings=3, n_points=6000, stem_radius=0.005,
+                    branch_radius=0.0025, ring_radius=0.6, focal_scale=1.8,
+                    ring_heights=(0.2, 0.5, 0.95), ring_targets=(0.2, 0.5, 0.8)),
 }
 
 
@@ -52,23 +60,31 @@ class SynthConfig:
 
     out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """Scene folder to write (created; existing files are overwritten)."""
-    preset: Literal["default", "thin", "tiny"] = "default"
-    """default: 48 views 320x240; thin: the same with a thin stem; tiny: 10 small views for tests.
+    preset: Literal["default", "thin", "tiny", "closeup"] = "default"
+    """default: 48 views 320x240; thin: the same with a thin stem; tiny: 10 small views for tests;
+    closeup: 60 views 400x300 on three rings close to the plant, stems several pixels wide.
     Options left unset take the preset's value."""
     seed: int = 0
     """Random seed: the same seed and options give the same scene, file for file."""
     views: Optional[int] = None
-    """Number of cameras (preset: 48 / 48 / 10)."""
+    """Number of cameras (preset: 48 / 48 / 10 / 60)."""
     width: Optional[int] = None
-    """Image width in pixels (preset: 320 / 320 / 160)."""
+    """Image width in pixels (preset: 320 / 320 / 160 / 400)."""
     height: Optional[int] = None
-    """Image height in pixels (preset: 240 / 240 / 120)."""
+    """Image height in pixels (preset: 240 / 240 / 120 / 300)."""
     rings: Optional[int] = None
-    """Camera rings around the plant, 1 or 2 (preset: 2)."""
-    ring_radius: float = 0.75
-    """Horizontal distance of the cameras from the stem (m)."""
-    focal_scale: float = 0.9
-    """Focal length in units of the image width (0.9: about 58 degrees horizontal field of view)."""
+    """Camera rings around the plant; views alternate between them (preset: 2 / 2 / 2 / 3)."""
+    ring_radius: Optional[float] = None
+    """Horizontal distance of the cameras from the stem (m) (preset: 0.75 / 0.75 / 0.75 / 0.6)."""
+    focal_scale: Optional[float] = None
+    """Focal length in units of the image width (0.9: about 58 degrees horizontal field of view;
+    1.8: about 31 degrees) (preset: 0.9 / 0.9 / 0.9 / 1.8)."""
+    ring_heights: Optional[tuple[float, ...]] = None
+    """Camera height of each ring, as a fraction of the plant height (default: 0.5 for one ring,
+    0.36 0.84 for two, evenly spread for more; closeup: 0.2 0.5 0.95)."""
+    ring_targets: Optional[tuple[float, ...]] = None
+    """Height each ring looks at, as a fraction of the plant height (default: 0.5, the middle of
+    the plant, for every ring; closeup: 0.2 0.5 0.8, each ring its own band)."""
 
     # plant
     plant_height: float = 0.5
@@ -140,7 +156,8 @@ class SynthConfig:
     def resolved(self) -> "SynthConfig":
         """The config with every unset (None) option taken from the preset and the defaults."""
         base = dict(views=48, width=320, height=240, rings=2, n_points=4000, stem_radius=0.004,
-                    branch_radius=0.0016, n_nodes=6, leaf_density=1.0, n_trusses=3)
+                    branch_radius=0.0016, n_nodes=6, leaf_density=1.0, n_trusses=3, ring_radius=0.75,
+                    focal_scale=0.9, ring_heights=None, ring_targets=None)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
         base.update(PRESETS[self.preset])
@@ -151,8 +168,13 @@ class SynthConfig:
         if cfg.perfect_prior:
             cfg = replace(cfg, prior_scale_shift=False, prior_warp=False, prior_noise=False,
                           prior_thin_blur=False)
-        if cfg.rings not in (1, 2):
-            raise ValueError(f"rings must be 1 or 2, got {cfg.rings}")
+        if cfg.rings < 1:
+            raise ValueError(f"rings must be at least 1, got {cfg.rings}")
+        for name in ("ring_heights", "ring_targets"):
+            v = getattr(cfg, name)
+            if v is not None and len(v) != cfg.rings:
+                raise UsageError(f"--{name.replace('_', '-')} needs one value per ring ({cfg.rings}), "
+                                 f"got {len(v)}: {' '.join(str(x) for x in v)}")
         if cfg.views < 2 or cfg.width < 16 or cfg.height < 16:
             raise ValueError("need at least 2 views of at least 16x16 pixels")
         return cfg
@@ -174,16 +196,24 @@ def make_cameras(cfg: SynthConfig, rng) -> tuple[np.ndarray, np.ndarray]:
     f = cfg.focal_scale * W
     K = np.array([[f, 0, W / 2.0], [0, f, H / 2.0], [0, 0, 1.0]])
     h = cfg.plant_height
-    heights = [0.5 * h] if cfg.rings == 1 else [0.36 * h, 0.84 * h]
+    if cfg.ring_heights is not None:
+        heights = [float(x) * h for x in cfg.ring_heights]
+    elif cfg.rings <= 2:
+        heights = [0.5 * h] if cfg.rings == 1 else [0.36 * h, 0.84 * h]
+    else:
+        heights = [(0.15 + 0.8 * k / (cfg.rings - 1)) * h for k in range(cfg.rings)]
+    targets = [0.5 * h] * cfg.rings if cfg.ring_targets is None else [float(x) * h for x in cfg.ring_targets]
     viewmats = []
     for i in range(cfg.views):
         ring = i % cfg.rings
         j = i // cfg.rings
         per = int(np.ceil(cfg.views / cfg.rings))
-        az = 2 * np.pi * j / per + ring * np.pi / per + rng.uniform(-0.03, 0.03)
+        # rings are staggered in azimuth by a fraction of the spacing (two rings: half of it)
+        stagger = ring * np.pi / per if cfg.rings <= 2 else 2 * np.pi * ring / (per * cfg.rings)
+        az = 2 * np.pi * j / per + stagger + rng.uniform(-0.03, 0.03)
         rad = cfg.ring_radius * rng.uniform(0.97, 1.03)
         eye = np.array([rad * np.cos(az), rad * np.sin(az), heights[ring] + rng.uniform(-0.01, 0.01)])
-        target = np.array([0.0, 0.0, 0.5 * h]) + rng.uniform(-0.01, 0.01, 3)
+        target = np.array([0.0, 0.0, targets[ring]]) + rng.uniform(-0.01, 0.01, 3)
         viewmats.append(look_at(eye, target))
     return K, np.stack(viewmats)
 
