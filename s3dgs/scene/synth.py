@@ -53,6 +53,13 @@ PRESETS: dict[str, dict] = {
                     ring_heights=(0.2, 0.5, 0.95), ring_targets=(0.2, 0.5, 0.8)),
 }
 
+# What `s3dgs demo --preset P` renders: the preset plus what structure from motion needs, since the
+# demo sends the frames through SfM for real. The tiny preset's 10 views of 160x120 (72 degrees
+# apart on each ring) are too few and too small for SIFT: about 250 features per frame and no
+# verified pair, even with 48 views at that size. 20 views of 320x240 on one ring (18 degrees
+# apart) all register with COLMAP's default thresholds; the tests keep the cheaper preset itself.
+DEMO_OVERRIDES: dict[str, dict] = {"tiny": dict(views=20, rings=1, width=320, height=240)}
+
 
 @dataclass
 class SynthConfig:
@@ -158,8 +165,7 @@ class SynthConfig:
         base = dict(views=48, width=320, height=240, rings=2, n_points=4000, stem_radius=0.004,
                     branch_radius=0.0016, n_nodes=6, leaf_density=1.0, n_trusses=3, ring_radius=0.75,
                     focal_scale=0.9, ring_heights=None, ring_targets=None)
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
+        self.validate()
         base.update(PRESETS[self.preset])
         upd = {k: v for k, v in base.items() if getattr(self, k) is None}
         cfg = replace(self, **upd)
@@ -168,16 +174,37 @@ class SynthConfig:
         if cfg.perfect_prior:
             cfg = replace(cfg, prior_scale_shift=False, prior_warp=False, prior_noise=False,
                           prior_thin_blur=False)
-        if cfg.rings < 1:
-            raise ValueError(f"rings must be at least 1, got {cfg.rings}")
+        cfg.validate()
         for name in ("ring_heights", "ring_targets"):
             v = getattr(cfg, name)
             if v is not None and len(v) != cfg.rings:
                 raise UsageError(f"--{name.replace('_', '-')} needs one value per ring ({cfg.rings}), "
                                  f"got {len(v)}: {' '.join(str(x) for x in v)}")
-        if cfg.views < 2 or cfg.width < 16 or cfg.height < 16:
-            raise ValueError("need at least 2 views of at least 16x16 pixels")
         return cfg
+
+    def validate(self) -> None:
+        """Refuse nonsense options with one UsageError naming the option (unset ones pass)."""
+        from s3dgs import validate as V
+
+        V.one_of("--preset", self.preset, PRESETS)
+        V.at_least("--views", self.views, 2)
+        V.at_least("--width", self.width, 16)
+        V.at_least("--height", self.height, 16)
+        V.at_least("--rings", self.rings, 1)
+        for name in ("ring_radius", "focal_scale", "plant_height", "stem_radius", "branch_radius",
+                     "fruit_radius", "hotspot_sigma"):
+            V.positive(V.flag(name), getattr(self, name))
+        for name in ("ring_heights", "ring_targets"):
+            for v in getattr(self, name) or ():
+                V.finite(V.flag(name), v)
+        V.at_least("--n-nodes", self.n_nodes, 1)
+        V.at_least("--n-points", self.n_points, 1)
+        for name in ("n_trusses", "leaf_density", "image_noise", "point_noise", "kp_noise_px",
+                     "prior_warp_size", "prior_noise_sigma", "prior_thin_blur_px", "prior_blur_sigma_px"):
+            V.non_negative(V.flag(name), getattr(self, name))
+        for name in ("outlier_fraction", "kp_miss", "kp_low_conf", "prior_thin_blur_strength"):
+            V.fraction(V.flag(name), getattr(self, name))
+        V.in_range("--prior-min-scale", self.prior_min_scale, 0, 1, lo_open=True)
 
     def plant_params(self) -> PlantParams:
         return PlantParams(height=self.plant_height, stem_radius=self.stem_radius,
@@ -546,9 +573,17 @@ def make_synthetic_scene(cfg: SynthConfig) -> Path:
     return out
 
 
+def demo_synth_config(out: Path, preset: str = "default", seed: int = 0, **options) -> SynthConfig:
+    """The SynthConfig `s3dgs demo --preset PRESET` renders: the preset with its `DEMO_OVERRIDES`
+    (and any other SynthConfig `options`)."""
+    return SynthConfig(out=Path(out), preset=preset, seed=seed, **{**DEMO_OVERRIDES.get(preset, {}), **options})
+
+
 def synth_main(cfg: SynthConfig) -> int:
+    cfg.validate()
     make_synthetic_scene(cfg)
     return 0
 
 
-__all__ = ["SynthConfig", "make_synthetic_scene", "synth_main", "PRESETS", "LABELS"]
+__all__ = ["SynthConfig", "make_synthetic_scene", "synth_main", "demo_synth_config", "PRESETS",
+           "DEMO_OVERRIDES", "LABELS"]
