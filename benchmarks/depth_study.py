@@ -143,7 +143,7 @@ class Study:
     def run(self, name: str, overrides: dict, scene: Path | None = None, note: str = "",
             seed: int | None = None, record: bool = True) -> dict:
         from s3dgs.evaluate import evaluate_run, headline
-        from s3dgs.train import TrainConfig, run_training
+        from s3dgs.train import train
 
         run_dir = self.out / "runs" / name
         scene = scene or self.scene
@@ -152,10 +152,9 @@ class Study:
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             t = time.perf_counter()
-            run_training(TrainConfig(scene=scene, out=run_dir, seed=self.seed if seed is None else seed,
-                                     num_threads=self.threads,
-                                     progress=False, save_renders=False, log_every=max(1, self.iterations // 5),
-                                     ckpt_every=10 * self.iterations + 1, **kw))
+            train(scene=scene, out_dir=run_dir, seed=self.seed if seed is None else seed,
+                  num_threads=self.threads, progress=False, save_renders=False,
+                  log_every=max(1, self.iterations // 5), ckpt_every=10 * self.iterations + 1, **kw)
             print(f"[{name}] trained in {time.perf_counter() - t:.1f} s", flush=True)
             m = evaluate_run(run_dir, scene, max_views=self.max_views)
         else:

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         return 0
 
     from s3dgs.evaluate import evaluate_run, format_table
-    from s3dgs.train import TrainConfig, run_training
+    from s3dgs.train import train
 
     it = a.iterations
     sched = {"num_iterations": it, "refine_start_iter": max(10, min(500, it // 6)),
@@ -52,10 +52,10 @@ def main(argv=None) -> int:
              "reset_every": 3000 if it >= 6000 else 10 * it + 1,
              "sh_degree_interval": max(1, min(1000, it // (a.sh_degree + 2)))}
     t0 = time.perf_counter()
-    run_training(TrainConfig(scene=a.scene, out=a.out, no_depth=True, no_semantics=True, lambda_depth=0.0,
-                             lambda_sem=0.0, resolution_scale=a.resolution_scale, test_every=a.test_every,
-                             sh_degree=a.sh_degree, num_threads=a.threads, seed=a.seed, progress=False,
-                             log_every=max(1, it // 10), ckpt_every=10 * it + 1, save_renders=True, **sched))
+    train(scene=a.scene, out_dir=a.out, no_depth=True, no_semantics=True, lambda_depth=0.0,
+          lambda_sem=0.0, resolution_scale=a.resolution_scale, test_every=a.test_every,
+          sh_degree=a.sh_degree, num_threads=a.threads, seed=a.seed, progress=False,
+          log_every=max(1, it // 10), ckpt_every=10 * it + 1, save_renders=True, overwrite=True, **sched)
     wall = time.perf_counter() - t0
     m = evaluate_run(a.out, a.scene)
     print(format_table(m), file=sys.stderr)

@@ -24,10 +24,10 @@ def main() -> None:
     ap.add_argument("--resolution-scale", type=float, default=1.0)
     args = ap.parse_args()
 
-    import s3dgs  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads OpenMP)
     import torch
 
-    from s3dgs.train import TrainConfig, run_training
+    import s3dgs  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads OpenMP)
+    from s3dgs.train import train
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,11 +41,10 @@ def main() -> None:
         gauss = {}
         for rep in range(args.repeats):
             for name, no_depth in (("rgb_sem", True), ("rgb_sem_depth", False)):
-                cfg = TrainConfig(scene=scene, out=Path(tmp) / f"{name}_{rep}", num_iterations=args.iterations,
-                                  warmup_iterations=0, no_depth=no_depth, densify=False, progress=False,
-                                  save_renders=False, log_every=args.iterations, ckpt_every=10**9,
-                                  resolution_scale=args.resolution_scale, num_threads=args.threads)
-                res = run_training(cfg)
+                res = train(scene=scene, out_dir=Path(tmp) / f"{name}_{rep}", num_iterations=args.iterations,
+                            warmup_iterations=0, no_depth=no_depth, strategy="none", progress=False,
+                            save_renders=False, log_every=args.iterations, ckpt_every=10**9,
+                            resolution_scale=args.resolution_scale, num_threads=args.threads)
                 runs[name].append(1.0 / res["it_per_s"])  # timed inside the loop, set-up excluded
                 gauss[name] = res["gaussians"]
     best = {k: min(v) for k, v in runs.items()}

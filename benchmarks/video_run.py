@@ -106,11 +106,13 @@ def main(argv=None) -> int:
 
     import torch
 
+    from s3dgs.config import DataConfig, TrainConfig
     from s3dgs.evaluate import evaluate_run, headline
-    from s3dgs.pipeline import RunConfig, _train_config, run_pipeline
+    from s3dgs.losses import SemanticConfig
+    from s3dgs.pipeline import RunConfig, StageOptions, run_pipeline, train_config
     from s3dgs.scene.frames import write_video
     from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
-    from s3dgs.train import run_training
+    from s3dgs.train import SceneInputs, run_training
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -126,10 +128,11 @@ def main(argv=None) -> int:
 
     video, ref, true_run = out / "plant.mp4", out / "reference", out / "true_poses"
     rcfg = RunConfig(input=video, out=out / "video", keypoints=ref / "keypoints", depth_dir=ref / "depths",
-                     depth_backend="none", reference=ref, fps=8.0, iterations=a.iterations,
-                     warmup_iterations=a.iterations * 2 // 5, resolution_scale=a.resolution_scale,
-                     sh_degree=a.sh_degree, ckpt_every=10 * a.iterations + 1, progress=False,
-                     min_registered=0.5)
+                     depth_backend="none", reference=ref, fps=8.0, min_registered=0.5,
+                     stages=StageOptions(train=TrainConfig(
+                         num_iterations=a.iterations, sh_degree=a.sh_degree, ckpt_every=10 * a.iterations + 1,
+                         progress=False, data=DataConfig(resolution_scale=a.resolution_scale),
+                         semantics=SemanticConfig(warmup_iterations=a.iterations * 2 // 5))))
     prev_file = out / "video_run.json"
     reuse = (a.reuse and prev_file.exists() and (rcfg.out / "run" / "metrics.json").exists()
              and (true_run / "point_cloud.ply").exists())
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
     if not reuse:
         if true_run.exists():
             shutil.rmtree(true_run)
-        run_training(_train_config(rcfg, ref, true_run, use_depth=True))
+        run_training(train_config(rcfg, use_depth=True), SceneInputs(scene=ref), true_run)
     m_true = evaluate_run(true_run, ref)
     true_s = time.perf_counter() - t
 

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                  "Keypoint JSON per frame -> skeleton heatmaps and confidence.json."),
     "depth": ("s3dgs.depth.generate", "DepthConfig", "depth_main",
               "Depth Anything V2 priors (local transformers model or the gradio Space) as 16-bit PNGs."),
-    "train": ("s3dgs.train", "TrainConfig", "train_main",
+    "train": ("s3dgs.train", "TrainCommand", "train_main",
               "Train semantic Gaussians with RGB, depth-prior and heatmap supervision."),
     "eval": ("s3dgs.evaluate", "EvalConfig", "eval_main",
              "Evaluate a run: images, depth, semantics, geometry, cost -> RUN/metrics.json."),

@@ -38,6 +38,7 @@ import tyro
 
 from s3dgs import metrics as M
 from s3dgs.classes import GT_LABELS
+from s3dgs.config import load_run_config
 
 __all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "plant_region",
            "sample_plant_surface"]
@@ -92,9 +93,11 @@ def _lpips_model():
         return None, f"not available ({exc})"
 
 
-def _scene_of(run: Path, cfg: dict, scene_dir) -> tuple[Path | None, dict]:
-    paths = dict(cfg.get("resolved_paths") or {})
-    scene = Path(scene_dir) if scene_dir is not None else (Path(cfg["scene"]) if cfg.get("scene") else None)
+def _scene_of(run: Path, rc: dict, scene_dir) -> tuple[Path | None, dict]:
+    """The scene folder and paths to evaluate against: ``scene_dir``, else the run's (``rc`` from
+    s3dgs.config.load_run_config)."""
+    paths = dict(rc["paths"])
+    scene = Path(scene_dir) if scene_dir is not None else rc["scene"]
     if scene_dir is not None or not paths:
         if scene is None:
             raise FileNotFoundError(f"{run}/config.json names no scene; pass --scene DIR")
@@ -218,12 +221,13 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
     ply = run / "point_cloud.ply"
     if not ply.exists():
         raise FileNotFoundError(f"{ply}: not found; train first (`s3dgs train SCENE --out {run}`)")
-    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    scene, paths = _scene_of(run, cfg, scene_dir)
-    te = int(cfg.get("test_every", 8) if test_every is None else test_every)
-    rs = float(cfg.get("resolution_scale", 1.0) if resolution_scale is None else resolution_scale)
-    activation = cfg.get("semantic_activation", "sigmoid")
-    bg = tuple(cfg.get("background", (0.0, 0.0, 0.0)))
+    rc = load_run_config(run)
+    tc = rc["train"]
+    scene, paths = _scene_of(run, rc, scene_dir)
+    te = int(tc.data.test_every if test_every is None else test_every)
+    rs = float(tc.data.resolution_scale if resolution_scale is None else resolution_scale)
+    activation = tc.semantics.activation
+    bg = tuple(tc.background)
 
     ds = SceneDataset(paths["colmap_dir"], paths["images_dir"], resolution_scale=rs,
                       split="test" if te > 0 else "all", test_every=te, verbose=False)
@@ -239,7 +243,7 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
     lp, lp_note = _lpips_model()
     per_view, preds_d, gts_d, masks_d, plant_d = [], [], [], [], []
     sem_pred, sem_gt = [], []
-    for item, r in render_dataset(params, ds, sh_degree=cfg.get("sh_degree"), activation=activation,
+    for item, r in render_dataset(params, ds, sh_degree=tc.sh_degree if rc["found"] else None, activation=activation,
                                   background=bg, backend=backend, render_semantics=has_sem,
                                   device=device):
         stem = Path(item["name"]).stem

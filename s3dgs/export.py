@@ -17,6 +17,7 @@ import torch
 import tyro
 
 from s3dgs.classes import CLASSES, class_color
+from s3dgs.config import load_run_config
 from s3dgs.gaussians.model import load_ply, semantic_probs, sh_to_rgb
 
 
@@ -150,10 +151,7 @@ def export_main(cfg: ExportConfig) -> int:
     if not ply.exists():
         print(f"s3dgs export: {ply} not found; train first (`s3dgs train SCENE --out {cfg.run}`)")
         return 1
-    activation = "sigmoid"
-    cfg_path = Path(cfg.run) / "config.json"
-    if cfg_path.exists():
-        activation = json.loads(cfg_path.read_text()).get("semantic_activation", "sigmoid")
+    activation = load_run_config(cfg.run)["train"].semantics.activation
     if cfg.classes:
         out = cfg.out or Path(cfg.run) / "classes"
         counts = export_classes(ply, out, threshold=cfg.threshold, min_opacity=cfg.min_opacity,

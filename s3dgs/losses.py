@@ -15,13 +15,16 @@ are at +0.5.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DepthLossConfig",
+    "SemanticConfig",
     "depth_prior_loss",
     "depth_weight_schedule",
     "fit_depth_scale_sfm",
@@ -34,6 +37,86 @@ __all__ = [
     "sobel_edge_weight",
     "ssim",
 ]
+
+
+
+def _arg(name: str) -> Any:
+    """The option's command-line name on every command (no group prefix); see s3dgs/config.py."""
+    import tyro
+
+    return tyro.conf.arg(name=name, prefix_name=False)
+
+
+@dataclass
+class DepthLossConfig:
+    """The depth-prior term: its weight and every option of :func:`depth_prior_loss`, passed whole
+    to it. Command-line names are those of the fields' annotations (``--lambda-depth`` ...)."""
+
+    weight: Annotated[float, _arg("lambda-depth")] = 0.1
+    """Weight of the depth-prior term (0 switches it off)."""
+    schedule: Annotated[Literal["constant", "exp"], _arg("depth-schedule")] = "constant"
+    """Depth weight over the run: constant, or exponential decay to 1 % (as 3DGS decays 1.0 -> 0.01)."""
+    loss: Annotated[Literal["prior", "seed"], _arg("depth-loss")] = "prior"
+    """'prior': depth_prior_loss with the options below; 'seed': the seed's original formula
+    (scale_invariant_depth_loss on rendered depth against the prior value), which takes no options."""
+    space: Annotated[Literal["disparity", "depth"], _arg("depth-space")] = "disparity"
+    """Where rendered depth is compared: disparity (1/z; Depth Anything V2 predicts affine-invariant
+    inverse depth, so this is the right relation) or depth (the seed's formula)."""
+    alignment: Annotated[Literal["per_view", "sfm"], _arg("depth-alignment")] = "per_view"
+    """per_view: prior scale and shift fitted to the render every step (the seed); sfm: fitted once
+    per image against the projected COLMAP points (3DGS); images whose fit is implausible are dropped."""
+    robust: Annotated[bool, _arg("depth-robust")] = True
+    """Robust (trimmed) per-view alignment instead of plain least squares."""
+    multiscale: Annotated[bool, _arg("depth-multiscale")] = False
+    """Average the loss over full, half and quarter resolution."""
+    edge_aware: Annotated[bool, _arg("depth-edge-aware")] = False
+    """Weight the loss by the frame's Sobel edges."""
+    confidence: Annotated[bool, _arg("depth-confidence")] = True
+    """Weight pixels by depths/<stem>.conf.png when such maps exist."""
+    stem_aware: Annotated[bool, _arg("depth-stem-aware")] = False
+    """Trust the prior less where the heatmaps show thin stems (monocular models blur them)."""
+    stem_weight: Annotated[float, _arg("stem-weight")] = 0.1
+    """Weight of stem pixels in the depth loss when --depth-stem-aware is on (0-1)."""
+
+    def validate(self) -> None:
+        from s3dgs.validate import fraction, non_negative
+
+        non_negative("--lambda-depth", self.weight)
+        fraction("--stem-weight", self.stem_weight)
+
+    def ignored_by_seed_loss(self) -> list[str]:
+        """The options set here that ``loss="seed"`` (the seed's literal formula) ignores."""
+        if self.loss != "seed":
+            return []
+        return [n for n, on in (("--depth-alignment sfm", self.alignment == "sfm"),
+                                ("--depth-multiscale", self.multiscale),
+                                ("--depth-edge-aware", self.edge_aware),
+                                ("--depth-stem-aware", self.stem_aware)) if on]
+
+
+@dataclass
+class SemanticConfig:
+    """The semantic term: heatmap supervision of the rendered class probabilities, after a warm-up."""
+
+    weight: Annotated[float, _arg("lambda-sem")] = 0.2
+    """Weight of the semantic term after the warm-up (0 switches it off)."""
+    warmup_iterations: Annotated[int, _arg("warmup-iterations")] = 4000
+    """Iterations before the semantic term switches on (scaled to shorter runs, see --scale-schedule)."""
+    conf_threshold: Annotated[float, _arg("conf-threshold")] = 0.5
+    """A class whose frame confidence is at or below this is not supervised in that frame (0-1)."""
+    fg_weight: Annotated[float, _arg("fg-weight")] = 20.0
+    """Weight of heatmap foreground pixels (target > 0.1) in the semantic loss."""
+    activation: Annotated[Literal["sigmoid", "softmax"], _arg("semantic-activation")] = "sigmoid"
+    """Per-class sigmoid (heatmaps are independent per class) or the original softmax."""
+
+    def validate(self) -> None:
+        from s3dgs.validate import in_range, non_negative, positive
+
+        non_negative("--lambda-sem", self.weight)
+        non_negative("--warmup-iterations", self.warmup_iterations)
+        in_range("--conf-threshold", self.conf_threshold, 0.0, 1.0, hi_open=True)
+        positive("--fg-weight", self.fg_weight)
+
 
 # --------------------------------------------------------------------------------------------
 # Colour
@@ -296,8 +379,14 @@ def depth_prior_loss(
     min_depth: float = 1e-6,
     min_valid: int = 10,
     return_info: bool = False,
+    config: DepthLossConfig | None = None,
 ):
     """Depth-prior loss between a rendered depth map and a monocular prior, with its options.
+
+    ``config`` (the trainer's :class:`DepthLossConfig`, passed whole) sets ``space``,
+    ``alignment``, ``robust``, ``multiscale`` and ``stem_weight``, and decides which per-frame
+    inputs are used: ``edge_image`` only with ``edge_aware``, ``confidence`` only with
+    ``confidence``, ``stem_heatmap`` only with ``stem_aware``; so a caller passes every input it has.
 
     Shapes: ``pred_depth [H, W]`` rendered expected depth (camera z, alpha-normalised);
     ``prior [H, W]`` the prior PNG value in [0, 1]; ``alpha [H, W]`` rendered opacity or None;
@@ -355,6 +444,12 @@ def depth_prior_loss(
     cancel zero-mean pixel noise and keep consistent low-frequency errors, so the multiscale loss
     is never above the full-resolution one and weighs structure over noise.
     """
+    if config is not None:
+        space, alignment, robust = config.space, config.alignment, config.robust
+        multiscale, stem_weight = config.multiscale, config.stem_weight
+        edge_image = edge_image if config.edge_aware else None
+        confidence = confidence if config.confidence else None
+        stem_heatmap = stem_heatmap if config.stem_aware else None
     if space not in ("disparity", "depth"):
         raise ValueError(f"space must be 'disparity' or 'depth', not {space!r}")
     if prior_kind not in ("disparity", "depth"):

@@ -23,19 +23,23 @@ detector, and its simulated depth maps stand in for Depth Anything V2 (labelled 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
-import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Annotated, Callable, Literal, Optional
 
 import tyro
 
-from s3dgs.errors import S3dgsError
+from s3dgs.atomic import atomic_write_text
+from s3dgs.config import DataConfig, TrainConfig, _arg, load_run_config
+from s3dgs.errors import S3dgsError, UsageError
+from s3dgs.losses import SemanticConfig
 
 __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "run_main", "demo_main",
            "PipelineError"]
@@ -54,17 +58,46 @@ class PipelineError(S3dgsError, RuntimeError):
 # configuration
 # -----------------------------------------------------------------------------------------------
 
+def _run_train_defaults() -> TrainConfig:
+    return TrainConfig(ckpt_every=500)
+
+
+@dataclass
+class StageOptions:
+    """Options of the stages that `s3dgs run` and `s3dgs demo` share: training (every option of
+    `s3dgs train`, by the same names), export, and which stages to redo."""
+
+    train: TrainConfig = field(default_factory=_run_train_defaults)
+    export_threshold: Annotated[float, _arg("export-threshold")] = 0.5
+    """Class probability a Gaussian needs to go into its class's point cloud."""
+    export_min_opacity: Annotated[float, _arg("export-min-opacity")] = 0.1
+    """Opacity a Gaussian needs to be exported."""
+    redo: Annotated[tuple[str, ...], _arg("redo", metavar="STAGE ...")] = ()
+    """Stages to redo even when finished (prepare, align, depth, heatmaps, train, eval, export, report);
+    the stages after them are redone too."""
+
+    def validate(self) -> None:
+        from s3dgs.validate import fraction
+
+        self.train.validate()
+        fraction("--export-threshold", self.export_threshold)
+        fraction("--export-min-opacity", self.export_min_opacity)
+        unknown = set(self.redo) - set(STAGES)
+        if unknown:
+            raise UsageError(f"--redo {', '.join(sorted(unknown))}: no such stage; stages are {', '.join(STAGES)}")
+
+
 @dataclass
 class RunConfig:
     """Video or frames -> scene -> depth priors -> heatmaps -> training -> evaluation -> export ->
     report, each stage skipped on a rerun when its outputs are already there."""
 
-    input: tyro.conf.Positional[Path]
+    input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
     """A video file (mp4, mov, ...) or a folder of frames (jpg/png)."""
-    out: tyro.conf.Positional[Path]
+    out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """Output folder: OUT/scene (the prepared scene), OUT/run (the trained model, metrics, report),
     OUT/stages (one stamp per finished stage)."""
-    keypoints: Optional[Path] = None
+    keypoints: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: none)")] = None
     """Folder of Roboflow-style keypoint JSON files, one <stem>.json per frame (named like the
     frames in OUT/scene/images); gives the semantic heatmaps. Without it, no semantics are trained."""
     depth_backend: Literal["auto", "transformers", "gradio", "none"] = "auto"
@@ -73,80 +106,55 @@ class RunConfig:
     (may download the model / call the public Space); none: train without depth priors."""
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
     """transformers model: hub id or local folder."""
-    depth_dir: Optional[Path] = None
+    depth_dir: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: none)")] = None
     """Use these depth maps (<stem>.png and meta.json, made elsewhere) instead of generating them."""
-    reference: Optional[Path] = None
+    reference: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: none)")] = None
     """A scene of the same frames with true poses and ground truth (e.g. the synthetic plant): the
     prepared model is aligned to it (similarity of the camera centres) and evaluated against its
     true cameras and ground truth."""
-    hotspot_sigma: Optional[float] = None
-    """Heatmap hotspot sigma in pixels (default: 20 px at 1920 px frame width, scaled to the frames'
-    width, at least 3)."""
+    hotspot_sigma: Annotated[Optional[float], tyro.conf.arg(
+        metavar="PX", help_behavior_hint="(default: 20 px at 1920 px frame width, scaled, at least 3)")] = None
+    """Heatmap hotspot sigma in pixels."""
     fps: float = 2.0
     """Frames per second sampled from a video."""
     max_size: int = 1600
     """Frames are scaled down to at most this many pixels on their long side."""
     min_registered: float = 0.5
     """Fraction of frames structure from motion must register."""
-    iterations: int = 7000
-    """Training iterations."""
-    warmup_iterations: Optional[int] = None
-    """Iterations before the semantic term starts (default: 4/7 of the iterations, as 4000 of 7000)."""
-    resolution_scale: float = 1.0
-    """Train at this fraction of the prepared frames' resolution (e.g. 0.5)."""
-    lambda_depth: float = 0.1
-    """Weight of the depth-prior term."""
-    lambda_sem: float = 0.2
-    """Weight of the semantic term."""
-    test_every: int = 8
-    """Hold out every n-th frame for evaluation (and the report's renders)."""
-    sh_degree: int = 3
-    """Maximum spherical-harmonics degree."""
-    ckpt_every: int = 500
-    """Checkpoint period; an interrupted training resumes from the last one."""
-    device: str = "auto"
-    """Training device: auto (CUDA when available), cpu, cuda."""
-    export_threshold: float = 0.5
-    """Class probability a Gaussian needs to go into its class's point cloud."""
-    export_min_opacity: float = 0.1
-    """Opacity a Gaussian needs to be exported."""
-    redo: tuple[str, ...] = ()
-    """Stages to redo even when finished (prepare, align, depth, heatmaps, train, eval, export, report);
-    the stages after them are redone too."""
-    progress: bool = True
-    """Show progress bars."""
+    stages: StageOptions = field(default_factory=StageOptions)
+
+    def validate(self) -> None:
+        from s3dgs.validate import fraction, positive
+
+        positive("--fps", self.fps)
+        positive("--max-size", self.max_size)
+        fraction("--min-registered", self.min_registered)
+        positive("--hotspot-sigma", self.hotspot_sigma)
+        self.stages.validate()
+
+
+def _demo_stage_defaults() -> StageOptions:
+    # 2,000 iterations, SH degree 1 and an 800-iteration warm-up (1,200 semantic iterations): the
+    # figures of this schedule are in BENCHMARKS.md ("make demo")
+    return StageOptions(train=TrainConfig(num_iterations=2000, sh_degree=1, ckpt_every=250,
+                                          data=DataConfig(resolution_scale=0.5),
+                                          semantics=SemanticConfig(warmup_iterations=800)))
 
 
 @dataclass
 class DemoConfig:
     """The whole chain on the built-in synthetic plant; prints where the report is."""
 
-    out: Path = Path("demo_out")
+    out: Annotated[Path, tyro.conf.arg(metavar="DIR")] = Path("demo_out")
     """Output folder: OUT/synthetic (the synthetic plant with ground truth), OUT/scene, OUT/run."""
-    preset: str = "default"
-    """Synthetic scene preset (default, or tiny for a quick check)."""
-    seed: int = 0
-    """Seed of the synthetic plant."""
-    iterations: int = 2000
-    """Training iterations. On 2 CPU cores at 159x119 this took 9 min 01 s on 2026-11-29 (3.7 it/s on
-    average as the Gaussians grow from 2.7k to 132k); the whole demo 9 min 42 s (see BENCHMARKS.md)."""
-    warmup_iterations: Optional[int] = 800
-    """Iterations before the semantic term starts (None: 4/7 of the iterations, as 4000 of 7000;
-    the demo starts earlier so that its short run has 1200 semantic iterations)."""
-    resolution_scale: float = 0.5
-    """Train at this fraction of the frames' resolution."""
-    sh_degree: int = 1
-    """Maximum spherical-harmonics degree (low for a short run)."""
-    test_every: int = 8
-    """Hold out every n-th frame for evaluation."""
-    ckpt_every: int = 250
-    """Checkpoint period."""
-    device: str = "auto"
-    """Training device."""
-    redo: tuple[str, ...] = ()
-    """Stages to redo even when finished."""
-    progress: bool = True
-    """Show progress bars."""
+    preset: Literal["default", "thin", "tiny", "closeup"] = "default"
+    """Synthetic plant preset (default; tiny for a quick check)."""
+    plant_seed: int = 0
+    """Seed of the synthetic plant (not of the training: that is --seed)."""
+    stages: StageOptions = field(default_factory=_demo_stage_defaults)
+
+    def validate(self) -> None:
+        self.stages.validate()
 
 
 # -----------------------------------------------------------------------------------------------
@@ -176,13 +184,6 @@ def _json_default(o):
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
     return repr(o)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _normalise_key(key: dict) -> dict:
@@ -261,7 +262,7 @@ def run_stages(stages: list[Stage], stamp_dir: str | Path, *, redo: tuple[str, .
         stamp = {"stage": stage.name, "key": _normalise_key(stage.key), "seconds": round(seconds, 3),
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "note": note,
                  "outputs": [str(p) for p in stage.outputs()], "info": info}
-        _atomic_write_text(stamp_dir / f"{stage.name}.json",
+        atomic_write_text(stamp_dir / f"{stage.name}.json",
                            json.dumps(stamp, indent=2, default=_json_default))
         say(f"[{stage.name}] finished in {_fmt_s(seconds)}" + (f": {note}" if note else ""))
         records.append({"stage": stage.name, "status": "ran", "seconds": seconds, "note": note})
@@ -285,7 +286,7 @@ def do_prepare(cfg: RunConfig, scene: Path) -> dict:
     from s3dgs.scene.prepare import prepare_scene
 
     summary = prepare_scene(cfg.input, scene, fps=cfg.fps, max_size=cfg.max_size,
-                            min_registered=cfg.min_registered, overwrite=True, quiet=not cfg.progress)
+                            min_registered=cfg.min_registered, overwrite=True, quiet=not cfg.stages.train.progress)
     print(summary.text())
     return {"note": f"{summary.registered}/{summary.frames_used} frames registered, "
                     f"{summary.mean_reprojection_error:.2f} px reprojection error",
@@ -320,7 +321,7 @@ def do_depth(cfg: RunConfig, scene: Path, backend: str) -> dict:
     from s3dgs.depth.generate import generate_depth
 
     summary = generate_depth(scene / "images", out, backend=backend, model=cfg.depth_model,
-                             progress=cfg.progress)
+                             progress=cfg.stages.train.progress)
     if not summary.ok:
         raise PipelineError(f"depth: {len(summary.failed)} image(s) failed "
                             f"({', '.join(list(summary.failed)[:3])}); rerun to retry them, or pass "
@@ -348,7 +349,7 @@ def copy_depths(src: Path, scene: Path) -> dict:
         meta = json.loads((src / "meta.json").read_text())
     meta.setdefault("kind", "disparity")
     meta["copied_from"] = str(src)
-    _atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, default=_json_default))
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, default=_json_default))
     label = "SIMULATED Depth Anything V2 stand-in" if meta.get("simulated") else "copied depth maps"
     return {"note": f"{n} maps ({label})", "simulated": bool(meta.get("simulated"))}
 
@@ -408,55 +409,32 @@ def do_heatmaps(cfg: RunConfig, scene: Path) -> dict:
     return {"note": f"{len(conf)} heatmaps"}
 
 
-def _train_config(cfg: RunConfig, scene: Path, run: Path, use_depth: bool):
-    from s3dgs.train import TrainConfig
-
-    warm = cfg.warmup_iterations
-    if warm is None:
-        warm = int(round(cfg.iterations * 4 / 7))
-    return TrainConfig(scene=scene, out=run, num_iterations=cfg.iterations, warmup_iterations=warm,
-                       resolution_scale=cfg.resolution_scale, lambda_depth=cfg.lambda_depth,
-                       lambda_sem=cfg.lambda_sem, test_every=cfg.test_every, sh_degree=cfg.sh_degree,
-                       sh_degree_interval=max(1, min(1000, cfg.iterations // (cfg.sh_degree + 1))),
-                       ckpt_every=cfg.ckpt_every, device=cfg.device,
-                       refine_start_iter=min(500, max(50, cfg.iterations // 5)), no_depth=not use_depth,
-                       progress=cfg.progress, log_every=max(10, min(100, cfg.iterations // 50)))
-
-
-TRAIN_OUTPUTS = ("config.json", "log.txt", "metrics.jsonl", "ckpts", "point_cloud.ply",
-                 "train_summary.json", "renders")
+def train_config(cfg: RunConfig, use_depth: bool) -> TrainConfig:
+    """The training configuration of the run's train stage: ``cfg.stages.train``, without the depth
+    term when no priors were made. Schedules are scaled to the run by the trainer (s3dgs.config)."""
+    t = copy.deepcopy(cfg.stages.train)
+    t.data.no_depth = t.data.no_depth or not use_depth
+    return t
 
 
 def do_train(cfg: RunConfig, scene: Path, run: Path, use_depth: bool, stamp_dir: Path) -> dict:
-    from s3dgs.train import latest_checkpoint, run_training
+    """Train, or continue an interrupted training of the same configuration."""
+    from s3dgs.checkpoint import latest_checkpoint
+    from s3dgs.train import SceneInputs, run_training
 
-    tcfg = _train_config(cfg, scene, run, use_depth)
+    tcfg = train_config(cfg, use_depth)
     key = _normalise_key(dataclasses.asdict(tcfg))
     started = stamp_dir / "train.started.json"
     same = started.is_file() and json.loads(started.read_text()).get("key") == key
-    if same and latest_checkpoint(run) is not None:
+    resume = same and latest_checkpoint(run) is not None
+    if resume:
         print(f"[train] continuing the interrupted training from {latest_checkpoint(run).name}")
-        tcfg.resume = True
     else:
-        for name in TRAIN_OUTPUTS:
-            p = run / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        _atomic_write_text(started, json.dumps({"key": key}, default=_json_default))
-    summary = run_training(tcfg)
+        atomic_write_text(started, json.dumps({"key": key}, default=_json_default))
+    summary = run_training(tcfg, SceneInputs(scene=scene), run, resume=resume, overwrite=not resume)
     return {"note": f"{summary['iterations']} iterations, {summary['gaussians']} Gaussians, "
                     f"{summary['train_time_s']:.0f} s",
             "gaussians": summary["gaussians"], "train_time_s": summary["train_time_s"]}
-
-
-def evaluate_available() -> Optional[Callable]:
-    try:
-        from s3dgs.evaluate import evaluate_run
-    except ImportError:
-        return None
-    return evaluate_run
 
 
 def do_align(cfg: RunConfig, scene: Path) -> dict:
@@ -469,8 +447,9 @@ def do_align(cfg: RunConfig, scene: Path) -> dict:
 
 
 def do_eval(cfg: RunConfig, scene: Path, run: Path) -> dict:
-    fn = evaluate_available()
-    res = fn(run, cfg.reference if cfg.reference else scene)
+    from s3dgs.evaluate import evaluate_run
+
+    res = evaluate_run(run, cfg.reference if cfg.reference else scene)
     keys = [k for k, v in (res or {}).items() if isinstance(v, dict)]
     return {"note": "metrics: " + ", ".join(keys) if keys else "metrics written"}
 
@@ -478,11 +457,9 @@ def do_eval(cfg: RunConfig, scene: Path, run: Path) -> dict:
 def do_export(cfg: RunConfig, run: Path) -> dict:
     from s3dgs.export import export_classes
 
-    activation = "sigmoid"
-    if (run / "config.json").is_file():
-        activation = json.loads((run / "config.json").read_text()).get("semantic_activation", "sigmoid")
-    counts = export_classes(run / "point_cloud.ply", run / "classes", threshold=cfg.export_threshold,
-                            min_opacity=cfg.export_min_opacity, activation=activation)
+    activation = load_run_config(run)["train"].semantics.activation
+    counts = export_classes(run / "point_cloud.ply", run / "classes", threshold=cfg.stages.export_threshold,
+                            min_opacity=cfg.stages.export_min_opacity, activation=activation)
     return {"note": ", ".join(f"{c} {n}" for c, n in counts.items()) + " points", "counts": counts}
 
 
@@ -539,14 +516,12 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
     use_depth = backend is not None
     train = Stage("train", lambda: do_train(cfg, scene, run, use_depth, stamps),
                   lambda: [run / "point_cloud.ply", run / "train_summary.json", run / "metrics.jsonl"],
-                  {"train": dataclasses.asdict(_train_config(cfg, scene, run, use_depth)),
+                  {"train": dataclasses.asdict(train_config(cfg, use_depth)),
                    "keypoints": bool(cfg.keypoints)})
     ev = Stage("eval", lambda: do_eval(cfg, scene, run), lambda: [run / "metrics.json"],
-               {"reference": str(cfg.reference) if cfg.reference else None},
-               skip_reason=lambda: None if evaluate_available() else
-               "s3dgs.evaluate is not available in this installation; no metrics.json")
+               {"reference": str(cfg.reference) if cfg.reference else None})
     export = Stage("export", lambda: do_export(cfg, run), lambda: [run / "classes" / "counts.json"],
-                   {"threshold": cfg.export_threshold, "min_opacity": cfg.export_min_opacity})
+                   {"threshold": cfg.stages.export_threshold, "min_opacity": cfg.stages.export_min_opacity})
     report = Stage("report", lambda: do_report(run, scene), lambda: [run / "report.html"], {})
     return [prepare, align, depth_stage, heat, train, ev, export, report], ctx
 
@@ -581,7 +556,7 @@ def run_pipeline(cfg: RunConfig, say: Callable[[str], None] = print) -> dict:
         return report_run()
 
     report_stage.run = report_with_record
-    run_stages(stages, ctx["stamps"], redo=tuple(cfg.redo), say=say, records=records)
+    run_stages(stages, ctx["stamps"], redo=tuple(cfg.stages.redo), say=say, records=records)
     total = time.perf_counter() - t0
     _print_summary(records, total, say)
     if ctx["run"].is_dir():
@@ -594,41 +569,17 @@ def run_pipeline(cfg: RunConfig, say: Callable[[str], None] = print) -> dict:
 def _write_pipeline_record(run: Path, records: list[dict], total: float, ctx: dict) -> None:
     run.mkdir(parents=True, exist_ok=True)
     data = {"stages": records, "total_s": round(total, 3), "depth": ctx.get("depth_why", "")}
-    _atomic_write_text(run / "pipeline.json", json.dumps(data, indent=2, default=_json_default))
-
-
-def _error_types() -> tuple:
-    errs: list[type] = [PipelineError]
-    try:
-        from s3dgs.scene.colmap import SceneError
-
-        errs.append(SceneError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from s3dgs.train import TrainingError
-
-        errs.append(TrainingError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from s3dgs.depth.backends import DepthBackendError
-        from s3dgs.depth.generate import DepthError
-
-        errs += [DepthBackendError, DepthError]
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
+    atomic_write_text(run / "pipeline.json", json.dumps(data, indent=2, default=_json_default))
 
 
 def run_main(cfg: RunConfig) -> int:
-    """CLI: `s3dgs run INPUT OUT`."""
+    """CLI: `s3dgs run INPUT OUT`. Errors reach s3dgs.cli.main (one line, exit status 1 or 2)."""
+    cfg.validate()
     try:
         res = run_pipeline(cfg)
-    except _error_types() as exc:
-        print(f"s3dgs run: {exc}")
-        print("(the finished stages are kept; rerun the same command to continue)")
-        return 1
+    except S3dgsError:
+        print("s3dgs run: the finished stages are kept; rerun the same command to continue", file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         print("\ns3dgs run: interrupted; rerun the same command to continue where it stopped")
         return 130
@@ -645,51 +596,47 @@ def make_demo_scene(cfg: DemoConfig, say=print) -> Path:
     """The synthetic plant in OUT/synthetic (made once; reused when complete)."""
     synth = Path(cfg.out) / "synthetic"
     stamp = Path(cfg.out) / "stages" / "synthetic.json"
-    key = {"preset": cfg.preset, "seed": cfg.seed}
+    from s3dgs.scene.synth import DEMO_OVERRIDES, demo_synth_config, make_synthetic_scene
+
+    key = {"preset": cfg.preset, "seed": cfg.plant_seed, **DEMO_OVERRIDES.get(cfg.preset, {})}
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key and \
             _output_ok(synth / "images") and _output_ok(synth / "keypoints") and \
             (synth / "depths" / "meta.json").is_file():
         say(f"[synthetic] already made in {synth}; skipped")
         return synth
-    from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
-
     say(f"[synthetic] rendering the synthetic plant ({cfg.preset} preset) into {synth}")
     t0 = time.perf_counter()
     if synth.exists():
         shutil.rmtree(synth)
-    make_synthetic_scene(SynthConfig(out=synth, preset=cfg.preset, seed=cfg.seed))
+    make_synthetic_scene(demo_synth_config(synth, cfg.preset, cfg.plant_seed))
     dt = time.perf_counter() - t0
-    _atomic_write_text(stamp, json.dumps({"key": key, "seconds": round(dt, 3)}))
+    atomic_write_text(stamp, json.dumps({"key": key, "seconds": round(dt, 3)}))
     say(f"[synthetic] finished in {_fmt_s(dt)}")
     return synth
 
 
 def demo_run_config(cfg: DemoConfig, synth: Path) -> RunConfig:
+    """The `s3dgs run` configuration of the demo: the synthetic plant's frames, keypoints and
+    simulated priors, aligned to and evaluated against its ground truth."""
     return RunConfig(input=synth / "images", out=Path(cfg.out), keypoints=synth / "keypoints",
-                     depth_dir=synth / "depths", depth_backend="none", reference=synth,
-                     iterations=cfg.iterations,
-                     warmup_iterations=cfg.warmup_iterations, resolution_scale=cfg.resolution_scale,
-                     sh_degree=cfg.sh_degree, test_every=cfg.test_every, ckpt_every=cfg.ckpt_every,
-                     device=cfg.device, redo=cfg.redo, progress=cfg.progress, min_registered=0.5)
+                     depth_dir=synth / "depths", depth_backend="none", reference=synth, min_registered=0.5,
+                     stages=copy.deepcopy(cfg.stages))
 
 
 def demo_main(cfg: DemoConfig) -> int:
     """CLI: `s3dgs demo` (`make demo`)."""
+    cfg.validate()
     t0 = time.perf_counter()
     try:
         synth = make_demo_scene(cfg)
         print("note: the depth priors are a SIMULATED Depth Anything V2 stand-in made from the synthetic "
               "scene's true depth; the keypoint files stand in for a keypoint detector.")
         res = run_pipeline(demo_run_config(cfg, synth))
-    except _error_types() as exc:
-        print(f"s3dgs demo: {exc}")
-        return 1
     except KeyboardInterrupt:
         print("\ns3dgs demo: interrupted; rerun to continue where it stopped")
         return 130
     print(f"\ndemo finished in {_fmt_s(time.perf_counter() - t0)}")
     if res["report"] is None:
-        print("s3dgs demo: no report was written")
-        return 1
+        raise PipelineError("no report was written; see the stage lines above")
     print(f"report: {Path(res['report']).resolve()}")
     return 0

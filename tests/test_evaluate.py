@@ -100,13 +100,13 @@ def test_surface_samples_lie_on_the_plant(tiny_scene):
 
 def test_eval_cli_on_short_synthetic_run(tiny_scene, tmp_path, capsys):
     from s3dgs.cli import main
-    from s3dgs.train import TrainConfig, run_training
+    from s3dgs.train import train
 
     run = tmp_path / "run"
-    run_training(TrainConfig(scene=tiny_scene, out=run, num_iterations=30, warmup_iterations=10,
-                             log_every=10, progress=False, save_renders=False, sh_degree=1,
-                             sh_degree_interval=20, refine_start_iter=10, refine_every=10,
-                             reset_every=10_000, num_threads=2))
+    train(scene=tiny_scene, out_dir=run, num_iterations=30, warmup_iterations=10,
+          log_every=10, progress=False, save_renders=False, sh_degree=1,
+          sh_degree_interval=20, refine_start_iter=10, refine_every=10,
+          reset_every=10_000, num_threads=2)
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
     assert "PSNR" in out and "mIoU" in out and "Chamfer" in out
@@ -162,7 +162,7 @@ def test_depth_study_tiny_end_to_end(tmp_path):
     assert set(r["seed_spread"]) == {"rgb", "disparity"}
     sp = r["seed_spread"]["rgb"]
     assert sp["seeds"] == [0, 1] and len(sp["psnr"]) == 2 and sp["psnr"][0] == r["rows"][0]["psnr"]
-    assert json.loads((out / "runs" / "rgb@seed1" / "config.json").read_text())["seed"] == 1
+    assert json.loads((out / "runs" / "rgb@seed1" / "config.json").read_text())["train"]["seed"] == 1
     for row in r["rows"]:
         assert row["psnr"] > 5 and row["floaters"] is not None and row["depth_abs_rel"] is not None
     errs = r["prior_abs_rel_after_affine_fit"]

@@ -121,24 +121,30 @@ def test_run_pipeline_resumes_with_fake_rooms(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "do_train", fake_train)
     monkeypatch.setattr(P, "do_export", fake_export)
     monkeypatch.setattr(P, "do_report", fake_report)
-    monkeypatch.setattr(P, "evaluate_available", lambda: None)
+    def fake_eval(cfg, scene, run):
+        calls.append("eval")
+        (run / "metrics.json").write_text("{}")
 
-    cfg = P.RunConfig(input=frames, out=tmp_path / "out", keypoints=kp, depth_backend="none", progress=False)
+    monkeypatch.setattr(P, "do_eval", fake_eval)
+
+    quiet = P.StageOptions(train=P.TrainConfig(progress=False))
+    cfg = P.RunConfig(input=frames, out=tmp_path / "out", keypoints=kp, depth_backend="none", stages=quiet)
     with pytest.raises(KeyboardInterrupt):
         P.run_pipeline(cfg, say=lambda m: None)
     assert calls == ["prepare", "heatmaps", "train"]
     calls.clear()
     state["crash_train"] = False
     res = P.run_pipeline(cfg, say=lambda m: None)
-    assert calls == ["train", "export", "report"]  # depth and eval skipped with a reason
+    assert calls == ["train", "eval", "export", "report"]  # align and depth skipped with a reason
     status = {r["stage"]: r["status"] for r in res["stages"]}
     assert status == {"prepare": "done", "align": "skipped", "depth": "skipped", "heatmaps": "done",
-                      "train": "ran", "eval": "skipped", "export": "ran", "report": "ran"}
+                      "train": "ran", "eval": "ran", "export": "ran", "report": "ran"}
     assert res["report"] == tmp_path / "out" / "run" / "report.html"
     calls.clear()
     P.run_pipeline(cfg, say=lambda m: None)
     assert calls == []
     # a changed training option redoes training and everything after it, not the scene
+    longer = P.StageOptions(train=P.TrainConfig(num_iterations=10, progress=False))
     P.run_pipeline(P.RunConfig(input=frames, out=tmp_path / "out", keypoints=kp, depth_backend="none",
-                               iterations=10, progress=False), say=lambda m: None)
-    assert calls == ["train", "export", "report"]
+                               stages=longer), say=lambda m: None)
+    assert calls == ["train", "eval", "export", "report"]

@@ -63,11 +63,11 @@ def test_ply_round_trip_standard_fields(tmp_path):
 # -- end-to-end on the tiny synthetic plant ---------------------------------------------------------
 
 def _train(scene, out, **kw):
-    from s3dgs.train import TrainConfig, run_training
+    from s3dgs.train import train
 
     args = dict(FAST)
     args.update(kw)
-    return run_training(TrainConfig(scene=scene, out=out, **args))
+    return train(scene=scene, out_dir=out, **args)
 
 
 def _jsonl(path):
@@ -121,7 +121,7 @@ def test_seed_train_call_with_explicit_paths(tiny_scene, tmp_path):
     assert res["depth_used"] and res["semantics_used"]
     assert (tmp_path / "seed" / "point_cloud.ply").exists()
     cfg = json.loads((tmp_path / "seed" / "config.json").read_text())
-    assert cfg["lambda_depth"] == 0.1 and cfg["warmup_iterations"] == 10
+    assert cfg["train"]["depth"]["weight"] == 0.1 and cfg["train"]["semantics"]["warmup_iterations"] == 10
 
 
 def test_missing_terms_reported_and_training_goes_on(tiny_scene, tmp_path):
@@ -148,13 +148,12 @@ def test_nonfinite_loss_skips_then_stops(tiny_scene, tmp_path, monkeypatch):
     assert "step skipped" in (tmp_path / "nan" / "log.txt").read_text()
 
 
-def test_seed_loss_names_the_options_it_ignores(tmp_path):
+def test_seed_loss_names_the_options_it_ignores():
     """The seed's literal loss takes no options; the trainer names those a user set in vain."""
-    from s3dgs.train import TrainConfig, seed_loss_ignored_options
+    from s3dgs.losses import DepthLossConfig
 
-    cfg = TrainConfig(scene=tmp_path, out=tmp_path / "run", depth_loss="seed", depth_multiscale=True,
-                      depth_alignment="sfm")
-    assert seed_loss_ignored_options(cfg) == ["--depth-alignment sfm", "--depth-multiscale"]
-    assert seed_loss_ignored_options(TrainConfig(scene=tmp_path, out=tmp_path, depth_loss="seed")) == []
-    cfg.depth_loss = "prior"
-    assert seed_loss_ignored_options(cfg) == []
+    cfg = DepthLossConfig(loss="seed", multiscale=True, alignment="sfm")
+    assert cfg.ignored_by_seed_loss() == ["--depth-alignment sfm", "--depth-multiscale"]
+    assert DepthLossConfig(loss="seed").ignored_by_seed_loss() == []
+    cfg.loss = "prior"
+    assert cfg.ignored_by_seed_loss() == []

@@ -1,0 +1,138 @@
+"""Run folders and checkpoints: what a run folder holds, when it may be reused, and resuming safely.
+
+A run folder (``s3dgs train SCENE --out RUN``) holds one run. ``train`` refuses a folder that
+holds another run unless ``--resume`` (continue it) or ``--overwrite`` (replace it: only the files
+a run writes are removed, nothing else in the folder). ``--resume`` checks that the scene and the
+options that shape the model match the checkpoint's, and names those that differ.
+
+Checkpoints ``RUN/ckpts/ckpt_<iteration>.pt`` are written atomically (:mod:`s3dgs.atomic`): a
+failed write (a full disk) says so in one line, leaves no temporary file and keeps the last good
+checkpoint. A checkpoint that cannot be read (truncated, empty) is named, set aside as
+``ckpt_<iteration>.pt.corrupt``, and resuming continues from the previous good one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from s3dgs.atomic import atomic_torch_save
+from s3dgs.errors import UsageError
+
+__all__ = [
+    "RUN_OUTPUTS",
+    "check_resume",
+    "clear_run",
+    "holds_run",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_latest_checkpoint",
+    "save_checkpoint",
+]
+
+RUN_OUTPUTS = ("config.json", "log.txt", "metrics.jsonl", "ckpts", "point_cloud.ply", "train_summary.json",
+               "renders", "metrics.json", "classes", "report.html", "pipeline.json", "depth_alignment.json",
+               "phenotypes.json", "phenotypes.csv", "phenotypes.png", "plots")
+"""Everything a run writes into its folder (``--overwrite`` removes exactly these)."""
+
+_MARKERS = ("config.json", "ckpts", "point_cloud.ply", "train_summary.json")
+
+
+def holds_run(out: str | Path) -> bool:
+    """Whether ``out`` holds (part of) a training run."""
+    out = Path(out)
+    return any((out / m).exists() for m in _MARKERS)
+
+
+def clear_run(out: str | Path) -> list[str]:
+    """Remove the files and folders a run writes (:data:`RUN_OUTPUTS`) from ``out``; other files
+    stay. Returns the names removed."""
+    out = Path(out)
+    removed = []
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def list_checkpoints(run: str | Path) -> list[Path]:
+    """The run's checkpoints ``ckpts/ckpt_<iteration>.pt``, oldest first."""
+    def it(p: Path) -> int:
+        try:
+            return int(p.stem.split("_")[1])
+        except (IndexError, ValueError):
+            return -1
+
+    ckpts = [p for p in (Path(run) / "ckpts").glob("ckpt_*.pt") if it(p) >= 0]
+    return sorted(ckpts, key=it)
+
+
+def latest_checkpoint(run: str | Path) -> Path | None:
+    ckpts = list_checkpoints(run)
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(state: dict[str, Any], run: str | Path, step: int) -> Path:
+    """Write ``state`` as ``RUN/ckpts/ckpt_<step>.pt`` atomically (WorkError naming it on failure)."""
+    return atomic_torch_save(state, Path(run) / "ckpts" / f"ckpt_{step}.pt")
+
+
+def load_latest_checkpoint(run: str | Path, device: torch.device | str = "cpu",
+                           say: Callable[[str], None] = print) -> tuple[dict | None, Path | None]:
+    """The newest readable checkpoint of ``run`` and its path, or ``(None, None)``. Unreadable ones
+    (truncated, empty, not a checkpoint) are renamed ``*.pt.corrupt`` with one line each."""
+    for path in reversed(list_checkpoints(run)):
+        try:
+            ck = torch.load(path, map_location=device, weights_only=False)
+            if not isinstance(ck, dict) or "params" not in ck or "step" not in ck:
+                raise ValueError("not an s3dgs checkpoint")
+        except Exception as exc:  # noqa: BLE001 - any failure to read means: not usable
+            bad = path.with_name(path.name + ".corrupt")
+            path.replace(bad)
+            say(f"resume: {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); set aside as "
+                f"{bad.name}, trying the previous checkpoint")
+            continue
+        return ck, path
+    return None, None
+
+
+# options whose change makes a checkpoint's model or data another run's: name -> how to read it
+_MODEL_KEYS = {
+    "scene": lambda c: c.get("scene"),
+    "images": lambda c: (c.get("resolved_paths") or {}).get("images_dir"),
+    "--sh-degree": lambda c: (c.get("train") or {}).get("sh_degree"),
+    "classes": lambda c: c.get("classes"),
+    "--no-semantics": lambda c: ((c.get("train") or {}).get("data") or {}).get("no_semantics"),
+    "--no-depth": lambda c: ((c.get("train") or {}).get("data") or {}).get("no_depth"),
+    "--resolution-scale": lambda c: ((c.get("train") or {}).get("data") or {}).get("resolution_scale"),
+    "--test-every": lambda c: ((c.get("train") or {}).get("data") or {}).get("test_every"),
+    "--semantic-activation": lambda c: ((c.get("train") or {}).get("semantics") or {}).get("activation"),
+    "--strategy": lambda c: (c.get("train") or {}).get("strategy"),
+}
+# Not in the list: --num-iterations (a resumed run may be extended; the schedule follows the new
+# length) and --seed (the random state comes from the checkpoint).
+
+
+def check_resume(saved: dict, now: dict, ckpt: Path) -> None:
+    """Raise UsageError naming every model-shaping option in which ``now`` (this run's config dict,
+    as written to config.json) differs from ``saved`` (the checkpoint's)."""
+    diffs = []
+    for name, get in _MODEL_KEYS.items():
+        a, b = get(saved), get(now)
+        if a is None and name in ("classes",):
+            continue
+        if a != b:
+            diffs.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
+    if diffs:
+        raise UsageError(f"--resume: {ckpt} belongs to another run; " + "; ".join(diffs) +
+                         ". Resume with the same options, or pass --overwrite to start again.")

@@ -1,0 +1,424 @@
+"""Training configuration: one nested dataclass, the CLI generated from it, one rule for short runs.
+
+``TrainConfig`` holds every option that shapes a training run, grouped as nerfstudio and gsplat
+group them: the scene inputs it reads (``DataConfig``), the depth-prior term (``DepthLossConfig``,
+passed whole to :func:`s3dgs.losses.depth_prior_loss`), the semantic term (``SemanticConfig``),
+the learning rates (``LearningRates``) and the densification strategy (gsplat's own
+``DefaultStrategy`` / ``MCMCStrategy`` dataclasses, used as they are). ``s3dgs train``,
+``s3dgs run`` and ``s3dgs demo`` all nest the same ``TrainConfig``, so every option has one name
+on every command (``--num-iterations``, ``--lambda-depth``, ``--depth-stem-aware``, ...): the
+nested groups omit their prefixes and each field carries its command-line name.
+
+**Short runs.** The seed's schedule is written for 7,000 iterations (semantic warm-up 4,000, SH
+degree raised every 1,000, densification from 500, opacity reset every 3,000). A shorter run with
+those literal values never switches the semantic term on and never resets opacity.
+:func:`resolve_schedule` scales them to the run (the one rule, used by every command): for
+``n < 7000`` iterations,
+
+- semantic warm-up ``round(4000 n / 7000)`` (4/7 of the run),
+- opacity reset every ``round(3000 n / 7000)`` (two resets, as in 7,000 iterations),
+- densification from ``min(500, max(50, n // 5))``, still every ``refine_every`` (not scaled:
+  refining every 10-20 iterations made the Gaussian count explode),
+- SH degree raised every ``max(1, min(1000, n // (sh_degree + 1)))``,
+- a log line every ``max(10, min(100, n // 50))`` iterations.
+
+Only values left at their defaults are scaled: a value the user set is kept (``train(...)`` marks
+every schedule keyword its caller passed, so the seed's literal ``warmup_iterations=4000`` stays
+4,000), and ``--no-scale-schedule`` keeps every literal value. :func:`schedule_warnings` names an
+explicit setting that means a term never switches on.
+
+See ``docs/ARCHITECTURE.md`` for how the configuration flows through a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+from gsplat.strategy import MCMCStrategy
+
+from s3dgs.gaussians.strategy import DefaultStrategy
+from s3dgs.losses import DepthLossConfig, SemanticConfig
+from s3dgs.validate import at_least, in_range, non_negative, positive
+
+__all__ = [
+    "SEED_ITERATIONS",
+    "DataConfig",
+    "DepthLossConfig",
+    "LearningRates",
+    "SemanticConfig",
+    "TrainConfig",
+    "config_from_flat",
+    "config_to_dict",
+    "flat_names",
+    "load_run_config",
+    "resolve_schedule",
+    "schedule_warnings",
+]
+
+SEED_ITERATIONS = 7000
+"""The run length the seed's schedule was written for."""
+
+
+def _arg(name: str, **kw) -> Any:
+    """The field's command-line name, the same on every command (no group prefix)."""
+    return tyro.conf.arg(name=name, prefix_name=False, **kw)
+
+
+@dataclass
+class DataConfig:
+    """What the run reads from the scene, and at which resolution."""
+
+    resolution_scale: Annotated[float, _arg("resolution-scale")] = 1.0
+    """Rescale frames, heatmaps, depth maps and intrinsics by this factor (0 < s <= 1, e.g. 0.5)."""
+    test_every: Annotated[int, _arg("test-every")] = 8
+    """Hold out every n-th frame (sorted by name) for evaluation; 0 trains on every frame."""
+    no_depth: Annotated[bool, _arg("no-depth"), tyro.conf.FlagCreatePairsOff] = False
+    """Ignore depth priors even when the scene has them (RGB + semantics only)."""
+    no_semantics: Annotated[bool, _arg("no-semantics"), tyro.conf.FlagCreatePairsOff] = False
+    """Ignore heatmaps even when the scene has them."""
+    allow_weak_depth: Annotated[bool, _arg("allow-weak-depth"), tyro.conf.FlagCreatePairsOff] = False
+    """Use depth maps that `s3dgs depth verify` flags as weak (8-bit, constant) instead of stopping."""
+
+    def validate(self) -> None:
+        in_range("--resolution-scale", self.resolution_scale, 0.0, 1.0, lo_open=True)
+        non_negative("--test-every", self.test_every)
+
+
+@dataclass
+class LearningRates:
+    """Adam learning rates, one per parameter group (gsplat's and 3DGS's defaults)."""
+
+    means: Annotated[float, _arg("lr-means")] = 1.6e-4
+    """Means, times the scene scale, decayed exponentially to 1 % over the run."""
+    scales: Annotated[float, _arg("lr-scales")] = 5e-3
+    """Log-scales."""
+    quats: Annotated[float, _arg("lr-quats")] = 1e-3
+    """Rotations (quaternions)."""
+    opacities: Annotated[float, _arg("lr-opacities")] = 5e-2
+    """Opacity logits."""
+    sh0: Annotated[float, _arg("lr-sh0")] = 2.5e-3
+    """Degree-0 colour (SH DC term)."""
+    shN: Annotated[float, _arg("lr-shN")] = 2.5e-3 / 20
+    """Higher SH degrees (1/20 of the DC rate, as 3DGS)."""
+    semantics: Annotated[float, _arg("lr-semantics")] = 1e-2
+    """Per-class semantic logits."""
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            positive(f"--lr-{f.name}", getattr(self, f.name))
+
+
+def _default_densify() -> DefaultStrategy:
+    # AbsGS gradients (gsplat advises grow_grad2d ~ 8e-4 with them); the renderer provides absgrad
+    return DefaultStrategy(absgrad=True, grow_grad2d=8e-4)
+
+
+@dataclass
+class TrainConfig:
+    """Every option that shapes a training run. Nested groups share one flat option namespace."""
+
+    num_iterations: Annotated[int, _arg("num-iterations")] = SEED_ITERATIONS
+    """Training iterations (one view per iteration)."""
+    scale_schedule: Annotated[bool, _arg("scale-schedule")] = True
+    """Scale the seed's 7,000-iteration schedule (semantic warm-up, opacity reset, densification
+    start, SH degree steps, log period) to shorter runs; options you set yourself are kept."""
+    seed: Annotated[int, _arg("seed")] = 0
+    """Random seed of the training (initial rotations, view order); not the synthetic plant's seed."""
+    sh_degree: Annotated[int, _arg("sh-degree")] = 3
+    """Maximum spherical-harmonics degree of the colours (0-4), raised one step at a time."""
+    sh_degree_interval: Annotated[int, _arg("sh-degree-interval")] = 1000
+    """Iterations between raising the SH degree by one."""
+    init_opacity: Annotated[float, _arg("init-opacity")] = 0.1
+    """Opacity of the initial Gaussians."""
+    init_scale: Annotated[float, _arg("init-scale")] = 1.0
+    """Initial Gaussian size, as a multiple of the mean distance to the 3 nearest points."""
+    max_init_points: Annotated[int, _arg("max-init-points")] = 200_000
+    """Subsample the initial point cloud above this many points."""
+    lambda_ssim: Annotated[float, _arg("lambda-ssim")] = 0.2
+    """Colour loss = (1 - l) L1 + l (1 - SSIM); 0 gives the seed's plain L1."""
+    background: Annotated[tuple[float, float, float], _arg("background")] = (0.0, 0.0, 0.0)
+    """Background colour (RGB in [0, 1]) behind the Gaussians."""
+
+    data: Annotated[DataConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=DataConfig)
+    depth: Annotated[DepthLossConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=DepthLossConfig)
+    semantics: Annotated[SemanticConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SemanticConfig)
+    lr: Annotated[LearningRates, tyro.conf.OmitArgPrefixes] = field(default_factory=LearningRates)
+
+    strategy: Annotated[Literal["default", "mcmc", "none"], _arg("strategy")] = "default"
+    """Densification: 'default' (3DGS split/clone/prune with the opacity reset, gsplat's
+    DefaultStrategy, options below), 'mcmc' (gsplat's MCMCStrategy with a Gaussian budget,
+    --mcmc.* options), 'none' (the initial Gaussians only)."""
+    densify: Annotated[DefaultStrategy, tyro.conf.OmitArgPrefixes] = field(default_factory=_default_densify)
+    mcmc: Annotated[MCMCStrategy, tyro.conf.arg(name="mcmc", prefix_name=False)] = field(default_factory=MCMCStrategy)
+
+    backend: Annotated[Literal["auto", "native", "torch", "gsplat"], _arg("backend")] = "auto"
+    """Renderer: auto (gsplat on CUDA, the native C++ kernel on a CPU, else torch), native, torch
+    (the readable reference), gsplat (CUDA only)."""
+    device: Annotated[str, _arg("device")] = "auto"
+    """Where to train: auto (CUDA when available, else the CPU), cpu, cuda, cuda:N."""
+    num_threads: Annotated[int, _arg("num-threads")] = 0
+    """CPU threads for torch and the native kernel (0: torch's default, usually one per core)."""
+    log_every: Annotated[int, _arg("log-every")] = 100
+    """Iterations between log lines (console, RUN/log.txt, RUN/metrics.jsonl)."""
+    ckpt_every: Annotated[int, _arg("ckpt-every")] = 1000
+    """Iterations between checkpoints (a final one is always written)."""
+    max_nonfinite: Annotated[int, _arg("max-nonfinite")] = 20
+    """Stop after this many consecutive non-finite losses (the last good checkpoint stays)."""
+    save_renders: Annotated[bool, _arg("save-renders")] = True
+    """Write renders of the held-out views (colour, depth, semantics) at the end."""
+    progress: Annotated[bool, _arg("progress")] = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        """Check every option's range (UsageError naming the option); called by every entry point
+        (tyro would swallow an error raised while it builds the dataclass, see s3dgs.validate)."""
+        at_least("--num-iterations", self.num_iterations, 1)
+        in_range("--sh-degree", self.sh_degree, 0, 4)
+        at_least("--sh-degree-interval", self.sh_degree_interval, 1)
+        in_range("--init-opacity", self.init_opacity, 0.0, 1.0, lo_open=True, hi_open=True)
+        positive("--init-scale", self.init_scale)
+        at_least("--max-init-points", self.max_init_points, 1)
+        in_range("--lambda-ssim", self.lambda_ssim, 0.0, 1.0)
+        for c in self.background:
+            in_range("--background", c, 0.0, 1.0)
+        non_negative("--num-threads", self.num_threads)
+        at_least("--log-every", self.log_every, 1)
+        at_least("--ckpt-every", self.ckpt_every, 1)
+        at_least("--max-nonfinite", self.max_nonfinite, 1)
+        for group in (self.data, self.depth, self.semantics, self.lr):
+            group.validate()
+        d = self.densify
+        for name in ("prune_opa", "grow_grad2d", "grow_scale3d", "grow_scale2d", "prune_scale3d",
+                     "prune_scale2d"):
+            non_negative("--" + name.replace("_", "-"), getattr(d, name))
+        non_negative("--refine-start-iter", d.refine_start_iter)
+        for name in ("refine_stop_iter", "refine_every", "reset_every"):
+            at_least("--" + name.replace("_", "-"), getattr(d, name), 1)
+        at_least("--mcmc.cap-max", self.mcmc.cap_max, 1)
+        at_least("--mcmc.refine-every", self.mcmc.refine_every, 1)
+        dev = self.resolved_device()  # raises UsageError for an unknown or unavailable device
+        if (self.backend, dev.type) in (("gsplat", "cpu"), ("native", "cuda")):
+            from s3dgs.errors import UsageError
+
+            ok = "auto, native or torch" if dev.type == "cpu" else "auto, gsplat or torch"
+            raise UsageError(f"--backend {self.backend} does not run on {dev.type}; use {ok}")
+
+    def resolved_device(self):
+        """The torch device ``--device`` names; UsageError when it is unknown or not present."""
+        import torch
+
+        from s3dgs.errors import UsageError
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {self.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UsageError(f"--device {self.device}: CUDA is not available on this machine; use "
+                                 "--device cpu (or auto)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise UsageError(f"--device {self.device}: this machine has {torch.cuda.device_count()} "
+                                 "CUDA device(s)")
+        elif dev.type != "cpu":
+            raise UsageError(f"--device {self.device}: only cpu and cuda are supported")
+        return dev
+
+    @property
+    def depth_used_by_loss(self) -> bool:
+        return self.depth.weight > 0 and not self.data.no_depth
+
+
+# -----------------------------------------------------------------------------------------------
+# the schedule rule for short runs
+# -----------------------------------------------------------------------------------------------
+
+# field path -> rule(n, cfg); paths name fields of TrainConfig and its groups
+_SCHEDULE_RULES = {
+    "semantics.warmup_iterations": lambda n, c: round(4000 * n / SEED_ITERATIONS),
+    "densify.reset_every": lambda n, c: max(1, round(3000 * n / SEED_ITERATIONS)),
+    "densify.refine_start_iter": lambda n, c: min(500, max(50, n // 5)),
+    "sh_degree_interval": lambda n, c: max(1, min(1000, n // (c.sh_degree + 1))),
+    "log_every": lambda n, c: max(10, min(100, n // 50)),
+}
+
+
+def _get(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set(cfg: Any, path: str, value: Any) -> None:
+    *head, last = path.split(".")
+    for part in head:
+        cfg = getattr(cfg, part)
+    setattr(cfg, last, value)
+
+
+def resolve_schedule(cfg: TrainConfig, fixed: frozenset[str] | set[str] = frozenset()) -> dict[str, tuple]:
+    """Scale the seed's schedule to a run shorter than 7,000 iterations, in place (module docstring).
+
+    ``fixed``: field paths (``"semantics.warmup_iterations"``) or flat names (``"warmup_iterations"``)
+    the caller set explicitly; they are kept. Values that differ from their defaults are kept too.
+    Returns ``{path: (old, new)}`` for every value changed (empty when nothing was scaled)."""
+    n = cfg.num_iterations
+    if not cfg.scale_schedule or n >= SEED_ITERATIONS:
+        return {}
+    default = TrainConfig()
+    changed = {}
+    for path, rule in _SCHEDULE_RULES.items():
+        if path in fixed or path.rsplit(".", 1)[-1] in fixed:
+            continue
+        old = _get(cfg, path)
+        if old != _get(default, path):
+            continue
+        new = rule(n, cfg)
+        if new != old:
+            _set(cfg, path, new)
+            changed[path] = (old, new)
+    return changed
+
+
+def schedule_warnings(cfg: TrainConfig, semantics_present: bool = True) -> list[str]:
+    """Sentences naming settings that mean a term never switches on in this run."""
+    n = cfg.num_iterations
+    out = []
+    if semantics_present and cfg.semantics.weight > 0 and cfg.semantics.warmup_iterations >= n:
+        out.append(f"--warmup-iterations {cfg.semantics.warmup_iterations} is not below --num-iterations {n}: "
+                   "the semantic term never switches on")
+    if cfg.strategy == "default":
+        d = cfg.densify
+        if d.refine_start_iter >= min(n, d.refine_stop_iter):
+            out.append(f"--refine-start-iter {d.refine_start_iter} is not below the run's end ({n}) or "
+                       f"--refine-stop-iter {d.refine_stop_iter}: densification never runs")
+        elif d.reset_every >= min(n, d.refine_stop_iter):
+            out.append(f"--reset-every {d.reset_every} is not below the run's end ({n}) or "
+                       f"--refine-stop-iter {d.refine_stop_iter}: the opacity reset never fires")
+    if cfg.sh_degree > 0 and cfg.sh_degree_interval >= n:
+        out.append(f"--sh-degree-interval {cfg.sh_degree_interval} is not below --num-iterations {n}: "
+                   "the colours stay at SH degree 0")
+    return out
+
+
+# -----------------------------------------------------------------------------------------------
+# flat keyword names (the seed's train(...) keywords, the CLI names with '_')
+# -----------------------------------------------------------------------------------------------
+
+_GROUPS = ("data", "depth", "semantics", "lr", "densify")
+
+
+def _cli_name(cls: type, f: dataclasses.Field) -> str:
+    """The command-line name tyro gives field ``f`` of ``cls`` (``--lambda-depth`` -> lambda_depth)."""
+    import typing
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for meta in getattr(hints.get(f.name), "__metadata__", ()):
+        name = getattr(meta, "name", None)
+        if isinstance(name, str):
+            return name.replace("-", "_")
+    return f.name
+
+
+def flat_names() -> dict[str, str]:
+    """``{flat keyword: field path}`` for every option, e.g. ``{"lambda_depth": "depth.weight",
+    "refine_every": "densify.refine_every", "num_iterations": "num_iterations"}``."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _GROUPS:
+            cls = type(getattr(TrainConfig(), f.name))
+            for g in dataclasses.fields(cls):
+                out[_cli_name(cls, g)] = f"{f.name}.{g.name}"
+        elif f.name != "mcmc":
+            out[_cli_name(TrainConfig, f)] = f.name
+    for g in dataclasses.fields(MCMCStrategy):
+        out[f"mcmc_{g.name}"] = f"mcmc.{g.name}"
+    # the seed's one renamed keyword: `densify=False` switched densification off
+    return out
+
+
+def config_from_flat(**kwargs) -> tuple[TrainConfig, set[str]]:
+    """A TrainConfig from flat keywords (the seed's ``lambda_depth=``, ``warmup_iterations=``, any
+    CLI name with ``_``; ``densify=False`` means ``strategy="none"``). Returns the config and the
+    set of field paths given (for :func:`resolve_schedule`). Unknown keywords raise TypeError."""
+    from s3dgs.errors import UsageError
+
+    names = flat_names()
+    cfg = TrainConfig()
+    given: set[str] = set()
+    if "densify" in kwargs and isinstance(kwargs["densify"], bool):
+        kwargs["strategy"] = kwargs.get("strategy", "default") if kwargs.pop("densify") else "none"
+    unknown = sorted(k for k in kwargs if k not in names)
+    if unknown:
+        raise TypeError(f"unknown training option(s): {', '.join(unknown)}")
+    groups: dict[str, dict] = {}
+    top: dict[str, Any] = {}
+    for k, v in kwargs.items():
+        path = names[k]
+        given.add(path)
+        if "." in path:
+            g, leaf = path.split(".", 1)
+            groups.setdefault(g, {})[leaf] = v
+        else:
+            top[k if k in {f.name for f in dataclasses.fields(TrainConfig)} else path] = v
+    try:
+        for g, vals in groups.items():
+            top[g] = dataclasses.replace(getattr(cfg, g), **vals)
+        cfg = TrainConfig(**top)
+    except UsageError:
+        raise
+    return cfg, given
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """JSON-able nested dict of the configuration (as written to RUN/config.json)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """Inverse of :func:`config_to_dict` (unknown keys from other versions are ignored)."""
+    def build(cls, data):
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            v = data[f.name]
+            sub = getattr(cls(), f.name) if f.name in _GROUPS + ("mcmc",) else None
+            if sub is not None and isinstance(v, dict):
+                v = build(type(sub), v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            kw[f.name] = v
+        return cls(**kw)
+
+    return build(TrainConfig, d)
+
+
+def load_run_config(run: str | Path) -> dict:
+    """What a run folder's config.json says: ``{"scene": Path | None, "paths": {...},
+    "train": TrainConfig, "found": bool}`` (defaults when there is no config.json; older flat
+    config.json files are read too)."""
+    p = Path(run) / "config.json"
+    if not p.is_file():
+        return {"scene": None, "paths": {}, "train": TrainConfig(), "found": False}
+    d = json.loads(p.read_text())
+    if "train" in d and isinstance(d["train"], dict):
+        train = config_from_dict(d["train"])
+    else:  # a flat config.json written before the configuration was nested
+        names = flat_names()
+        kw = {k: v for k, v in d.items() if k in names}
+        kw.pop("densify", None)
+        try:
+            train, _ = config_from_flat(**kw)
+        except (TypeError, ValueError):
+            train = TrainConfig()
+    scene = d.get("scene")
+    return {"scene": Path(scene) if scene else None, "paths": dict(d.get("resolved_paths") or {}),
+            "train": train, "found": True}
