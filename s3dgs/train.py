@@ -192,7 +192,7 @@ class Trainer:
         self.start, self.elapsed_before = 0, 0.0
         if resume:
             self._resume()
-        (self.out / "config.json").write_text(json.dumps(self.config_dict, indent=2))
+        self._start_writing()
         self.acc = torch.zeros(5, device=self.device)  # loss, rgb, depth, sem, psnr
         self.acc_n = 0
         self.nonfinite = 0
@@ -217,15 +217,29 @@ class Trainer:
                                  "another --out")
             removed = clear_run(out)
             log.info("train: --overwrite removed %s from %s", ", ".join(removed), out)
-        out.mkdir(parents=True, exist_ok=True)
-        self._logfile = open(out / "log.txt", "a")  # noqa: SIM115 - closed in finish()
-        self._jsonl = open(out / "metrics.jsonl", "a")  # noqa: SIM115
+        self._logfile = self._jsonl = None
+        self._pending: list[str] = []  # lines said before the run folder is written to
+
+    def _start_writing(self) -> None:
+        """Open RUN/log.txt and RUN/metrics.jsonl once the run is known to be this one (after the
+        resume checks), so a refused start leaves the folder exactly as it was."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._logfile = open(self.out / "log.txt", "a")  # noqa: SIM115 - closed in finish()
+        self._jsonl = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115
+        self._logfile.write("".join(line + "\n" for line in self._pending))
+        self._logfile.flush()
+        (self.out / "config.json").write_text(json.dumps(self.config_dict, indent=2))
+        if getattr(self, "_sfm_record", None) is not None:
+            (self.out / "depth_alignment.json").write_text(json.dumps(self._sfm_record, indent=1, default=float))
 
     def say(self, msg: str) -> None:
         """A line to the console (above the progress bar) and RUN/log.txt."""
         from tqdm import tqdm
 
         tqdm.write(msg) if self.cfg.progress else print(msg)
+        if self._logfile is None:
+            self._pending.append(msg)
+            return
         self._logfile.write(msg + "\n")
         self._logfile.flush()
 
@@ -320,8 +334,7 @@ class Trainer:
             fr.sfm_scale_shift = (fit["scale"], fit["shift"]) if fit.get("ok") else None
         self.say(f"depth: sfm alignment fitted for {len(fits)} frames, {len(bad)} marked unreliable"
                  + (": " + "; ".join(f"{k} ({v})" for k, v in list(bad.items())[:5]) if bad else ""))
-        (self.out / "depth_alignment.json").write_text(json.dumps(
-            {ds.frames[i].name: fit for i, fit in fits.items()}, indent=1, default=float))
+        self._sfm_record = {ds.frames[i].name: fit for i, fit in fits.items()}  # written with the run
         self.use_depth = any(fr.depth for fr in self.frames)
 
     def _init_model(self) -> None:
