@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "Evaluate a run: images, depth, semantics, geometry, cost -> RUN/metrics.json."),
     "export": ("s3dgs.export", "ExportConfig", "export_main",
                "Export a run's Gaussians: PLY, and one point cloud per semantic class."),
+    "phenotype": ("s3dgs.phenotype", "PhenotypeConfig", "phenotype_main",
+                  "Measure the plant: height, nodes, internode lengths, stem diameters, peduncles."),
     "run": ("s3dgs.pipeline", "RunConfig", "run_main",
             "Video or frames -> trained, evaluated model with a report, each stage resumable."),
     "demo": ("s3dgs.pipeline", "DemoConfig", "demo_main",

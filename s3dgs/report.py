@@ -9,6 +9,8 @@ elsewhere and needs no JavaScript. Sections, each shown when its inputs exist in
 - held-out views: photo | render | rendered depth | rendered semantics (renders/<stem>_*.png), with
   the depth prior and the semantic heatmaps of the frame when the scene has them;
 - per-class point clouds (classes/<C>.ply) as scatter plots from two viewpoints;
+- phenotypes (phenotypes.json and .png of `s3dgs phenotype`): the picture, plant traits,
+  internodes, nodes and the notes on what could not be measured; says so when not run;
 - the metrics table (metrics.json, any groups and keys);
 - the run's configuration (config.json).
 """
@@ -368,6 +370,59 @@ def _metrics_section(run: Path) -> str:
     return _section("Metrics", "\n".join(out), "metrics")
 
 
+def _phenotypes_section(run: Path) -> str:
+    """RUN/phenotypes.json and .png (`s3dgs phenotype RUN`): the picture, the plant's traits, the
+    internodes and the notes on what could not be measured."""
+    res = _read_json(run / "phenotypes.json")
+    if not isinstance(res, dict) or not isinstance(res.get("plant"), dict):
+        return _section("Phenotypes", '<p class="muted">Phenotypes were not measured for this run '
+                        "(no phenotypes.json; run <code>s3dgs phenotype RUN</code>).</p>", "phenotypes")
+    unit = res.get("units", "model units")
+    parts = []
+    scale = res.get("scale") or {}
+    if scale.get("source"):
+        parts.append(f"<p>Scale: {_esc(scale['source'])}. Up: {_esc(res.get('up_source', 'unknown'))}.</p>")
+    if unit != "m":
+        parts.append(f'<p class="note">Lengths are in <b>model units</b>, not metres: {_esc(scale.get("source", ""))}</p>')
+    data = _file_png(run / "phenotypes.png", max_side=1400)
+    if data:
+        parts.append(f"<figure>{_img_tag(data, 'phenotypes')}<figcaption>class Gaussians, fitted "
+                     "centreline and numbered nodes (phenotypes.png)</figcaption></figure>")
+    p = res["plant"]
+    labels = (("plant_height", f"plant height ({unit})"), ("stem_length", f"stem length ({unit})"),
+              ("node_count", "nodes"), ("peduncle_count", "peduncles"),
+              ("stem_diameter_median", f"median stem diameter ({unit})"))
+    parts.append("<h3>Plant</h3>" + _kv_table([(lab, p.get(k) if p.get(k) is not None else "not measured")
+                                                for k, lab in labels]))
+    rows = res.get("internodes") or []
+    if rows:
+        t = [f"<h3>Internodes</h3><table><tr><th>internode</th><th>length along the stem ({_esc(unit)})</th>"
+             f"<th>straight ({_esc(unit)})</th><th>stem diameter ({_esc(unit)})</th></tr>"]
+        for r in rows:
+            cells = [r.get("length"), r.get("straight_length"), r.get("stem_diameter")]
+            t.append(f"<tr><td>{_esc(r.get('from_node'))}-{_esc(r.get('to_node'))}</td>" + "".join(
+                f'<td class="num">{_esc(_fmt(c)) if c is not None else "not measured"}</td>' for c in cells)
+                + "</tr>")
+        t.append("</table>")
+        parts.append("".join(t))
+    nodes = res.get("nodes") or []
+    if nodes:
+        t = [f"<h3>Nodes</h3><table><tr><th>node</th><th>height ({_esc(unit)})</th><th>confidence</th>"
+             "<th>peduncles</th></tr>"]
+        for n in nodes:
+            h = n.get("height")
+            t.append(f"<tr><td>{_esc(n.get('index'))}</td><td class=\"num\">"
+                     f"{_esc(_fmt(h)) if h is not None else 'not measured'}</td>"
+                     f"<td class=\"num\">{_esc(_fmt(n.get('confidence')))}</td>"
+                     f"<td class=\"num\">{_esc(n.get('peduncles'))}</td></tr>")
+        t.append("</table>")
+        parts.append("".join(t))
+    notes = res.get("notes") or []
+    if notes:
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
+    return _section("Phenotypes", "\n".join(parts), "phenotypes")
+
+
 def _summary_section(run: Path, scene: Optional[Path]) -> str:
     parts = []
     if scene is not None:
@@ -436,10 +491,11 @@ def build_report_html(run_dir: str | Path, scene_dir: str | Path | None = None) 
     scene = Path(scene_dir) if scene_dir is not None else _guess_scene(run)
     classes = CLASSES
     sections = [_summary_section(run, scene), _curves_section(run), _views_section(run, scene, classes),
-                _clouds_section(run), _metrics_section(run), _config_section(run)]
+                _clouds_section(run), _phenotypes_section(run), _metrics_section(run), _config_section(run)]
     nav = " · ".join(f'<a href="#{a}" style="color:#fff">{t}</a>' for a, t in
                      (("summary", "summary"), ("curves", "curves"), ("views", "views"),
-                      ("clouds", "point clouds"), ("metrics", "metrics"), ("config", "config")))
+                      ("clouds", "point clouds"), ("phenotypes", "phenotypes"), ("metrics", "metrics"),
+                      ("config", "config")))
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
