@@ -18,7 +18,7 @@ import tyro
 
 from s3dgs.classes import CLASSES, class_color
 from s3dgs.config import load_run_config
-from s3dgs.gaussians.model import load_ply, semantic_probs, sh_to_rgb
+from s3dgs.gaussians.model import load_ply, render_params, semantic_probs, sh_to_rgb
 
 
 def _colormap(x: np.ndarray, name: str = "turbo") -> np.ndarray:
@@ -62,21 +62,14 @@ def render_dataset(params, dataset, *, sh_degree: int | None = None, activation:
                    background=(0.0, 0.0, 0.0), backend: str = "auto", render_semantics: bool = True,
                    device: str | torch.device | None = None) -> Iterator[tuple[dict, object]]:
     """Render every frame of `dataset` (no-grad path). Yields (item, RenderOutput) per frame."""
-    from s3dgs.render import render
-
     dev = torch.device(device) if device else params["means"].device
     p = params_to_device(params, dev)
-    n_sh = p["sh0"].shape[1] + p["shN"].shape[1]
-    d = int(round(n_sh ** 0.5)) - 1 if sh_degree is None else min(sh_degree, int(round(n_sh ** 0.5)) - 1)
-    colors = torch.cat([p["sh0"], p["shN"]], 1)[:, : (d + 1) ** 2]
-    extra = semantic_probs(p["semantics"], activation) if render_semantics and "semantics" in p else None
     bg = torch.tensor(background, dtype=torch.float32, device=dev)[None]
-    scales, opac = torch.exp(p["scales"]), torch.sigmoid(p["opacities"].reshape(-1))
     for i in range(len(dataset)):
         item = dataset[i]
-        r = render(p["means"], p["quats"], scales, opac, colors, item["viewmat"].to(dev)[None],
-                   item["K"].to(dev)[None], item["width"], item["height"], sh_degree=d, extra=extra,
-                   render_depth=True, backgrounds=bg, backend=backend)
+        r = render_params(p, item["viewmat"].to(dev)[None], item["K"].to(dev)[None], item["width"],
+                          item["height"], sh_degree=sh_degree, semantics=activation if render_semantics else None,
+                          render_depth=True, backgrounds=bg, backend=backend)
         yield item, r
 
 

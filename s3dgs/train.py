@@ -53,7 +53,7 @@ from s3dgs.config import (
     schedule_warnings,
 )
 from s3dgs.errors import S3dgsError, UsageError
-from s3dgs.gaussians.model import init_params, save_ply, semantic_probs
+from s3dgs.gaussians.model import init_params, render_params, save_ply
 from s3dgs.losses import (
     depth_prior_loss,
     depth_weight_schedule,
@@ -430,8 +430,6 @@ class Trainer:
 
         Returns the losses (0-d tensors ``loss, rgb, depth, sem, psnr``) and the weights in effect,
         or None when the loss was not finite and the step was skipped."""
-        from s3dgs.render import render
-
         cfg, dev, params = self.cfg, self.device, self.params
         idx = self.next_frame(step)
         item, fr = self.ds[idx], self.frames[idx]
@@ -443,13 +441,10 @@ class Trainer:
             if self.use_depth else 0.0
         sem_on, depth_on = lam_sem > 0 and fr.semantics, lam_depth > 0 and fr.depth
 
-        d = min(step // cfg.sh_degree_interval, cfg.sh_degree)
-        colors = torch.cat([params["sh0"], params["shN"]], 1)[:, : (d + 1) ** 2]
-        extra = semantic_probs(params["semantics"], cfg.semantics.activation) if sem_on else None
-        r = render(params["means"], params["quats"], torch.exp(params["scales"]),
-                   torch.sigmoid(params["opacities"]), colors, item["viewmat"].to(dev)[None],
-                   item["K"].to(dev)[None], W, H, sh_degree=d, extra=extra, render_depth=depth_on,
-                   backgrounds=self.bg, backend=cfg.backend, absgrad=True)
+        r = render_params(params, item["viewmat"].to(dev)[None], item["K"].to(dev)[None], W, H,
+                          sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
+                          semantics=cfg.semantics.activation if sem_on else None, render_depth=depth_on,
+                          backgrounds=self.bg, backend=cfg.backend, absgrad=True)
         if self.strategy is not None:
             self.strategy.step_pre_backward(params, self.optimizers, self.sstate, step, r.meta)
 

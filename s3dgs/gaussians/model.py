@@ -169,3 +169,34 @@ def load_ply(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]
     if sem_cols:
         out["semantics"] = np.stack([np.asarray(v[c]) for c in sem_cols], axis=1)
     return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in out.items()}, classes
+
+
+def render_params(params, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, *,
+                  sh_degree: int | None = None, semantics: str | None = None, **render_kwargs):
+    """Render Gaussians held as parameters (the module docstring's entries): the one place where
+    their activations (exp of the log-scales, sigmoid of the opacity logits, the SH bands in use,
+    the semantic activation) meet :func:`s3dgs.render.render`. Training, export and evaluation all
+    render through it.
+
+    Args:
+        params: ParameterDict or dict of tensors, all on the render device.
+        viewmats, Ks, width, height: as :func:`s3dgs.render.render` (``[C, 4, 4]``, ``[C, 3, 3]``).
+        sh_degree: SH degree to evaluate (default: every band the parameters hold).
+        semantics: ``"sigmoid"`` / ``"softmax"`` renders the class probabilities as extra channels;
+            None renders no semantics.
+        render_kwargs: passed on (``render_depth``, ``backgrounds``, ``backend``, ``absgrad`` ...).
+
+    Returns:
+        The :class:`s3dgs.render.RenderOutput`.
+    """
+    from s3dgs.render import render
+
+    held = int(round((params["sh0"].shape[1] + params["shN"].shape[1]) ** 0.5)) - 1
+    d = held if sh_degree is None else min(sh_degree, held)
+    colors = torch.cat([params["sh0"], params["shN"]], 1)[:, : (d + 1) ** 2]
+    extra = None
+    if semantics is not None and "semantics" in params:
+        extra = semantic_probs(params["semantics"], semantics)
+    return render(params["means"], params["quats"], torch.exp(params["scales"]),
+                  torch.sigmoid(params["opacities"].reshape(-1)), colors, viewmats, Ks, width, height,
+                  sh_degree=d, extra=extra, **render_kwargs)
