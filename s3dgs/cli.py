@@ -1,8 +1,8 @@
 """The `s3dgs` command line: argument parsing only.
 
-Each subcommand is one configuration dataclass and one function in the room that does the work;
+Each subcommand is one configuration dataclass and one function in the package module that does the work;
 the options and their help are generated from the dataclass by tyro (as gsplat's examples and
-nerfstudio do). The top level only dispatches, and imports a room lazily, so `s3dgs --help` is fast
+nerfstudio do). The top level only dispatches, and imports a module lazily, so `s3dgs --help` is fast
 and a subcommand pays only for what it uses.
 """
 

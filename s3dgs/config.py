@@ -9,7 +9,7 @@ the learning rates (``LearningRates``) and the densification strategy (gsplat's 
 on every command (``--num-iterations``, ``--lambda-depth``, ``--depth-stem-aware``, ...): the
 nested groups omit their prefixes and each field carries its command-line name.
 
-**Short runs.** The seed's schedule is written for 7,000 iterations (semantic warm-up 4,000, SH
+**Short runs.** The integration guide's schedule is written for 7,000 iterations (semantic warm-up 4,000, SH
 degree raised every 1,000, densification from 500, opacity reset every 3,000). A shorter run with
 those literal values never switches the semantic term on and never resets opacity.
 :func:`resolve_schedule` scales them to the run (the one rule, used by every command): for
@@ -23,7 +23,7 @@ those literal values never switches the semantic term on and never resets opacit
 - a log line every ``max(10, min(100, n // 50))`` iterations.
 
 Only values left at their defaults are scaled: a value the user set is kept (``train(...)`` marks
-every schedule keyword its caller passed, so the seed's literal ``warmup_iterations=4000`` stays
+every schedule keyword its caller passed, so the integration guide's literal ``warmup_iterations=4000`` stays
 4,000), and ``--no-scale-schedule`` keeps every literal value. :func:`schedule_warnings` names an
 explicit setting that means a term never switches on.
 
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 SEED_ITERATIONS = 7000
-"""The run length the seed's schedule was written for."""
+"""The run length the integration guide's schedule was written for."""
 
 
 def _arg(name: str, **kw) -> Any:
@@ -125,7 +125,7 @@ class TrainConfig:
     num_iterations: Annotated[int, _arg("num-iterations")] = SEED_ITERATIONS
     """Training iterations (one view per iteration)."""
     scale_schedule: Annotated[bool, _arg("scale-schedule")] = True
-    """Scale the seed's 7,000-iteration schedule (semantic warm-up, opacity reset, densification
+    """Scale the integration guide's 7,000-iteration schedule (semantic warm-up, opacity reset, densification
     start, SH degree steps, log period) to shorter runs; options you set yourself are kept."""
     seed: Annotated[int, _arg("seed")] = 0
     """Random seed of the training (initial rotations, view order); not the synthetic plant's seed."""
@@ -140,7 +140,7 @@ class TrainConfig:
     max_init_points: Annotated[int, _arg("max-init-points")] = 200_000
     """Subsample the initial point cloud above this many points."""
     lambda_ssim: Annotated[float, _arg("lambda-ssim")] = 0.2
-    """Colour loss = (1 - l) L1 + l (1 - SSIM); 0 gives the seed's plain L1."""
+    """Colour loss = (1 - l) L1 + l (1 - SSIM); 0 gives the integration guide's plain L1."""
     background: Annotated[tuple[float, float, float], _arg("background")] = (0.0, 0.0, 0.0)
     """Background colour (RGB in [0, 1]) behind the Gaussians."""
 
@@ -264,7 +264,7 @@ def _set(cfg: Any, path: str, value: Any) -> None:
 
 
 def resolve_schedule(cfg: TrainConfig, fixed: frozenset[str] | set[str] = frozenset()) -> dict[str, tuple]:
-    """Scale the seed's schedule to a run shorter than 7,000 iterations, in place (module docstring).
+    """Scale the integration guide's schedule to a run shorter than 7,000 iterations, in place (module docstring).
 
     ``fixed``: field paths (``"semantics.warmup_iterations"``) or flat names (``"warmup_iterations"``)
     the caller set explicitly; they are kept. Values that differ from their defaults are kept too.
@@ -309,7 +309,7 @@ def schedule_warnings(cfg: TrainConfig, semantics_present: bool = True) -> list[
 
 
 # -----------------------------------------------------------------------------------------------
-# flat keyword names (the seed's train(...) keywords, the CLI names with '_')
+# flat keyword names (the integration guide's train(...) keywords, the CLI names with '_')
 # -----------------------------------------------------------------------------------------------
 
 _GROUPS = ("data", "depth", "semantics", "lr", "densify")
@@ -340,12 +340,12 @@ def flat_names() -> dict[str, str]:
             out[_cli_name(TrainConfig, f)] = f.name
     for g in dataclasses.fields(MCMCStrategy):
         out[f"mcmc_{g.name}"] = f"mcmc.{g.name}"
-    # the seed's one renamed keyword: `densify=False` switched densification off
+    # the integration guide's one renamed keyword: `densify=False` switched densification off
     return out
 
 
 def config_from_flat(**kwargs) -> tuple[TrainConfig, set[str]]:
-    """A TrainConfig from flat keywords (the seed's ``lambda_depth=``, ``warmup_iterations=``, any
+    """A TrainConfig from flat keywords (the integration guide's ``lambda_depth=``, ``warmup_iterations=``, any
     CLI name with ``_``; ``densify=False`` means ``strategy="none"``). Returns the config and the
     set of field paths given (for :func:`resolve_schedule`). Unknown keywords raise TypeError."""
     from s3dgs.errors import UsageError

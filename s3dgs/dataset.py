@@ -1,4 +1,4 @@
-"""The seed's dataset API, kept working: `TomatoDataset` and `create_dataloader(...)`.
+"""The integration guide's dataset API, kept working: `TomatoDataset` and `create_dataloader(...)`.
 
 Both are thin layers over `s3dgs.scene.dataset.SceneDataset`, which holds the logic.
 """
@@ -15,7 +15,7 @@ __all__ = ["TomatoDataset", "SceneDataset", "create_dataloader", "collate", "spl
 
 
 class TomatoDataset(SceneDataset):
-    """The seed's name for the dataset: `TomatoDataset(colmap_dir, images_dir, heatmap_dir,
+    """The integration guide's name for the dataset: `TomatoDataset(colmap_dir, images_dir, heatmap_dir,
     confidence_path, depth_dir=None, ...)`. Same items and options as `SceneDataset`."""
 
 
@@ -33,10 +33,10 @@ def create_dataloader(
     test_every: int = 8,
     **dataset_kwargs,
 ) -> torch.utils.data.DataLoader:
-    """The seed's loader. Returns a DataLoader over `TomatoDataset` whose batches are dicts of
+    """The integration guide's loader. Returns a DataLoader over `TomatoDataset` whose batches are dicts of
     stacked tensors (see `SceneDataset` for the keys); `depth` is present when the frames have
     priors. By default every 8th frame (sorted by name) is held out (`split="train"`); pass
-    `split="all"` to train on every frame as the seed did."""
+    `split="all"` to train on every frame as the integration guide did."""
     ds = TomatoDataset(colmap_dir, images_dir, heatmap_dir, confidence_path, depth_dir,
                        resolution_scale=resolution_scale, split=split, test_every=test_every,
                        **dataset_kwargs)

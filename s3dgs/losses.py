@@ -6,7 +6,7 @@ value), so the trainer can call them every step without a host-device synchronis
 exception is :func:`fit_depth_scale_sfm`, which runs once per image at set-up and returns Python
 floats.
 
-Conventions (see DESIGN.md): images are float in [0, 1] with channels last (``[H, W, 3]`` or
+Conventions (see docs/ARCHITECTURE.md): images are float in [0, 1] with channels last (``[H, W, 3]`` or
 ``[C, H, W, 3]``); rendered depth is expected (alpha-normalised) camera z; depth priors are the
 16-bit PNG value scaled to [0, 1], disparity (near = bright) unless said otherwise; pixel centres
 are at +0.5.
@@ -56,14 +56,15 @@ class DepthLossConfig:
     """Weight of the depth-prior term (0 switches it off)."""
     schedule: Annotated[Literal["constant", "exp"], _arg("depth-schedule")] = "constant"
     """Depth weight over the run: constant, or exponential decay to 1 % (as 3DGS decays 1.0 -> 0.01)."""
-    loss: Annotated[Literal["prior", "seed"], _arg("depth-loss")] = "prior"
-    """'prior': depth_prior_loss with the options below; 'seed': the seed's original formula
-    (scale_invariant_depth_loss on rendered depth against the prior value), which takes no options."""
+    loss: Annotated[Literal["prior", "original", "seed"], _arg("depth-loss")] = "prior"
+    """'prior': depth_prior_loss with the options below; 'original': the formula of the integration
+    guide the project started from (scale_invariant_depth_loss on rendered depth against the prior
+    value), which takes no options ('seed' is its older name)."""
     space: Annotated[Literal["disparity", "depth"], _arg("depth-space")] = "disparity"
     """Where rendered depth is compared: disparity (1/z; Depth Anything V2 predicts affine-invariant
-    inverse depth, so this is the right relation) or depth (the seed's formula)."""
+    inverse depth, so this is the right relation) or depth (the integration guide's formula)."""
     alignment: Annotated[Literal["per_view", "sfm"], _arg("depth-alignment")] = "per_view"
-    """per_view: prior scale and shift fitted to the render every step (the seed); sfm: fitted once
+    """per_view: prior scale and shift fitted to the render every step (the integration guide); sfm: fitted once
     per image against the projected COLMAP points (3DGS); images whose fit is implausible are dropped."""
     robust: Annotated[bool, _arg("depth-robust")] = True
     """Robust (trimmed) per-view alignment instead of plain least squares."""
@@ -84,9 +85,14 @@ class DepthLossConfig:
         non_negative("--lambda-depth", self.weight)
         fraction("--stem-weight", self.stem_weight)
 
+    @property
+    def original_formula(self) -> bool:
+        """Whether the loss is the integration guide's original formula (``original`` / ``seed``)."""
+        return self.loss in ("original", "seed")
+
     def ignored_by_seed_loss(self) -> list[str]:
-        """The options set here that ``loss="seed"`` (the seed's literal formula) ignores."""
-        if self.loss != "seed":
+        """The options set here that the original formula (``--depth-loss original``) ignores."""
+        if not self.original_formula:
             return []
         return [n for n, on in (("--depth-alignment sfm", self.alignment == "sfm"),
                                 ("--depth-multiscale", self.multiscale),
@@ -196,7 +202,7 @@ def rgb_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_ssim: float = 0.2) -> 
     """Colour loss of 3DGS / gsplat: ``(1 - lambda_ssim) * L1 + lambda_ssim * (1 - SSIM)``.
 
     Space: RGB in [0, 1]. ``pred``, ``gt``: ``[H, W, 3]`` or ``[C, H, W, 3]``. ``lambda_ssim = 0``
-    gives the seed's plain L1 (and skips the SSIM computation). Returns a scalar.
+    gives the integration guide's plain L1 (and skips the SSIM computation). Returns a scalar.
     """
     l1 = l1_loss(pred, gt)
     if lambda_ssim == 0:
@@ -205,7 +211,7 @@ def rgb_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_ssim: float = 0.2) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# Depth: the seed's loss
+# Depth: the integration guide's loss
 # --------------------------------------------------------------------------------------------
 
 
@@ -242,11 +248,11 @@ def scale_invariant_depth_loss(
     mask: torch.Tensor | None = None,
     min_valid: int = 10,
 ) -> torch.Tensor:
-    """The seed's scale-invariant depth loss (DEPTH_ANYTHING_V2_INTEGRATION.md, section 3).
+    """The integration guide's scale-invariant depth loss (DEPTH_ANYTHING_V2_INTEGRATION.md, section 3).
 
-    Space: whatever ``pred_depth`` and ``gt_depth`` are in -- the seed passes the rendered depth
+    Space: whatever ``pred_depth`` and ``gt_depth`` are in -- the integration guide passes the rendered depth
     and the raw prior value, i.e. it aligns depth *linearly* to the (disparity) prior. Steps, as
-    the seed specifies:
+    the integration guide specifies:
 
     1. flatten both;
     2. valid = finite(pred) & finite(gt) (& ``mask != 0`` when ``mask`` is given);
@@ -254,8 +260,8 @@ def scale_invariant_depth_loss(
        equations of ``A = [pred, 1]``, solved in closed form);
     4. return the mean of ``|s * pred + t - gt|`` over the valid pixels (L1 after alignment).
 
-    ``s`` and ``t`` are not detached (gradients flow through the fit, as in the seed). Additions
-    the seed leaves unspecified: fewer than ``min_valid`` (10) valid pixels returns a zero tensor
+    ``s`` and ``t`` are not detached (gradients flow through the fit, as in the integration guide). Additions
+    the integration guide leaves unspecified: fewer than ``min_valid`` (10) valid pixels returns a zero tensor
     that still belongs to the graph (backward gives zero gradients); a singular system (constant
     prediction) uses ``s = 0, t = mean(gt)`` instead of raising or returning NaN. No host sync.
 
@@ -294,7 +300,7 @@ def sobel_edge_weight(image: torch.Tensor, strength: float = 1.0) -> torch.Tenso
 
     ``image``: ``[H, W, 3]`` (or ``[H, W]``) in [0, 1]. Returns ``[H, W]`` weights in
     ``[1, 1 + strength]``: flat regions keep weight 1, the strongest image edge gets
-    ``1 + strength`` (the seed's "focus on edges": on plants, thin stems are edges). Replicate
+    ``1 + strength`` (the integration guide's "focus on edges": on plants, thin stems are edges). Replicate
     padding; no gradient (the image is data).
     """
     with torch.no_grad():
@@ -403,7 +409,7 @@ def depth_prior_loss(
     - ``"disparity"`` (default): the render is inverted, ``x = 1 / clamp(z, min_depth)``. With a
       disparity prior (Depth Anything V2, the 16-bit PNG convention) this is the right relation:
       the prior is affine in inverse depth.
-    - ``"depth"``: ``x = z``. With a disparity prior and per-view alignment this is the seed's
+    - ``"depth"``: ``x = z``. With a disparity prior and per-view alignment this is the integration guide's
       literal formula -- rendered *depth* is fitted linearly to the *disparity* value
       (``s * z + t ~ prior``, ``s`` comes out negative). It is only a first-order approximation of
       the true ``1/z`` relation (exact when the depth range of the view is narrow); kept for the
@@ -411,15 +417,15 @@ def depth_prior_loss(
 
     **Alignment**:
 
-    - ``"per_view"`` (the seed): ``s, t`` fitted on this view every step, ``s * x + t ~ prior``;
+    - ``"per_view"`` (the integration guide): ``s, t`` fitted on this view every step, ``s * x + t ~ prior``;
       the loss is the weighted L1 of ``s * x + t - prior``, in prior units ([0, 1]) whatever the
       space, so ``lambda_depth`` does not depend on the scene's scale. ``robust``: ``False`` or
-      ``"lstsq"`` plain least squares (as the seed); ``True`` or ``"trimmed"`` least squares,
+      ``"lstsq"`` plain least squares (as the integration guide); ``True`` or ``"trimmed"`` least squares,
       then ``robust_iters`` (2) rounds of: drop pixels beyond ``robust_k`` robust sigmas
       (1.4826 median |residual|), refit -- the
       dropped pixels are excluded from the *fit only*, the loss still covers every valid pixel
       (so a floater is still penalised); ``"mad"`` the median / mean-absolute-deviation match of
-      3DGS. Gradients flow through ``s, t`` as in the seed.
+      3DGS. Gradients flow through ``s, t`` as in the integration guide.
     - ``"sfm"``: ``scale_shift = (s, t)`` is fixed (from :func:`fit_depth_scale_sfm`, once per
       image) and maps the prior to metric units: ``m = s * prior + t`` is inverse depth for a
       disparity prior, depth for a depth prior, in the units of the SfM model (which must be the
@@ -741,7 +747,7 @@ def semantic_loss(
 
 def semantic_weight(step: int, warmup: int = 4000, lambda_sem: float = 0.2) -> float:
     """Weight of the semantic term at iteration ``step``: 0 before ``warmup``, ``lambda_sem``
-    from ``step == warmup`` on (the seed's log shows 0.000 until iteration 4000)."""
+    from ``step == warmup`` on (the integration guide's log shows 0.000 until iteration 4000)."""
     return float(lambda_sem) if step >= warmup else 0.0
 
 
@@ -754,7 +760,7 @@ def depth_weight_schedule(
 ) -> float:
     """Weight of the depth term at iteration ``step`` of ``total``.
 
-    ``"constant"``: ``start`` throughout (the seed, lambda_depth = 0.1). ``"exp"``: log-linear
+    ``"constant"``: ``start`` throughout (the integration guide, lambda_depth = 0.1). ``"exp"``: log-linear
     decay from ``start`` at step 0 to ``end`` at ``total`` (default ``end = start / 100``, the
     ratio of 3DGS's 1.0 -> 0.01 depth-weight decay), ``start * (end / start) ** (step / total)``,
     held at ``end`` after ``total``.

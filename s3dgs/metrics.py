@@ -2,7 +2,7 @@
 
 Every function takes numpy arrays or torch tensors (converted to numpy on the host; these run
 once per evaluation, not per training step) and returns Python floats / dicts, so results go
-straight into ``metrics.json``. Conventions follow DESIGN.md: images ``[H, W, 3]`` in [0, 1],
+straight into ``metrics.json``. Conventions follow docs/ARCHITECTURE.md: images ``[H, W, 3]`` in [0, 1],
 rendered depth is camera z, class ids in masks are ``0 = background, 1..K = U, N, D, P``.
 """
 

@@ -1,6 +1,6 @@
 """`s3dgs run` (video or frames -> trained, evaluated model with a report) and `s3dgs demo`.
 
-`s3dgs run INPUT OUT` chains the rooms, each stage one call of the room's own function:
+`s3dgs run INPUT OUT` chains the package's modules, each stage one call of that module's own function:
 
     prepare  INPUT -> OUT/scene (frames, pycolmap SfM, undistortion)     s3dgs.scene.prepare
     depth    OUT/scene/images -> OUT/scene/depths (Depth Anything V2)     s3dgs.depth.generate
@@ -303,7 +303,7 @@ def depth_plan(cfg: RunConfig) -> tuple[Optional[str], str]:
         return cfg.depth_backend, f"Depth Anything V2 through {cfg.depth_backend}"
     try:
         from s3dgs.depth.backends import model_availability
-    except ImportError as exc:  # pragma: no cover - the depth room is part of the package
+    except ImportError as exc:  # pragma: no cover - s3dgs.depth is part of the package
         return None, f"no depth backend ({exc}); training without depth priors"
     ok, why = model_availability(cfg.depth_model)
     if ok and "download" not in why:
@@ -538,7 +538,7 @@ def _print_summary(records: list[dict], total: float, say=print) -> None:
 def run_pipeline(cfg: RunConfig, say: Callable[[str], None] = print) -> dict:
     """Run (or continue) the whole chain for `cfg`. Returns {"scene", "run", "report", "stages"}.
 
-    Raises the rooms' errors (PrepareError, SceneError, TrainingError, ...) and PipelineError."""
+    Raises the modules' errors (PrepareError, SceneError, TrainingError, ...) and PipelineError."""
     t0 = time.perf_counter()
     stages, ctx = build_stages(cfg)
     out = Path(cfg.out)

@@ -14,7 +14,7 @@ the configuration from ``s3dgs.config``. See docs/ARCHITECTURE.md.
           depth_dir=..., lambda_depth=0.1, lambda_sem=0.2, num_iterations=7000,
           warmup_iterations=4000, resolution_scale=1.0, out_dir="runs/plant")
 
-or ``s3dgs train SCENE --out RUN``. Every ``log_every`` iterations it prints the seed's line
+or ``s3dgs train SCENE --out RUN``. Every ``log_every`` iterations it prints the integration guide's line
 
     Iter   100 | Loss: 0.045632 (RGB: 0.032145, Depth: 0.134872, Sem: 0.000000, lambda_sem: 0.000) | Gaussians: 15234 | ...
 
@@ -310,7 +310,7 @@ class Trainer:
             self.say(f"depth: no frame has a depth prior ({p['depth_dir'] or 'no depths/ folder'}); training "
                      "without the depth term. Make priors with `s3dgs depth IMAGES SCENE/depths`.")
         if self.use_depth and cfg.depth.ignored_by_seed_loss():
-            self.say(f"depth: --depth-loss seed is the seed's literal formula and ignores "
+            self.say(f"depth: --depth-loss {cfg.depth.loss} is the integration guide's original formula and ignores "
                      f"{', '.join(cfg.depth.ignored_by_seed_loss())}; for that formula with options use "
                      "--depth-loss prior --depth-space depth --no-depth-robust")
 
@@ -488,7 +488,7 @@ class Trainer:
         dc = self.cfg.depth
         prior = item["depth"].to(self.device)
         pred, alpha = r.depths[0, ..., 0], r.alphas[0, ..., 0]
-        if dc.loss == "seed":
+        if dc.original_formula:
             return scale_invariant_depth_loss(pred, prior, mask=alpha > 0.5)
         stem = None
         if dc.stem_aware and item["has_heatmap"] and self.stem_idx:
@@ -626,10 +626,10 @@ def train(
     out_dir=None,
     **kwargs,
 ) -> dict:
-    """The seed's entry point, keyword for keyword. Any other option may be passed by its flat name
+    """The integration guide's entry point, keyword for keyword. Any other option may be passed by its flat name
     (the command-line name with ``_``: ``scene=``, ``depth_space=``, ``log_every=``,
     ``refine_every=`` ...), and ``resume=`` / ``overwrite=``. A schedule value passed here is kept as
-    given (the seed's ``warmup_iterations=4000`` stays 4000 even in a short run); those not passed
+    given (the integration guide's ``warmup_iterations=4000`` stays 4000 even in a short run); those not passed
     are scaled to a short run (s3dgs.config). Returns :func:`run_training`'s summary."""
     inputs = SceneInputs(scene=kwargs.pop("scene", None), colmap_dir=colmap_dir, images_dir=images_dir, heatmap_dir=heatmap_dir,
                          confidence_path=confidence_path, pcd_path=pcd_path, depth_dir=depth_dir)

@@ -72,7 +72,7 @@ def test_missing_output_changed_key_and_redo(tmp_path):
 
 
 def test_run_pipeline_resumes_with_fake_rooms(tmp_path, monkeypatch):
-    """The real stage list of `s3dgs run`, with each room's function replaced by a fake."""
+    """The real stage list of `s3dgs run`, with each module's function replaced by a fake."""
     calls: list = []
     frames = tmp_path / "frames"
     frames.mkdir()

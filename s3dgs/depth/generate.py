@@ -39,7 +39,9 @@ from s3dgs.depth.backends import (
     TransformersBackend,
     image_size,
     load_rgb,
+    missing_model_message,
     model_availability,
+    offline,
     space_label,
 )
 from s3dgs.depth.io import (
@@ -225,6 +227,9 @@ def _make_backend(backend: str, model: str, space: str, device: str, batch_size:
         ok, reason = model_availability(model)
         if ok:
             backend = "transformers"
+        elif offline() and not space.startswith(("http://", "https://")):
+            # the hub Space cannot be reached in offline mode either: say how to get the model
+            raise DepthBackendError(missing_model_message(model, reason))
         else:
             log(f"Local model not available ({reason}); using the {space_label(space)} (--backend gradio)")
             backend = "gradio"
@@ -519,7 +524,7 @@ def _run_gradio(engine: GradioBackend, todo, finish, say, log) -> None:
 
 
 def print_summary(summary: DepthSummary, log: Callable[[str], None] = print) -> None:
-    """The seed's summary lines, plus the failures by name and where the maps are."""
+    """The integration guide's summary lines, plus the failures by name and where the maps are."""
     log("Processing complete!" if not summary.interrupted else "Processing interrupted!")
     log(f"  Successfully generated: {summary.generated}")
     log(f"  Skipped (already exists): {summary.skipped}")
@@ -682,7 +687,7 @@ def contact_sheet(depth_dir: Path, samples: list[tuple[str, Path | None]], path:
 
 def check_space(space: str = DEFAULT_SPACE, image: str | Path | None = None, retries: int = 2,
                 backoff: float = 2.0, log: Callable[[str], None] = print) -> int:
-    """Call the Space once and print what came back, as the seed's test script did. 0 = works."""
+    """Call the Space once and print what came back, as the integration guide's test script did. 0 = works."""
     tmpdir = None
     if image is None:
         tmpdir = tempfile.TemporaryDirectory(prefix="s3dgs-depth-api-")

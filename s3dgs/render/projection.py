@@ -3,7 +3,7 @@
 Everything here is differentiable through ordinary autograd and works on any device; it is
 shared by the ``torch`` backend (all of it) and the ``gsplat`` backend (the SH evaluation).
 
-Conventions (see ``/work/shared/DESIGN.md``): ``viewmats [C, 4, 4]`` are world-to-camera,
+Conventions (see docs/ARCHITECTURE.md): ``viewmats [C, 4, 4]`` are world-to-camera,
 OpenCV axes (x right, y down, z forward); ``Ks [C, 3, 3]`` are in pixels with pixel centres at
 ``+0.5``. The maths follows 3DGS / gsplat 1.5.3: covariance ``R S S^T R^T``, the EWA Jacobian
 evaluated at the mean clamped to 1.3x the field of view, a ``eps2d`` pixel low-pass added to the

@@ -9,7 +9,7 @@ prepare, stage by stage (each with a progress bar), everything through pycolmap:
    sequential (each frame with its next `--overlap` and the frames 2, 4, 8, ... ahead, plus all
    pairs of every `--overlap`-th frame to close loops);
 4. incremental mapping; the model with most registered frames is kept, others are reported;
-5. undistortion to PINHOLE into the scene layout of DESIGN.md: OUT/images, OUT/sparse/0,
+5. undistortion to PINHOLE into the scene layout of docs/ARCHITECTURE.md: OUT/images, OUT/sparse/0,
    OUT/points3D.ply. The SfM work (database, extracted frames, every model found) stays in
    OUT/colmap/, and OUT/prepare.json holds the summary.
 """
