@@ -282,22 +282,25 @@ class Centreline:
 
 def _bin_medians(h, q, w, edges):
     """Per height bin holding >= 2 points: weighted medians of height and horizontal position, the
-    bin's weight, and the standard error of its median position (1.2533 x 1.4826 MAD / sqrt(n))."""
+    bin's weight, and the standard error of its median position: 1.2533 sigma / sqrt(n), sigma
+    pooled over all bins (1.4826 x the median absolute deviation from the bins' medians), so a
+    sparse bin is not trusted on the strength of its own two or three points."""
     idx = np.clip(np.searchsorted(edges, h, side="right") - 1, 0, len(edges) - 2)
-    hc, qc, wc, se = [], [], [], []
+    hc, qc, wc, n, dev = [], [], [], [], []
     for b in range(len(edges) - 1):
         m = idx == b
         if m.sum() < 2:
             continue
-        med = [_wmedian(q[m, 0], w[m]), _wmedian(q[m, 1], w[m])]
+        med = np.array([_wmedian(q[m, 0], w[m]), _wmedian(q[m, 1], w[m])])
         hc.append(_wmedian(h[m], w[m]))
         qc.append(med)
         wc.append(w[m].sum())
-        mad = np.median(np.abs(q[m] - med), axis=0).mean()
-        se.append(1.2533 * 1.4826 * mad / np.sqrt(m.sum()))
-    se = np.asarray(se)
-    if len(se):
-        se = np.maximum(se, 0.1 * np.median(se) + 1e-12)
+        n.append(m.sum())
+        dev.append(np.abs(q[m] - med).ravel())
+    if not hc:
+        return np.zeros(0), np.zeros((0, 2)), np.zeros(0), np.zeros(0)
+    sigma = 1.4826 * float(np.median(np.concatenate(dev)))
+    se = 1.2533 * max(sigma, 1e-12) / np.sqrt(np.asarray(n, np.float64))
     return np.asarray(hc), np.asarray(qc).reshape(-1, 2), np.asarray(wc), se
 
 
