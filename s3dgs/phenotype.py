@@ -10,40 +10,49 @@
 finds the up axis and the metric scale of a run folder, calls it, and writes the files. The steps,
 each written into ``phenotypes.json`` (``method``) with the thresholds it used:
 
-1. **Classes.** A Gaussian is of class C when its class probability exceeds ``class_threshold``
+1. **Frame.** Up: the normal of the camera ring (the plane of the camera centres, oriented like
+   the cameras' up), else the cameras' mean up, else the normal of the ground plane fitted to
+   opaque background Gaussians; ``up_source`` says which. Scale: ``--scale``, else known poses (the
+   synthetic scene, or a scene aligned to a reference with `s3dgs run --reference`), else none:
+   model units; ``scale.source`` says which.
+2. **Classes.** A Gaussian is of class C when its class probability exceeds ``class_threshold``
    and its opacity ``min_opacity`` (the rule of `s3dgs export`).
-2. **Main stem.** Its centreline is a smoothing spline (scipy ``UnivariateSpline``, FITPACK,
-   weighted by the standard error of each median, residuals at the noise level) of the horizontal
-   position against height through the weighted medians of the U, N and D Gaussians in height bins, refitted three times without the Gaussians farther than three median residuals
-   (robust to mislabelled leaf and floater Gaussians). A tomato main stem does not fold back on
-   itself, so height parametrises it; lengths are arc lengths of the fitted curve, not chords.
-   Past the labelled stretch the centreline is followed through any opaque, not peduncle, Gaussians
-   in a tube along its end tangent (the heatmaps label the stem only up to the U/D keypoints, not
-   down to the soil or up to the tip); ``stem.extended`` says how far.
-3. **Nodes.** Confident N Gaussians within reach of the centreline, clustered by scipy's
-   hierarchical clustering (average linkage) cut at ``node_separation`` (default 4 stem diameters);
-   clusters with too little support are dropped and listed. Position = weighted mean, ordered by
-   arc length along the stem from the base; confidence = opacity-weighted mean N probability.
-4. **Internodes.** Arc length along the centreline between consecutive nodes (and the chord).
-5. **Stem diameter** per internode, over its middle half (away from the node swellings): the width
-   of the stem's rendered silhouette, computed in orthographic side views from ``n_views``
+3. **Main stem.** Its centreline is a smoothing spline (scipy ``UnivariateSpline``, FITPACK; each
+   point weighted by the standard error of its median, residuals at the noise level) of the
+   horizontal position against height through the weighted medians of the U, N and D Gaussians in
+   height bins, refitted without the Gaussians farther than three median residuals (robust to
+   mislabelled leaf and floater Gaussians). A tomato main stem does not fold back on itself, so
+   height parametrises it; lengths are arc lengths along the curve, not chords. Past the labelled
+   stretch the centreline is followed through Gaussians (not P) in a tube along its end tangent,
+   not below the ground: the heatmaps label the stem only up to the U/D keypoints, not down to
+   the soil or up to the tip; ``stem.extended`` says how far. Heights are measured from the ground
+   plane under the stem when one is found (``--base stem``: from the stem's lowest point).
+4. **Nodes.** Confident N Gaussians within reach of the centreline, clustered by scipy's
+   hierarchical clustering (average linkage) cut at ``node_separation`` (2.5 cm with a metric
+   scale, else 3 median stem diameters); clusters with too little support are dropped and counted
+   in the notes. Position = weighted mean, ordered by arc length from the base; confidence =
+   opacity-weighted mean N probability of its Gaussians.
+5. **Internodes.** Arc length along the centreline between consecutive nodes (and the chord).
+6. **Stem diameter** per internode, over its middle half (away from the node swellings): the width
+   of the silhouette the U and D Gaussians draw, in orthographic side views from ``n_views``
    directions around the axis. A 3DGS Gaussian draws alpha = min(0.999, o exp(-d^T S^-1 d / 2))
-   with S its projected covariance (plus the rasteriser's 0.3 px^2 low-pass when the pixel
-   size is known); the stem's edge in an image is where the accumulated alpha 1 - prod(1 - alpha)
-   crosses 0.5. So the diameter counts what the Gaussians draw, whether the model put flat
-   Gaussians on the stem's surface (centres at radius r, thin across it) or a row of round ones on
-   its axis (centres at radius 0, edge at about sigma sqrt(2 ln 2o)); the centre spread alone is
-   right only in the first case and the scale alone only in the second.
-6. **Peduncles.** Confident P Gaussians linked into branches (single linkage at
-   ``peduncle_link``: connected components of the cut-off graph); a branch whose nearest Gaussian
-   is within reach of the stem and within ``node_separation`` of a node along it is a peduncle of
-   that node.
+   with S its projected covariance (plus the rasteriser's 0.3 px^2 low-pass at the training
+   images' pixel size, when known); a stem's edge in an image is where the accumulated alpha
+   1 - prod(1 - alpha) crosses 0.5. So the diameter is what the Gaussians draw, whether the model
+   put flat Gaussians on the stem's surface (centres at radius r, thin across it) or a row of round
+   ones on its axis (centres at radius 0, edge near sigma sqrt(2 ln 2o)): the spread of the centres
+   alone is right only in the first case, the scales alone only in the second. Checked against
+   the rasteriser in tests/test_phenotype.py.
+7. **Peduncles.** Confident P Gaussians linked into branches (single linkage at ``peduncle_link``:
+   connected components of the cut-off graph); a branch whose nearest Gaussian is within reach of
+   the stem and within ``node_separation`` of a node along it belongs to that node; pieces of one
+   branch (leaving the stem the same way, or continuing an attached branch across a gap) count once.
 
 Hand-written here, and why: the silhouette width (no library renders a 1D orthographic scanline
 of 3D Gaussians; the formula is the rasteriser's, `s3dgs.render.raster`), the tube following at
 the stem's ends, and a small RANSAC plane fit for the ground (scikit-learn's RANSACRegressor fits
 z = f(x, y), which fails when the ground is vertical in the model's frame; SfM frames have any
-orientation). Clustering, splines, trees and peak statistics are scipy's.
+orientation). Clustering, splines, trees and the assignment are scipy's.
 
 Units: lengths are in metres when the scale is known (``units: "m"``), else in the model's units
 (``units: "model units"``, labelled so everywhere); positions stay in the model's frame.
@@ -210,8 +219,9 @@ def up_from_cameras(centres: np.ndarray, cam_ups: np.ndarray) -> tuple[np.ndarra
 def fit_ground_plane(points: np.ndarray, *, tol: float | None = None, iterations: int = 400,
                      seed: int = 0) -> tuple[np.ndarray, float, float] | None:
     """RANSAC plane through points [M, 3] (e.g. opaque background Gaussians). Returns (unit normal
-    [3], offset d with normal . x = d, inlier fraction) or None with fewer than 10 points. `tol`
-    defaults to 1 % of the points' robust extent. The normal's sign is arbitrary."""
+    [3], offset d with normal . x = d, inlier fraction), or None with fewer than 10 points or when
+    the best plane's inliers lie along a line. `tol` defaults to 1 % of the points' robust extent.
+    The normal's sign is arbitrary."""
     p = np.asarray(points, np.float64).reshape(-1, 3)
     if len(p) < 10:
         return None
@@ -234,7 +244,9 @@ def fit_ground_plane(points: np.ndarray, *, tol: float | None = None, iterations
     n, d = best
     inl = np.abs(p @ n - d) < tol
     c = p[inl].mean(0)  # least-squares refinement on the inliers
-    _, _, vt = np.linalg.svd(p[inl] - c, full_matrices=False)
+    _, sv, vt = np.linalg.svd(p[inl] - c, full_matrices=False)
+    if sv[1] < 0.2 * sv[0]:
+        return None  # the inliers lie along a line (a stem, an edge): not a ground
     n2 = vt[2] if vt[2] @ n > 0 else -vt[2]
     return n2, float(n2 @ c), float(inl.mean())
 
@@ -677,7 +689,8 @@ def measure_plant(
         notes.append(f"main stem not measured: {info['reason']}; plant height, stem length, internode "
                      "lengths along the stem and stem diameters are not given")
     else:
-        covs = _covariances(np.maximum(sc, 1e-12), qt)
+        def covs(m):  # covariances of the Gaussians selected by mask m
+            return _covariances(np.maximum(sc[m], 1e-12), qt[m])
         eps = EPS2D * pixel_size ** 2 if pixel_size else 0.0
         # the stem's lateral scale: residuals of centres on a surface, or the size of Gaussians on
         # its axis (whose residuals are about 0)
@@ -696,7 +709,7 @@ def measure_plant(
             if m.sum() < 2:
                 continue
             c0, t0 = cl.at(s0)
-            d, _ = silhouette_diameter(X[m], covs[m], op[m], c0, t0, 0.5 * step, reach, n_views=n_views,
+            d, _ = silhouette_diameter(X[m], covs(m), op[m], c0, t0, 0.5 * step, reach, n_views=n_views,
                                        n_rows=3, eps=eps)
             if d is not None:
                 ws.append(d)
@@ -842,7 +855,7 @@ def measure_plant(
             c0, t0 = cl.at(smid)
             m = sil_m & (d_all < reach) & (np.abs(s_all - smid) < 0.375 * L)
             if m.sum() >= 2:
-                d, dinfo = silhouette_diameter(X[m], covs[m], op[m], c0, t0, 0.25 * L, reach,
+                d, dinfo = silhouette_diameter(X[m], covs(m), op[m], c0, t0, 0.25 * L, reach,
                                                n_views=n_views, eps=eps)
                 row["stem_diameter"] = d * f if d is not None else None
                 row["diameter_coverage"] = dinfo["coverage"]
@@ -1190,8 +1203,8 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
         raise UsageError(f"--up cameras: no cameras found (scene {scene_dir}); pass --scene DIR or "
                          "--up ground / X,Y,Z")
     elif ground is None:
-        raise UsageError("--up: no cameras and too few opaque background Gaussians for a ground plane; "
-                         "pass --up X,Y,Z")
+        raise UsageError("--up: no cameras found, and no ground plane among the opaque background "
+                         "Gaussians; pass --up X,Y,Z (the plant's up direction in the model frame)")
     else:
         up_vec = ground[0]
         up_src = (f"normal of the ground plane fitted (RANSAC) to {len(bg)} opaque background "

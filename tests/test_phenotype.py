@@ -36,7 +36,7 @@ class Plant:
     z in [0, H]: a bend of amplitude A whose arc length is known numerically."""
 
     def __init__(self, H=0.5, A=0.08, r=0.004, node_s=(0.12, 0.2, 0.29, 0.36), peduncles=(1, 3),
-                 surface=True, sigma_axial=0.002, seed=0):
+                 surface=True, sigma_axial=0.002, ground=False, seed=0):
         self.H, self.A, self.r = H, A, r
         zz = np.linspace(0, H, 20001)
         c = self.centre(zz)
@@ -95,9 +95,12 @@ class Plant:
             d /= np.linalg.norm(d)
             for u in np.arange(1.8 * r, 0.06, 0.003):
                 add(c0 + u * d, [0.0015] * 3, [1, 0, 0, 0], 0.9, [0.02, 0.05, 0.02, 0.9])
-        # a leaf-like clutter of unlabelled Gaussians away from the stem, and noise
-        for _ in range(200):
-            add(rng.uniform([-0.2, 0.1, 0.05], [0.2, 0.3, 0.4]), [0.004] * 3, [1, 0, 0, 0], 0.7, [0.02] * 4)
+        # a leaf-like clutter of unlabelled Gaussians away from the stem
+        add(rng.uniform([-0.2, 0.1, 0.05], [0.2, 0.3, 0.4], (200, 3)), np.full((200, 3), 0.004),
+            np.tile([1.0, 0, 0, 0], (200, 1)), np.full(200, 0.7), np.full((200, 4), 0.02))
+        if ground:  # opaque unlabelled Gaussians on the ground z = 0
+            add(np.c_[rng.uniform(-0.4, 0.4, (600, 2)), np.zeros(600)], np.full((600, 3), 0.004),
+                np.tile([1.0, 0, 0, 0], (600, 1)), np.full(600, 0.9), np.full((600, 4), 0.02))
         self.means = np.concatenate(means)
         self.scales = np.concatenate(scales)
         self.quats = np.concatenate(quats)
@@ -410,6 +413,23 @@ def test_up_and_scale_from_a_synthetic_scene(plant, tmp_path):
     assert res["units"] == "m" and "synthetic" in res["scale"]["source"]
     assert res["pixel_size_model"] == pytest.approx(0.75 / 288, rel=0.1)
     assert res["plant"]["node_count"] == 4
+
+
+def test_up_from_the_ground_without_cameras(tmp_path):
+    from s3dgs.phenotype import run_phenotype
+
+    tilt = Rotation.from_euler("y", 30, degrees=True).as_matrix()
+    pl = Plant(ground=True)
+    pl.means = pl.means @ tilt.T  # any orientation, as structure from motion gives
+    rot = Rotation.from_matrix(tilt) * Rotation.from_quat(pl.quats[:, [1, 2, 3, 0]])
+    pl.quats = _wxyz(rot.as_matrix())
+    run = _save_run(pl, tmp_path / "run")
+    res = run_phenotype(run, write=False)
+    assert "ground plane" in res["up_source"]
+    assert np.degrees(np.arccos(np.clip(np.asarray(res["up"]) @ (tilt @ [0, 0, 1.0]), -1, 1))) < 1.0
+    assert res["plant"]["node_count"] == 4
+    assert res["plant"]["plant_height"] == pytest.approx(pl.H, abs=0.01)  # above the ground plane
+    assert res["plant"]["stem_diameter_median"] == pytest.approx(2 * pl.r, rel=0.05)
 
 
 def test_report_section_with_and_without_phenotypes(plant, tmp_path):
