@@ -405,7 +405,7 @@ def do_heatmaps(cfg: RunConfig, scene: Path) -> dict:
     if sigma is None:
         with Image.open(_scene_images(scene)[0]) as im:
             sigma = max(3.0, 20.0 * im.width / 1920.0)
-    conf = make_heatmaps(kp, scene, progress=cfg.progress, hotspot_sigma=sigma)
+    conf = make_heatmaps(kp, scene, progress=cfg.stages.train.progress, hotspot_sigma=sigma)
     return {"note": f"{len(conf)} heatmaps"}
 
 
