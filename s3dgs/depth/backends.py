@@ -96,7 +96,8 @@ def processed_size(height: int, width: int, short: int = SHORT_SIDE,
 # transformers
 # --------------------------------------------------------------------------------------------
 
-def _offline() -> bool:
+def offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks for offline mode (no hub downloads, no hub Space)."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
@@ -126,17 +127,50 @@ def model_availability(model: str) -> tuple[bool, str]:
             return True, "in the Hugging Face cache"
     except Exception:
         pass
-    if _offline():
+    if offline():
         return False, "not in the Hugging Face cache and HF_HUB_OFFLINE=1"
     return True, "will be downloaded from the Hugging Face hub"
 
 
+def _is_hub_id(model: str) -> bool:
+    return model.count("/") == 1 and not Path(model).expanduser().exists()
+
+
 def missing_model_message(model: str, reason: str) -> str:
+    hub_id = model if _is_hub_id(model) else DEFAULT_MODEL
+    space = ("  or, where the Hugging Face hub is reachable (HF_HUB_OFFLINE unset), use the public "
+             "Space instead: --backend gradio" if offline() else
+             "  or use the public Space instead: --backend gradio")
     return (f"Depth Anything V2 model {model!r} is not available: {reason}.\n"
-            f"  Get it once with network access:  hf download {DEFAULT_MODEL}\n"
-            f"  (then it is used offline from the cache), or pass a folder saved with "
-            f"save_pretrained: --model PATH,\n"
-            f"  or use the public Space instead: --backend gradio")
+            f"  Get it once where the hub is reachable:  hf download {hub_id}\n"
+            f"  (then it is used offline from the cache), or pass a local folder saved with "
+            f"save_pretrained: --model /local/folder,\n{space}")
+
+
+# Errors a retry cannot cure: offline mode, a Space or repository that does not exist, no access.
+_PERMANENT_ERRORS = ("OfflineModeIsEnabled", "RepositoryNotFoundError", "GatedRepoError",
+                     "RevisionNotFoundError", "EntryNotFoundError", "LocalEntryNotFoundError")
+
+
+def is_permanent_error(exc: BaseException) -> bool:
+    """Whether `exc` (or its cause) is an error no retry can cure (offline mode, missing Space)."""
+    while exc is not None:
+        if any(t.__name__ in _PERMANENT_ERRORS for t in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def permanent_error_message(space: str, exc: BaseException) -> str:
+    if offline():
+        return (f"cannot reach the depth {space_label(space)}: HF_HUB_OFFLINE=1 (offline mode) is set "
+                f"({_first_line(exc)}).\n"
+                "  Run locally instead: get the model once where the hub is reachable with "
+                f"`hf download {DEFAULT_MODEL}` (then it is used offline from the cache), or pass a "
+                "local folder with --model /local/folder and --backend transformers;\n"
+                "  or unset HF_HUB_OFFLINE where the hub is reachable to use the Space.")
+    return (f"the depth {space_label(space)} cannot be used: {_first_line(exc)}.\n"
+            "  Check the Space id (--space owner/name or a URL), or run locally: --backend transformers")
 
 
 def resolve_device(device: str) -> str:
@@ -306,6 +340,9 @@ class GradioBackend:
                     return Client(self.space, **kwargs)
             except Exception as exc:
                 last = exc
+                if is_permanent_error(exc):  # no retry cures offline mode or a missing Space
+                    self.close()
+                    raise DepthBackendError(permanent_error_message(self.space, exc)) from exc
                 if attempt < self.retries:
                     wait = self._sleep_for(attempt, str(exc))
                     self.log(f"  cannot reach {space_label(self.space)} yet ({_first_line(exc)}); "
@@ -331,6 +368,8 @@ class GradioBackend:
             try:
                 return self.call(path)
             except Exception as exc:
+                if is_permanent_error(exc):
+                    raise DepthBackendError(permanent_error_message(self.space, exc)) from exc
                 if attempt >= self.retries:
                     raise DepthBackendError(f"{space_label(self.space)} failed {self.retries + 1} times "
                                             f"for {name}: {_first_line(exc)}") from exc

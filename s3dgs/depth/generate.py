@@ -29,10 +29,12 @@ import numpy as np
 import tyro
 from PIL import Image
 
+from s3dgs.atomic import atomic_write
 from s3dgs.depth.backends import (
     API_NAME,
     DEFAULT_MODEL,
     DEFAULT_SPACE,
+    MULTIPLE,
     DepthBackendError,
     GradioBackend,
     Prediction,
@@ -674,10 +676,7 @@ def contact_sheet(depth_dir: Path, samples: list[tuple[str, Path | None]], path:
     for r in rows:
         sheet.paste(r, (0, y))
         y += r.height
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return path
 
 
@@ -780,6 +779,26 @@ class DepthConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    def validate(self) -> None:
+        """Refuse nonsense options with one UsageError naming the option."""
+        from s3dgs import validate as V
+
+        V.non_negative("--batch-size", self.batch_size)
+        V.multiple_of("--input-size", self.input_size, MULTIPLE)
+        V.non_negative("--retries", self.retries)
+        V.non_negative("--backoff", self.backoff)
+        V.non_negative("--num-samples", self.num_samples)
+        _check_device(self.device)
+
+
+def _check_device(device: str) -> None:
+    import re
+
+    from s3dgs.errors import UsageError
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
 
 @dataclass
 class VerifyConfig:
@@ -794,6 +813,12 @@ class VerifyConfig:
     sheet: Path | None = None
     """Contact sheet path (default DEPTHS/verify/contact_sheet.png)."""
 
+    def validate(self) -> None:
+        """Refuse nonsense options with one UsageError naming the option."""
+        from s3dgs import validate as V
+
+        V.non_negative("--num-samples", self.num_samples)
+
 
 def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
@@ -801,6 +826,7 @@ def _err(msg: str) -> None:
 
 def depth_main(cfg: DepthConfig) -> int:
     """`s3dgs depth`: returns 0 when every image has a valid map, 1 when any failed, 2 on usage errors."""
+    cfg.validate()
     try:
         summary = generate_depth(cfg.images, cfg.out, backend=cfg.backend, model=cfg.model,
                                  space=cfg.space, device=cfg.device, batch_size=cfg.batch_size,
@@ -829,6 +855,7 @@ def depth_main(cfg: DepthConfig) -> int:
 
 def verify_main(cfg: VerifyConfig) -> int:
     """`s3dgs depth verify`: 0 when every map is valid, 1 otherwise, 2 on usage errors."""
+    cfg.validate()
     images = cfg.images
     if images is None:
         beside = Path(cfg.depths).expanduser().parent / "images"

@@ -1,23 +1,26 @@
 """Depth-prior files: 16-bit PNGs of per-image normalised disparity, and depths/meta.json.
 
-Format (DESIGN.md, the seed, and official 3DGS depth regularisation agree): one single-channel
+Format (docs/ARCHITECTURE.md, the original integration guide, and official 3DGS depth regularisation agree): one single-channel
 16-bit PNG per image, same stem as the image, the prior normalised to [0, 1] per image and stored
 as round(v * 65535). Near is bright (disparity) unless meta.json says `"kind": "depth"`.
-Writes are atomic (temporary file in the same folder, then rename): an interrupted run never
-leaves a half-written map behind.
+Writes are atomic (s3dgs.atomic: temporary file in the same folder, then rename, usual 0644-style
+permissions): an interrupted run never leaves a half-written map behind.
+
+What makes a map usable is decided in one place, `depth_format_problem` and `depth_values_problem`
+(through `check_depth_png`): `s3dgs depth verify` reports it, and the training dataset refuses such
+maps (8-bit, constant) unless it is told to accept weak maps.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from s3dgs.atomic import atomic_write, atomic_write_text
 from s3dgs.errors import S3dgsError
 
 META_NAME = "meta.json"
@@ -45,19 +48,6 @@ def normalise01(values: np.ndarray) -> tuple[np.ndarray, float, float]:
     return out, lo, hi
 
 
-def _atomic_write(path: Path, write_fn) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_depth_png(path: str | Path, values01: np.ndarray, *, info: dict | None = None,
                    compress_level: int = 6) -> None:
     """Write `values01` [H, W] (in [0, 1]) as a 16-bit PNG, atomically.
@@ -74,7 +64,7 @@ def save_depth_png(path: str | Path, values01: np.ndarray, *, info: dict | None 
     if info is not None:
         pnginfo = PngInfo()
         pnginfo.add_text(PNG_INFO_KEY, json.dumps(info, sort_keys=True))
-    _atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(
+    atomic_write(Path(path), lambda tmp: Image.fromarray(arr).save(
         tmp, format="PNG", pnginfo=pnginfo, compress_level=compress_level))
 
 
@@ -120,11 +110,32 @@ def read_depth_info(path: str | Path) -> dict | None:
         return None
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def depth_format_problem(mode: str, ndim: int = 2) -> str | None:
+    """Why a PNG of PIL mode `mode` is not a depth map s3dgs trusts (None when it is): 16-bit single
+    channel only. An 8-bit map holds 256 levels, too coarse for a depth prior (steps of 0.4 % of
+    the range, visible as terraces in the loss)."""
+    if mode not in SIXTEEN_BIT_MODES or ndim != 2:
+        bits = "8-bit " if mode in ("L", "P", "RGB", "RGBA", "LA", "1") else ""
+        return f"not a 16-bit single-channel PNG ({bits}mode {mode})"
+    return None
+
+
+def depth_values_problem(values: np.ndarray) -> str | None:
+    """Why decoded depth values carry no signal (None when they do): a constant map."""
+    arr = np.asarray(values)
+    if arr.size == 0 or arr.min() == arr.max():
+        return "constant map"
+    return None
+
+
 def check_depth_png(path: str | Path, size: tuple[int, int] | None = None) -> str | None:
     """Why `path` is not a valid depth map, or None when it is.
 
     Valid: readable to the end, single-channel 16-bit, `size` = (width, height) when given,
-    and not constant.
+    and not constant (`depth_format_problem`, `depth_values_problem`).
     """
     path = Path(path)
     if not path.exists():
@@ -136,13 +147,25 @@ def check_depth_png(path: str | Path, size: tuple[int, int] | None = None) -> st
             arr = np.asarray(im)
     except Exception as exc:
         return f"unreadable ({type(exc).__name__}: {exc})"
-    if mode not in ("I;16", "I;16B", "I;16L", "I") or arr.ndim != 2:
-        return f"not a 16-bit single-channel PNG (mode {mode})"
+    problem = depth_format_problem(mode, arr.ndim)
+    if problem:
+        return problem
     if size is not None and tuple(got) != tuple(size):
         return f"size {got[0]}x{got[1]} differs from the image's {size[0]}x{size[1]}"
-    if arr.size == 0 or arr.min() == arr.max():
-        return "constant map"
-    return None
+    return depth_values_problem(arr)
+
+
+def depth_png_header(path: str | Path) -> tuple[str, tuple[int, int]]:
+    """(PIL mode, (width, height)) of a depth PNG from its header, without decoding the pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return im.mode, im.size
+    except FileNotFoundError:
+        raise DepthFileError(f"{path}: depth map not found") from None
+    except Exception as exc:
+        raise DepthFileError(f"{path}: unreadable PNG ({exc}); delete it and regenerate with "
+                             "`s3dgs depth`") from exc
 
 
 def load_depth_png(path: str | Path) -> np.ndarray:
@@ -188,6 +211,4 @@ def read_meta(depth_dir: str | Path) -> dict:
 
 def write_meta(depth_dir: str | Path, meta: dict) -> None:
     """Write depths/meta.json atomically."""
-    p = Path(depth_dir) / META_NAME
-    text = json.dumps(meta, indent=2, sort_keys=True)
-    _atomic_write(p, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(Path(depth_dir) / META_NAME, json.dumps(meta, indent=2, sort_keys=True))
