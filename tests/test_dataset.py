@@ -236,7 +236,7 @@ def test_missing_model_folder(tmp_path):
 def test_depth_of_other_size_resized_with_one_warning(tmp_path):
     scene = make_scene(tmp_path / "s", n=3)
     for i in range(3):
-        save_depth_png(scene / "depths" / f"frame_{i:03d}.png", np.random.rand(H * 2 + 4, W * 2))
+        save_depth_png(scene / "depths" / f"frame_{i:03d}.png", np.random.rand(H * 2, W * 2))  # same aspect
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         ds = SceneDataset.from_dir(scene)

@@ -142,12 +142,36 @@ def load_ply(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]
     """Read a 3DGS PLY written by `save_ply` (or by 3DGS/gsplat: sem_* then absent).
 
     Returns:
-        (params dict with the module's entries, semantic class names)."""
+        (params dict with the module's entries, semantic class names).
+
+    Raises:
+        SceneError naming the file: missing, truncated or garbled, without the 3DGS fields, or
+        holding NaN/inf."""
     from plyfile import PlyData
 
-    v = PlyData.read(str(path))["vertex"]
+    from s3dgs.scene.colmap import SceneError
+
+    path = Path(path)
+    fix = (f"write it again from the run's last checkpoint (`s3dgs train SCENE --out {path.parent} "
+           "--resume`) or train again")
+    try:
+        v = PlyData.read(str(path))["vertex"]
+    except FileNotFoundError:
+        raise SceneError(f"{path}: Gaussian PLY not found; train first (`s3dgs train SCENE --out "
+                         f"{path.parent}`)") from None
+    except KeyError:
+        raise SceneError(f"{path}: PLY without a vertex element, not a Gaussian splat file; {fix}.") from None
+    except Exception as exc:  # plyfile: PlyHeaderParseError, PlyElementParseError (truncated), ...
+        raise SceneError(f"{path}: unreadable Gaussian PLY, truncated or damaged ({exc}); {fix}.") from exc
     names = v.data.dtype.names
     n = len(v.data)
+    need = ["x", "y", "z", "opacity", "f_dc_0", "f_dc_1", "f_dc_2", "scale_0", "scale_1", "scale_2",
+            "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise SceneError(f"{path}: not a 3DGS Gaussian PLY (no {', '.join(missing[:4])}"
+                         f"{' ...' if len(missing) > 4 else ''}); point it at a run's point_cloud.ply, "
+                         f"or {fix}.")
 
     def stack(prefix):
         cols = sorted([c for c in names if c.startswith(prefix)], key=lambda c: int(c[len(prefix):]))
@@ -168,6 +192,13 @@ def load_ply(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]
     classes = tuple(c[4:] for c in sem_cols)
     if sem_cols:
         out["semantics"] = np.stack([np.asarray(v[c]) for c in sem_cols], axis=1)
+    for k, a in out.items():  # NaN anywhere, or an infinite position, cannot be rendered
+        a = np.asarray(a, np.float64).reshape(n, -1)
+        bad = (np.isnan(a) | (np.isinf(a) if k == "means" else False)).any(axis=1)
+        if bad.any():
+            raise SceneError(f"{path}: {int(bad.sum())} of {n} Gaussians hold NaN or inf ({k}, first at "
+                             f"vertex {int(np.argmax(bad))}); the training diverged or the file is damaged: "
+                             f"{fix}.")
     return {k: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for k, a in out.items()}, classes
 
 

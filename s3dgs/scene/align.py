@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3dgs.scene.colmap import SceneError, find_model_dir, read_model
+from s3dgs.scene.colmap import SceneError, find_model_dir, import_pycolmap, read_model
 
 
 def align_to_reference(scene: str | Path, reference: str | Path) -> dict:
@@ -24,7 +24,7 @@ def align_to_reference(scene: str | Path, reference: str | Path) -> dict:
     (median and max, in reference units, and as a share of the reference cameras' spread).
     Writes the same summary to SCENE/alignment.json.
     """
-    import pycolmap
+    pycolmap = import_pycolmap()
 
     scene, reference = Path(scene), Path(reference)
     ours = read_model(scene)

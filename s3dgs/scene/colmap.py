@@ -1,7 +1,7 @@
 """COLMAP models through pycolmap: reading, writing, and the checks the rest of s3dgs relies on.
 
 Everything COLMAP goes through pycolmap (the official binding), never a hand-written parser. This
-module turns a `pycolmap.Reconstruction` into plain numpy arrays in the conventions of DESIGN.md:
+module turns a `pycolmap.Reconstruction` into plain numpy arrays in the conventions of docs/ARCHITECTURE.md:
 
 - `viewmat [4, 4]` world-to-camera (COLMAP's `cam_from_world`), x right, y down, z forward;
 - `K [3, 3]` in pixels, pixel centres at +0.5 (COLMAP's own convention);
@@ -10,6 +10,7 @@ module turns a `pycolmap.Reconstruction` into plain numpy arrays in the conventi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,168 @@ def find_model_dir(path: str | Path) -> Path:
                      f"{', '.join(str(c) for c in candidates)}). Run `s3dgs prepare` to make one.")
 
 
+def import_pycolmap():
+    """pycolmap, imported after PIL's image core: imported first, pycolmap's bundled zlib makes a
+    later PIL PNG save abort the process ("free(): invalid pointer" in deflateEnd)."""
+    import PIL.Image  # noqa: F401
+    import pycolmap
+
+    return pycolmap
+
+
+@functools.lru_cache(maxsize=None)
+def _num_params(model_id: int) -> int | None:
+    pycolmap = import_pycolmap()
+
+    try:
+        mid = pycolmap.CameraModelId(model_id)
+        make = getattr(pycolmap.Camera, "create_from_model_id", None) or pycolmap.Camera.create
+        return len(make(1, mid, 1.0, 1, 1).params)
+    except Exception:
+        return None
+
+
+class _Reader:
+    """Bounds-checked reads from a binary COLMAP file: a short read names the file as truncated."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = path.read_bytes()
+        self.pos = 0
+
+    def take(self, fmt: str, what: str) -> tuple:
+        import struct
+
+        n = struct.calcsize(fmt)
+        if self.pos + n > len(self.data):
+            raise _Broken(f"truncated: the file ends ({len(self.data)} bytes) inside {what}")
+        out = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += n
+        return out
+
+    def skip(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > len(self.data):
+            raise _Broken(f"truncated: the file ends ({len(self.data)} bytes) inside {what}")
+        self.pos += n
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise _Broken(f"{len(self.data) - self.pos} bytes of garbage after the last record")
+
+
+class _Broken(Exception):
+    pass
+
+
+def _walk_cameras(r: _Reader) -> set[int]:
+    (n,) = r.take("<Q", "the camera count")
+    if n > len(r.data):
+        raise _Broken(f"declares {n} cameras in {len(r.data)} bytes")
+    ids = set()
+    for k in range(n):
+        cam_id, model_id, w, h = r.take("<IiQQ", f"camera {k + 1} of {n}")
+        m = _num_params(model_id)
+        if m is None:
+            raise _Broken(f"camera {cam_id} has an unknown model id {model_id}")
+        params = r.take(f"<{m}d", f"the parameters of camera {cam_id}")
+        if not (0 < w < 1 << 20 and 0 < h < 1 << 20) or not np.all(np.isfinite(params)):
+            raise _Broken(f"camera {cam_id} is {w}x{h} with parameters {list(params)}")
+        ids.add(cam_id)
+    r.end()
+    return ids
+
+
+def _walk_images(r: _Reader, camera_ids: set[int] | None) -> None:
+    (n,) = r.take("<Q", "the image count")
+    if n > len(r.data):
+        raise _Broken(f"declares {n} images in {len(r.data)} bytes")
+    for k in range(n):
+        image_id, *_pose, cam_id = r.take("<I7dI", f"image {k + 1} of {n}")
+        end = r.data.find(b"\0", r.pos)
+        if end < 0:
+            raise _Broken(f"truncated: the file ends inside the name of image {image_id}")
+        r.pos = end + 1
+        (m,) = r.take("<Q", f"the point count of image {image_id}")
+        r.skip(24 * m, f"the 2D points of image {image_id}")
+        if camera_ids is not None and cam_id not in camera_ids:
+            raise _Broken(f"image {image_id} uses camera {cam_id}, which cameras.bin does not hold")
+    r.end()
+
+
+def _walk_points(r: _Reader) -> None:
+    import struct
+
+    (n,) = r.take("<Q", "the point count")
+    if n > len(r.data):
+        raise _Broken(f"declares {n} points in {len(r.data)} bytes")
+    data, pos, size = r.data, r.pos, len(r.data)
+    unpack = struct.Struct("<Q").unpack_from
+    for k in range(n):  # id, xyz, rgb, error (43 bytes), track length, track (8 bytes each)
+        if pos + 51 > size:
+            raise _Broken(f"truncated: the file ends ({size} bytes) inside point {k + 1} of {n}")
+        pos += 51 + 8 * unpack(data, pos + 43)[0]
+        if pos > size:
+            raise _Broken(f"truncated: the file ends ({size} bytes) inside the track of point {k + 1} of {n}")
+    r.pos = pos
+    r.end()
+
+
+def binary_model_problem(model_dir: str | Path, *, points: bool = True) -> tuple[Path, str] | None:
+    """(file, what is wrong) for the first damaged file of a binary COLMAP model, or None.
+
+    pycolmap reads a truncated cameras.bin without complaint (garbage intrinsics) and reports a
+    damaged file through whatever it trips over next (a missing camera "of the images", a rig,
+    std::bad_alloc), so s3dgs walks the record layout of cameras.bin, images.bin and (when
+    `points`) points3D.bin itself to name the file that is actually wrong.
+    """
+    model_dir = Path(model_dir)
+    cam_ids = None
+    for name in ("cameras.bin", "images.bin") + (("points3D.bin",) if points else ()):
+        path = model_dir / name
+        if not path.exists():
+            continue
+        try:
+            r = _Reader(path)
+            if name == "cameras.bin":
+                cam_ids = _walk_cameras(r)
+            elif name == "images.bin":
+                _walk_images(r, cam_ids)
+            else:
+                _walk_points(r)
+        except _Broken as exc:
+            return path, str(exc)
+        except OSError as exc:
+            return path, f"unreadable ({exc})"
+    return None
+
+
+def _model_error(model_dir: Path, exc: Exception | None) -> SceneError:
+    bad = binary_model_problem(model_dir)
+    if bad is not None:
+        path, why = bad
+        return SceneError(f"{path}: damaged COLMAP file ({why}). Copy it again from where the model "
+                          "was made, or re-run structure from motion (`s3dgs prepare`).")
+    return SceneError(f"{model_dir}: pycolmap could not read this COLMAP model ({exc}). "
+                      "Check that cameras/images/points3D are complete and of one format.")
+
+
+def load_reconstruction(model_dir: str | Path):
+    """`pycolmap.Reconstruction` of a model folder; a damaged file raises SceneError naming it.
+
+    pycolmap reads a truncated cameras.bin silently and hangs on some truncated points3D.bin, so
+    the binary files are walked first (`binary_model_problem`; about 0.1 s per 100k points).
+    """
+    pycolmap = import_pycolmap()
+
+    model_dir = Path(model_dir)
+    if binary_model_problem(model_dir) is not None:
+        raise _model_error(model_dir, None)
+    try:
+        return pycolmap.Reconstruction(str(model_dir))
+    except Exception as exc:  # pycolmap raises a generic error on malformed files
+        raise _model_error(model_dir, exc) from exc
+
+
 def _intrinsics(cam) -> np.ndarray:
     K = np.asarray(cam.calibration_matrix(), dtype=np.float64)
     return K
@@ -96,14 +259,9 @@ def read_model(path: str | Path, *, require_pinhole: bool = True) -> ColmapModel
     Returns:
         ColmapModel with views sorted by image name.
     """
-    import pycolmap
 
     model_dir = find_model_dir(path)
-    try:
-        rec = pycolmap.Reconstruction(str(model_dir))
-    except Exception as exc:  # pycolmap raises a generic error on malformed files
-        raise SceneError(f"{model_dir}: pycolmap could not read this COLMAP model ({exc}). "
-                         "Check that cameras/images/points3D are complete and of one format.") from exc
+    rec = load_reconstruction(model_dir)
     if rec.num_images() == 0 or rec.num_reg_images() == 0:
         raise SceneError(f"{model_dir}: the COLMAP model has no registered images. Re-run structure "
                          "from motion (`s3dgs prepare`) or point to another model folder.")
@@ -166,7 +324,7 @@ def write_model(
 
     Points are written without tracks (like the fern model in shared/data).
     """
-    import pycolmap
+    pycolmap = import_pycolmap()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

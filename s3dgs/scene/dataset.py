@@ -7,8 +7,15 @@ confidences (`confidence.json`), and monocular depth priors (`depths/<stem>.png`
 
 Memory: frames are kept as uint8 and heatmaps/depth as float16; when the whole cache would exceed
 `cache_bytes` the dataset loads lazily from disk instead (see benchmarks/dataset.py). Every
-file is checked when the dataset is built (headers only, so building is cheap), and a bad file
-raises `SceneError` naming the file and the fix.
+file is checked when the dataset is built (headers only, so building is cheap; pixel checks when a
+frame is loaded), and a bad file raises `SceneError` naming the file and the fix:
+
+- a frame must have its camera's aspect ratio (another size of the same aspect rescales K);
+- heatmaps and depth maps must have their frame's aspect ratio (another size is resized);
+- heatmaps must hold values in [0, 1] (a map in 0..255 is refused, not clipped);
+- depth maps must be 16-bit and not constant, the check of `s3dgs depth verify`
+  (`s3dgs.depth.io.depth_format_problem` / `depth_values_problem`), unless the dataset is built
+  with `allow_weak_depth=True`.
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ import torch
 from PIL import Image
 
 from s3dgs import CLASSES
-from s3dgs.depth.io import DepthFileError, load_depth_png, read_meta
+from s3dgs.depth.io import (
+    DepthFileError,
+    depth_format_problem,
+    depth_png_header,
+    depth_values_problem,
+    load_depth_png,
+    read_meta,
+)
 from s3dgs.scene.colmap import ColmapModel, SceneError, read_model
 
 log = logging.getLogger("s3dgs")
@@ -118,6 +132,19 @@ def _read_confidence(path: Path | None, classes: tuple[str, ...]) -> dict[str, n
     return out
 
 
+def _same_aspect(a: tuple[int, int], b: tuple[int, int], tol: float = 0.01) -> bool:
+    """Whether sizes a and b = (width, height) have one aspect ratio (to `tol`, relative)."""
+    sx, sy = a[0] / b[0], a[1] / b[1]
+    return abs(sx - sy) <= tol * max(sx, sy)
+
+
+def _weak_depth_message(path: Path, problem: str) -> str:
+    return (f"{path}: depth map is {problem}. A weak prior (8-bit: 256 levels; constant: no signal) "
+            f"would mislead the depth loss. Regenerate it with `s3dgs depth IMAGES {path.parent}` "
+            f"(16-bit maps), check the folder with `s3dgs depth verify {path.parent}`, or accept weak "
+            "maps with --allow-weak-depth.")
+
+
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         arr = np.load(path, mmap_mode="r")
@@ -143,6 +170,8 @@ class SceneDataset(torch.utils.data.Dataset):
         split: "all", "train" or "test"; test_every: every n-th frame (sorted by name) held out.
         classes: heatmap channel order.
         cache: "auto" (keep compact arrays in memory when they fit `cache_bytes`), "memory" or "none".
+        allow_weak_depth: accept 8-bit and constant depth maps (refused by default, as
+            `s3dgs depth verify` flags them).
     """
 
     def __init__(
@@ -160,6 +189,7 @@ class SceneDataset(torch.utils.data.Dataset):
         cache: str = "auto",
         cache_bytes: int = 2 * 1024**3,
         verbose: bool = True,
+        allow_weak_depth: bool = False,
     ):
         if split not in ("all", "train", "test"):
             raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
@@ -172,6 +202,7 @@ class SceneDataset(torch.utils.data.Dataset):
         self.depth_dir = Path(depth_dir) if depth_dir else None
         self.classes = tuple(classes)
         self.resolution_scale = float(resolution_scale)
+        self.allow_weak_depth = bool(allow_weak_depth)
         self.model: ColmapModel = read_model(colmap_dir)
         self.depth_meta = read_meta(self.depth_dir) if self.depth_dir and self.depth_dir.is_dir() else {}
         self.depth_kind = self.depth_meta.get("kind", "disparity")
@@ -193,10 +224,10 @@ class SceneDataset(torch.utils.data.Dataset):
             K = v.K.copy()
             if (w0, h0) != (v.width, v.height):
                 sx, sy = w0 / v.width, h0 / v.height
-                if abs(sx - sy) > 0.01 * max(sx, sy):
-                    raise SceneError(f"{path}: image is {w0}x{h0} but its COLMAP camera is "
-                                     f"{v.width}x{v.height} with another aspect ratio. Use the frames "
-                                     "the model was made from.")
+                if not _same_aspect((w0, h0), (v.width, v.height)):
+                    raise SceneError(f"{path}: image is {w0}x{h0} but its COLMAP camera "
+                                     f"{v.camera_id} ({self.model.path}) is {v.width}x{v.height}, another "
+                                     "aspect ratio. Use the frames the model was made from.")
                 K[0] *= sx
                 K[1] *= sy
                 rescaled_note = True
@@ -214,16 +245,28 @@ class SceneDataset(torch.utils.data.Dataset):
                         raise SceneError(f"{cand}: heatmap has shape {shape}, expected [H, W, "
                                          f"{len(self.classes)}] (channels {', '.join(self.classes)}). "
                                          "Regenerate it with `s3dgs heatmaps`.")
-                    if (shape[1], shape[0]) != (w0, h0):
+                    if not _same_aspect((shape[1], shape[0]), (w0, h0)):
                         raise SceneError(f"{cand}: heatmap is {shape[1]}x{shape[0]} but image {path.name} "
-                                         f"is {w0}x{h0}. Regenerate heatmaps from keypoints of these frames.")
-                    hm = cand
+                                         f"is {w0}x{h0}, another aspect ratio. Regenerate heatmaps from "
+                                         "keypoints of these frames.")
+                    hm = cand  # another size of the same aspect is resized to the frame
                 else:
                     missing_hm += 1
             dp = None
             if self.depth_dir is not None:
                 cand = self.depth_dir / f"{stem}.png"
                 if cand.exists():
+                    try:
+                        mode, dsize = depth_png_header(cand)
+                    except DepthFileError as exc:
+                        raise SceneError(str(exc)) from exc
+                    problem = depth_format_problem(mode)
+                    if problem and not self.allow_weak_depth:
+                        raise SceneError(_weak_depth_message(cand, problem))
+                    if not _same_aspect(dsize, (w0, h0)):
+                        raise SceneError(f"{cand}: depth map is {dsize[0]}x{dsize[1]} but image "
+                                         f"{path.name} is {w0}x{h0}, another aspect ratio. Regenerate it "
+                                         f"from these frames: `s3dgs depth IMAGES {self.depth_dir}`.")
                     dp = cand
                 else:
                     missing_depth += 1
@@ -314,6 +357,12 @@ class SceneDataset(torch.utils.data.Dataset):
             if not np.isfinite(hm).all():
                 raise SceneError(f"{f.heatmap_path}: heatmap holds NaN or inf. Regenerate it with "
                                  "`s3dgs heatmaps`.")
+            lo, hi = float(hm.min(initial=0.0)), float(hm.max(initial=0.0))
+            if lo < -1e-3 or hi > 1.0 + 1e-3:
+                raise SceneError(f"{f.heatmap_path}: heatmap values span [{lo:.4g}, {hi:.4g}]; heatmaps "
+                                 "must lie in [0, 1]" + (" (this looks like 0..255: divide by 255)"
+                                                         if hi > 1.5 and hi <= 255 and lo >= 0 else "")
+                                 + ". Regenerate it with `s3dgs heatmaps`.")
             if hm.shape[:2] != (f.height, f.width):
                 hm = _resize(hm, f.height, f.width)
             out["heatmap"] = np.clip(hm, 0.0, 1.0).astype(np.float16)
@@ -322,6 +371,9 @@ class SceneDataset(torch.utils.data.Dataset):
                 d = load_depth_png(f.depth_path)
             except DepthFileError as exc:
                 raise SceneError(str(exc)) from exc
+            problem = depth_values_problem(d)
+            if problem and not self.allow_weak_depth:
+                raise SceneError(_weak_depth_message(f.depth_path, problem))
             if d.shape != (f.height, f.width):
                 h0, w0 = d.shape
                 scaled = (round(w0 * self.resolution_scale), round(h0 * self.resolution_scale))
