@@ -431,3 +431,50 @@ def test_mcmc_relocates_floaters():
     rows = {tuple(r) for r in params["means"].tolist()}
     assert tuple(pts[0].tolist()) not in rows and rows <= {tuple(r) for r in pts[1:].tolist()}
     assert_consistent(params, opts)
+
+
+# ------------------------------------------------------------------------------ with the renderer
+
+@pytest.mark.parametrize("kind", ["default", "mcmc"])
+def test_strategies_run_in_a_training_loop_with_the_project_renderer(kind):
+    """The renderer's meta (means2d with absgrad, radii [C, N, 2]) drives both strategies through a
+    few real optimisation steps on the CPU, semantics included."""
+    from s3dgs.render import render
+
+    torch.manual_seed(0)
+    n = 60
+    vm = look_at([0.0, -1.0, 0.0], [0.0, 0.0, 0.0])
+    params, opts = make_params((torch.rand(n, 3) - 0.5) * 0.4, scale=0.02)
+    target = torch.zeros(1, H, W, 3)
+    target[:, 10:40, 20:44] = torch.tensor([0.2, 0.6, 0.1])
+    stem = torch.zeros(1, H, W, dtype=torch.bool)
+    stem[:, :, 30:34] = True
+    if kind == "default":
+        s = DefaultStrategy(absgrad=True, grow_grad2d=2e-4, grow_grad2d_stem=1e-4, refine_start_iter=0,
+                            refine_every=4, reset_every=10_000, grow_scale3d=0.5)
+        st = s.initialize_state(scene_scale=1.0)
+    else:
+        s = MCMCStrategy(cap_max=70, refine_start_iter=0, refine_every=4)
+        st = s.initialize_state(scene_scale=1.0)
+    s.check_sanity(params, opts)
+    for step in range(1, 13):
+        r = render(params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
+                   torch.sigmoid(params["sh0"][:, 0]), vm[None], K[None], W, H,
+                   extra=torch.sigmoid(params["semantics"]), backend="torch", absgrad=True)
+        s.step_pre_backward(params, opts, st, step, r.meta)
+        loss = (r.colors - target).abs().mean() + r.extras.mean()
+        if kind == "mcmc":
+            loss = loss + mcmc_regularization(params)
+        loss.backward()
+        for o in opts.values():
+            o.step()
+            o.zero_grad(set_to_none=True)
+        if kind == "default":
+            s.step_post_backward(params, opts, st, step, r.meta | {"stem_mask": stem}, packed=False)
+        else:
+            s.step_post_backward(params, opts, st, step, r.meta, lr=1e-3)
+        assert_consistent(params, opts, st)
+    if kind == "default":
+        assert len(params["means"]) > n and "n_on_stem" in st
+    else:
+        assert n < len(params["means"]) <= 70
