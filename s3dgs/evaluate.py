@@ -506,16 +506,28 @@ class EvalConfig:
     max_views: int = 0
     """Evaluate only the first n held-out views (0: all)."""
 
+    def validate(self) -> None:
+        """Refuse nonsense options with one UsageError naming the option (unset ones pass)."""
+        from s3dgs import validate as V
+
+        V.non_negative("--test-every", self.test_every)
+        V.in_range("--resolution-scale", self.resolution_scale, 0, 8, lo_open=True)
+        V.fraction("--opaque-threshold", self.opaque_threshold)
+        V.fraction("--class-threshold", self.class_threshold)
+        V.non_negative("--max-views", self.max_views)
+
 
 def eval_main(cfg: EvalConfig) -> int:
+    from s3dgs.errors import WorkError
+
+    cfg.validate()
     try:
         m = evaluate_run(cfg.run, cfg.scene, test_every=cfg.test_every,
                          resolution_scale=cfg.resolution_scale, backend=cfg.backend,
                          opaque_threshold=cfg.opaque_threshold, class_threshold=cfg.class_threshold,
                          max_views=cfg.max_views)
     except FileNotFoundError as exc:
-        print(f"s3dgs eval: {exc}")
-        return 1
+        raise WorkError(str(exc)) from None
     print(format_table(m))
     print(f"-> {Path(cfg.run) / 'metrics.json'}")
     return 0

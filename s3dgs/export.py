@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import tyro
 
+from s3dgs.atomic import atomic_write_text
 from s3dgs.classes import CLASSES, class_color
 from s3dgs.config import load_run_config
 from s3dgs.gaussians.model import load_ply, render_params, semantic_probs, sh_to_rgb
@@ -107,7 +108,10 @@ def export_classes(ply_path: str | Path, out_dir: str | Path, *, threshold: floa
 
     params, classes = load_ply(ply_path)
     if "semantics" not in params:
-        raise ValueError(f"{ply_path}: no sem_* fields; was this run trained by s3dgs?")
+        from s3dgs.scene.colmap import SceneError
+
+        raise SceneError(f"{ply_path}: no sem_* fields, so no classes to export; was this run trained "
+                         "by s3dgs with semantics?")
     probs = semantic_probs(params["semantics"], activation).numpy()
     opac = torch.sigmoid(params["opacities"]).numpy().reshape(-1)
     rgb = (sh_to_rgb(params["sh0"][:, 0]).clamp(0, 1).numpy() * 255).astype(np.uint8)
@@ -119,7 +123,7 @@ def export_classes(ply_path: str | Path, out_dir: str | Path, *, threshold: floa
         m = (probs[:, k] > threshold) & (opac > min_opacity)
         write_points_ply(out_dir / f"{c}.ply", means[m], rgb[m])
         counts[c] = int(m.sum())
-    (out_dir / "counts.json").write_text(json.dumps(counts, indent=2))
+    atomic_write_text(out_dir / "counts.json", json.dumps(counts, indent=2))
     return counts
 
 
@@ -138,12 +142,21 @@ class ExportConfig:
     out: Optional[Path] = None
     """Output folder (default RUN/classes)."""
 
+    def validate(self) -> None:
+        """Refuse nonsense options with one UsageError naming the option."""
+        from s3dgs import validate as V
+
+        V.fraction("--threshold", self.threshold)
+        V.fraction("--min-opacity", self.min_opacity)
+
 
 def export_main(cfg: ExportConfig) -> int:
+    from s3dgs.errors import WorkError
+
+    cfg.validate()
     ply = Path(cfg.run) / "point_cloud.ply"
     if not ply.exists():
-        print(f"s3dgs export: {ply} not found; train first (`s3dgs train SCENE --out {cfg.run}`)")
-        return 1
+        raise WorkError(f"{ply} not found; train first (`s3dgs train SCENE --out {cfg.run}`)")
     activation = load_run_config(cfg.run)["train"].semantics.activation
     if cfg.classes:
         out = cfg.out or Path(cfg.run) / "classes"

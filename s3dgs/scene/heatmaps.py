@@ -37,6 +37,7 @@ from typing import Annotated
 import numpy as np
 
 from s3dgs import CLASSES
+from s3dgs.atomic import atomic_write, atomic_write_text
 from s3dgs.scene.colmap import SceneError
 
 import tyro
@@ -279,10 +280,16 @@ def make_heatmaps(
             raise KeypointFileError(f"{f}: image size unknown; add \"image\": {{\"width\", \"height\"}} "
                                     f"to the file, put the frame in {out_scene / 'images'}, or pass a size")
         heat, conf = keypoints_to_heatmaps(preds, wh[0], wh[1], **draw_kwargs)
-        np.save(out_dir / f"{f.stem}.npy", heat.astype(dtype))
+        arr = heat.astype(dtype)
+        atomic_write(out_dir / f"{f.stem}.npy", lambda tmp, arr=arr: _save_npy(tmp, arr))
         confidences[f.stem] = {c: round(float(conf[c]), 6) for c in CLASSES}
-    (out_scene / "confidence.json").write_text(json.dumps(confidences, indent=1, sort_keys=True))
+    atomic_write_text(out_scene / "confidence.json", json.dumps(confidences, indent=1, sort_keys=True))
     return confidences
+
+
+def _save_npy(path: str, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append .npy to a bare name
+        np.save(fh, arr)
 
 
 @dataclass
@@ -304,8 +311,18 @@ class HeatmapConfig:
     float32: bool = False
     """Write float32 heatmaps instead of float16."""
 
+    def validate(self) -> None:
+        """Refuse nonsense options with one UsageError naming the option."""
+        from s3dgs import validate as V
+
+        V.fraction("--min-confidence", self.min_confidence)
+        V.positive("--hotspot-sigma", self.hotspot_sigma)
+        V.non_negative("--blur-sigma", self.blur_sigma)
+        V.non_negative("--min-px", self.min_px)
+
 
 def heatmaps_main(cfg: HeatmapConfig) -> int:
+    cfg.validate()
     conf = make_heatmaps(cfg.keypoints_dir, cfg.out_scene, dtype=np.float32 if cfg.float32 else np.float16,
                          min_confidence=cfg.min_confidence, hotspot_sigma=cfg.hotspot_sigma,
                          blur_sigma=cfg.blur_sigma, min_px=cfg.min_px)
