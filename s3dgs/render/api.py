@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from .projection import project_gaussians, sh_colors
+from ..errors import UsageError
+from .native import native_available, rasterize_native
+from .projection import project_gaussians
 from .raster import build_plan, rasterize
+from .types import RenderOutput, color_features
+
+BACKENDS = ("auto", "native", "torch", "gsplat")
 
 # Elements per [tiles, pixels, Gaussians] chunk of the torch backend; None picks 2^18 with one
 # thread (cache-friendly, fastest measured) and 2^20 with several: fewer, larger parallel
@@ -21,24 +24,6 @@ logger = logging.getLogger("s3dgs.render")
 
 _GSPLAT_OK: bool | None = None
 _ANNOUNCED: set = set()
-
-
-@dataclass
-class RenderOutput:
-    """What :func:`render` returns. ``C`` cameras, ``H x W`` pixels, ``E`` extra channels.
-
-    - ``colors [C, H, W, 3]`` RGB composited over the background: ``c + (1 - alpha) bg``.
-    - ``extras [C, H, W, E]`` or None: alpha-blended extra channels, no background.
-    - ``depths [C, H, W, 1]`` or None: expected camera z, blended z / alpha (0 where alpha = 0).
-    - ``alphas [C, H, W, 1]`` accumulated opacity.
-    - ``meta``: what densification needs, gsplat-compatible (see :func:`render`).
-    """
-
-    colors: Tensor
-    extras: Tensor | None
-    depths: Tensor | None
-    alphas: Tensor
-    meta: dict[str, Any]
 
 
 def gsplat_available() -> bool:
@@ -57,20 +42,36 @@ def gsplat_available() -> bool:
     return _GSPLAT_OK
 
 
-def _pick_backend(backend: str, device: torch.device) -> str:
+def _native_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64) and native_available()
+
+
+def _pick_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    if backend not in BACKENDS:
+        raise UsageError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        chosen = "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+        if device.type == "cuda" and gsplat_available():
+            chosen = "gsplat"
+        else:
+            chosen = "native" if _native_ok(device, dtype) else "torch"
         if chosen not in _ANNOUNCED:
             _ANNOUNCED.add(chosen)
             logger.info("s3dgs.render: backend 'auto' uses '%s' on %s", chosen, device)
         return chosen
-    if backend not in ("torch", "gsplat"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
     if backend == "gsplat" and not (device.type == "cuda" and gsplat_available()):
-        raise RuntimeError(
+        raise UsageError(
             "backend='gsplat' needs CUDA tensors and gsplat's CUDA extension; "
-            "use backend='torch' (or 'auto') on this machine"
+            "use backend='native', 'torch' or 'auto' on this machine"
         )
+    if backend == "native":
+        if device.type != "cpu":
+            raise UsageError(
+                f"backend='native' is the CPU rasteriser and the tensors are on {device}; "
+                "use backend='gsplat' or 'auto' there"
+            )
+        # without the extension (build failed, S3DGS_NO_NATIVE=1; logged once) or for a dtype it
+        # does not take, the torch rasteriser computes the same images
+        return "native" if _native_ok(device, dtype) else "torch"
     return backend
 
 
@@ -115,7 +116,10 @@ def render(
         render_depth: also return the expected depth.
         backgrounds: ``[C, 3]`` background colours.
         near, far: depth culling planes (camera z).
-        backend: ``"torch"`` (any device), ``"gsplat"`` (CUDA) or ``"auto"``.
+        backend: ``"native"`` (the C++ CPU rasteriser, :mod:`s3dgs.render.native`; falls back
+            to ``"torch"`` when it cannot be built, with one log line), ``"torch"`` (the readable
+            plain-torch rasteriser, any device), ``"gsplat"`` (CUDA) or ``"auto"`` (gsplat on
+            CUDA, else native, else torch).
         absgrad: also compute ``meta["means2d"].absgrad`` ``[C, N, 2]``, the sum over pixels of
             the absolute per-pixel gradient (AbsGS), during backward.
         eps2d: low-pass added to the 2D covariance, in pixels^2.
@@ -129,10 +133,9 @@ def render(
         ``opacities [C, N]``, ``width``, ``height``, ``n_cameras``, ``tile_size``, ``absgrad``,
         ``backend`` and ``gaussian_ids = camera_ids = None`` (unpacked layout).
     """
-    N = means.shape[0]
     C = viewmats.shape[0]
     _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, extra, backgrounds)
-    chosen = _pick_backend(backend, means.device)
+    chosen = _pick_backend(backend, means.device, means.dtype)
     if chosen == "gsplat":
         from .gsplat_backend import render_gsplat
 
@@ -147,27 +150,27 @@ def render(
         means, quats, scales, opacities, viewmats, Ks, width, height,
         eps2d=eps2d, near=near, far=far, antialiased=antialiased,
     )
-    if sh_degree is not None:
-        rgb = sh_colors(sh_degree, means, colors, viewmats)  # [C, N, 3]
-    else:
-        rgb = colors[None].expand(C, N, 3)
-    parts = [rgb]
-    E = 0
-    if extra is not None:
-        E = extra.shape[-1]
-        parts.append(extra[None].expand(C, N, E).to(rgb.dtype))
+    feats = color_features(means, colors, viewmats, sh_degree, extra)  # [C, N, 3 + E]
+    E = 0 if extra is None else extra.shape[-1]
     if render_depth:
-        parts.append(proj.depths[..., None])
-    feats = torch.cat(parts, dim=-1) if len(parts) > 1 else rgb.contiguous()
+        feats = torch.cat([feats, proj.depths[..., None].to(feats.dtype)], dim=-1)
+    feats = feats.contiguous()
 
-    budget = DEFAULT_BUDGET
-    if budget is None:
-        budget = 1 << 20 if torch.get_num_threads() > 1 else 1 << 18
-    plan = build_plan(
-        proj.means2d, proj.radii, proj.depths, width, height, tile_size, budget,
-        conics=proj.conics, opacities=proj.opacities,
-    )
-    img, alphas = rasterize(proj.means2d, proj.conics, proj.opacities, feats, plan, absgrad=absgrad)
+    if chosen == "native":
+        img, alphas, n_isects = rasterize_native(
+            proj.means2d, proj.conics, proj.opacities, feats, proj.radii, proj.depths, width,
+            height, tile_size, absgrad=absgrad,
+        )
+    else:
+        budget = DEFAULT_BUDGET
+        if budget is None:
+            budget = 1 << 20 if torch.get_num_threads() > 1 else 1 << 18
+        plan = build_plan(
+            proj.means2d, proj.radii, proj.depths, width, height, tile_size, budget,
+            conics=proj.conics, opacities=proj.opacities,
+        )
+        img, alphas = rasterize(proj.means2d, proj.conics, proj.opacities, feats, plan, absgrad=absgrad)
+        n_isects = plan.n_isects
 
     out_colors = img[..., :3]
     if backgrounds is not None:
@@ -190,11 +193,11 @@ def render(
         "height": height,
         "n_cameras": C,
         "tile_size": tile_size,
-        "n_isects": plan.n_isects,
+        "n_isects": n_isects,
         "gaussian_ids": None,
         "camera_ids": None,
         "absgrad": absgrad,
-        "backend": "torch",
+        "backend": chosen,
     }
     return RenderOutput(colors=out_colors, extras=extras, depths=depths, alphas=alphas, meta=meta)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .projection import sh_colors
+from .types import RenderOutput, color_features
 
 
 def render_gsplat(
@@ -30,22 +30,12 @@ def render_gsplat(
     antialiased: bool,
     tile_size: int,
 ):
-    """Same contract as :func:`s3dgs.render.render`; see there."""
+    """Same contract as :func:`s3dgs.render.render`; see there. Returns a :class:`RenderOutput`."""
     from gsplat import rasterization
 
-    from .api import RenderOutput
-
     C = viewmats.shape[0]
-    N = means.shape[0]
-    if sh_degree is not None:
-        rgb = sh_colors(sh_degree, means, colors, viewmats)  # [C, N, 3]
-    else:
-        rgb = colors[None].expand(C, N, 3)
-    E = 0
-    feats = rgb
-    if extra is not None:
-        E = extra.shape[-1]
-        feats = torch.cat([rgb, extra[None].expand(C, N, E).to(rgb.dtype)], dim=-1)
+    feats = color_features(means, colors, viewmats, sh_degree, extra)  # [C, N, 3 + E]
+    E = 0 if extra is None else extra.shape[-1]
     bgs = None
     if backgrounds is not None:
         bgs = torch.cat([backgrounds, backgrounds.new_zeros(C, E)], dim=-1) if E else backgrounds

@@ -1,0 +1,244 @@
+"""The ``native`` backend's rasteriser: gsplat's tile algorithm in C++ for CPUs, built on first use.
+
+Why hand-written: gsplat's rasteriser is CUDA-only, and the plain-torch one in
+:mod:`s3dgs.render.raster` cannot stop a pixel early or skip the pixels a Gaussian does not
+reach, so it evaluates every pixel of a tile against every Gaussian of that tile in dense
+batches. ``csrc/rasterize_cpu.cpp`` does what gsplat's CUDA kernels do, per pixel and front to
+back, with OpenMP threads over tiles: binning (Gaussian-tile pairs by the same exact ellipse test
+as :func:`s3dgs.render.raster.build_plan`, sorted by camera, tile and depth), a forward pass that
+keeps per pixel only the final transmittance and the last blended Gaussian, and a backward pass
+that replays each pixel back to front, recovering the transmittance by division. Its results are
+bitwise identical run to run and for any thread count (see the .cpp). Projection and SH stay in
+torch (:mod:`s3dgs.render.projection`).
+
+Build route: :func:`torch.utils.cpp_extension.load` on first use, as gsplat compiles its CUDA
+kernels, into torch's extension cache under a name that carries a hash of the source, the flags
+and the torch version, so an edited source or another torch builds afresh and a cached build loads
+without invoking the compiler. The ops are registered with ``TORCH_LIBRARY`` and called as
+``torch.ops.s3dgs_native.*``; the source includes only light ATen headers, not
+``<torch/extension.h>`` (pybind11), which cuts the one-off compile from about 60 s to about 20 s.
+Flags: ``-O3 -fopenmp``; ``-ffp-contract=off`` so that the forward and the backward compute every
+alpha to the same bit (they must agree on which Gaussians were blended); no ``-ffast-math`` (NaN
+and inf semantics); no ``-march=native`` (a cached binary may move to another machine).
+
+Without a compiler, when the build fails, for dtypes other than float32/float64, or with
+``S3DGS_NO_NATIVE=1`` in the environment, :func:`native_available` is False and
+:func:`s3dgs.render.render` uses the torch rasteriser; the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["NativePlan", "bin_tiles", "native_available", "native_unavailable_reason", "rasterize_native"]
+
+logger = logging.getLogger("s3dgs.render")
+
+SOURCE = Path(__file__).with_name("csrc") / "rasterize_cpu.cpp"
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+LDFLAGS = ["-fopenmp"]
+ENV_OFF = "S3DGS_NO_NATIVE"
+
+_lock = threading.Lock()
+_state: dict = {"ok": None, "reason": None}
+
+
+def _build() -> None:
+    """Compile (or load the cached build of) the extension; raises on any failure."""
+    from torch.utils import cpp_extension
+
+    src = SOURCE.read_bytes()
+    tag = hashlib.sha256(src + repr((CFLAGS, LDFLAGS, torch.__version__)).encode()).hexdigest()[:12]
+    name = f"s3dgs_raster_cpu_{tag}"
+    build_dir = Path(cpp_extension.get_default_build_root()) / name
+    lib = build_dir / f"{name}.so"
+    if lib.is_file():
+        try:
+            torch.ops.load_library(str(lib))
+            return
+        except OSError:  # e.g. half written by a concurrent build: let torch's locked build decide
+            pass
+    build_dir.mkdir(parents=True, exist_ok=True)
+    logger.warning("s3dgs: compiling the native CPU rasteriser (once, about 20 s) ...")
+    cpp_extension.load(
+        name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+        build_directory=str(build_dir), is_python_module=False, verbose=False,
+    )
+
+
+def _load() -> None:
+    """What :func:`native_available` calls once; tests monkeypatch it to simulate a failed build."""
+    _build()
+
+
+def native_available() -> bool:
+    """True when the native CPU rasteriser is built and loaded (tried once per process; the reason
+    for a failure is logged once and kept in :func:`native_unavailable_reason`)."""
+    if _state["ok"] is None:
+        with _lock:
+            if _state["ok"] is None:
+                reason = None
+                if os.environ.get(ENV_OFF, "") not in ("", "0"):
+                    reason = f"{ENV_OFF}={os.environ[ENV_OFF]} is set"
+                else:
+                    try:
+                        _load()
+                    except Exception as e:  # no compiler, failed build, missing ninja, ...
+                        logger.debug("s3dgs: building the native CPU rasteriser failed", exc_info=True)
+                        first = str(e).strip().splitlines()
+                        reason = f"{type(e).__name__}: {first[0] if first else ''}".strip()
+                if reason is not None:
+                    logger.warning("s3dgs: native CPU rasteriser unavailable (%s); using the torch rasteriser", reason)
+                _state["reason"] = reason
+                _state["ok"] = reason is None
+    return bool(_state["ok"])
+
+
+def native_unavailable_reason() -> str | None:
+    """Why the native rasteriser is unavailable (None when it is, or when not tried yet)."""
+    return _state["reason"]
+
+
+@dataclass
+class NativePlan:
+    """The Gaussian-tile lists of one render (all int tensors on the CPU).
+
+    - ``vis_ids [V]`` int32: flat ids ``camera * N + n`` of the visible Gaussians, front to back.
+    - ``tile_offsets [C * n_tiles + 1]`` int64: where each (camera, tile) list starts in ``isect_ids``.
+    - ``isect_ids [M]`` int32: per intersection, the flat Gaussian id; depth order in each tile.
+    - ``isect_slots [M]`` int32: per intersection, its row in the backward's per-intersection
+      gradient buffer, which is laid out Gaussian-major (a Gaussian's rows are contiguous, in tile
+      order) so that summing them is one sequential pass.
+    - ``gauss_offsets [V + 1]`` int64: per visible Gaussian (in the order of ``vis_ids``), where
+      its rows start in that buffer.
+    """
+
+    vis_ids: Tensor
+    tile_offsets: Tensor
+    isect_ids: Tensor
+    isect_slots: Tensor
+    gauss_offsets: Tensor
+    width: int
+    height: int
+    tile: int
+
+    @property
+    def n_isects(self) -> int:
+        return int(self.isect_ids.numel())
+
+
+@torch.no_grad()
+def bin_tiles(
+    means2d: Tensor,  # [C, N, 2]
+    radii: Tensor,  # [C, N, 2] int32
+    depths: Tensor,  # [C, N]
+    conics: Tensor,  # [C, N, 3]
+    opacities: Tensor,  # [C, N]
+    width: int,
+    height: int,
+    tile: int = 8,
+) -> NativePlan:
+    """Gaussian-tile intersections sorted by (camera, tile) then depth; see :class:`NativePlan`."""
+    dt = means2d.dtype
+    out = torch.ops.s3dgs_native.bin_tiles(
+        means2d.detach().contiguous(), radii.to(torch.int32).contiguous(),
+        depths.detach().to(dt).contiguous(), conics.detach().to(dt).contiguous(),
+        opacities.detach().to(dt).contiguous(), int(width), int(height), int(tile),
+        torch.get_num_threads(),
+    )
+    return NativePlan(*out, width=int(width), height=int(height), tile=int(tile))
+
+
+def _forward(plan: NativePlan, means2d, conics, opacities, feats):
+    return torch.ops.s3dgs_native.rasterize_fwd(
+        means2d, conics, opacities, feats, plan.tile_offsets, plan.isect_ids, plan.width,
+        plan.height, plan.tile, torch.get_num_threads(),
+    )
+
+
+class _NativeRasterize(torch.autograd.Function):
+    """Differentiable blending by the C++ kernels; ``means2d.absgrad`` as gsplat's backward sets it."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, feats, plan: NativePlan, absgrad: bool):
+        ins = [t.detach().contiguous() for t in (means2d, conics, opacities, feats)]
+        img, alpha, tfin, last = _forward(plan, *ins)
+        ctx.plan = plan
+        ctx.absgrad = absgrad
+        ctx.means2d_ref = means2d  # to attach .absgrad in backward, as gsplat does
+        ctx.save_for_backward(*ins, tfin, last)
+        return img, alpha
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, v_img, v_alpha):
+        means2d, conics, opacities, feats, tfin, last = ctx.saved_tensors
+        plan = ctx.plan
+        C, H, W = opacities.shape[0], plan.height, plan.width
+        plan_shape = (C, H, W, feats.shape[-1])
+        if v_img is None:
+            v_img = feats.new_zeros(plan_shape)
+        if v_alpha is None:
+            v_alpha = feats.new_zeros((C, H, W, 1))
+        nt = torch.get_num_threads()
+        partial = torch.ops.s3dgs_native.rasterize_bwd(
+            means2d, conics, opacities, feats, plan.tile_offsets, plan.isect_ids, plan.isect_slots,
+            tfin, last,
+            v_img.to(feats.dtype).contiguous(), v_alpha.to(feats.dtype).contiguous(),
+            plan.width, plan.height, plan.tile, nt,
+        )  # [M, 8 + D padded] per-intersection sums over each tile's pixels
+        g_m, g_con, g_o, g_f, g_abs = torch.ops.s3dgs_native.reduce_grads(
+            partial, plan.vis_ids, plan.gauss_offsets, C, opacities.shape[1], feats.shape[-1],
+            bool(ctx.absgrad), nt,
+        )
+        if ctx.absgrad:
+            ref = ctx.means2d_ref
+            prev = getattr(ref, "absgrad", None)
+            ref.absgrad = g_abs if prev is None else prev + g_abs
+        return g_m, g_con, g_o, g_f, None, None
+
+
+def rasterize_native(
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    opacities: Tensor,  # [C, N]
+    feats: Tensor,  # [C, N, D]
+    radii: Tensor,  # [C, N, 2] int32, 0 = not drawn
+    depths: Tensor,  # [C, N]
+    width: int,
+    height: int,
+    tile_size: int = 8,
+    absgrad: bool = False,
+) -> tuple[Tensor, Tensor, int]:
+    """Blend ``feats [C, N, D]`` of the screen-space Gaussians front to back with the C++ kernels.
+
+    Returns the images ``[C, H, W, D]``, the alpha ``[C, H, W, 1]`` and the number of
+    Gaussian-tile intersections. Differentiable with respect to ``means2d``, ``conics``,
+    ``opacities`` and ``feats`` (hand-written backward); with ``absgrad`` the backward also sets
+    ``means2d.absgrad [C, N, 2]``, the sum over pixels of the absolute per-pixel gradient.
+    Call only when :func:`native_available` is True; float32 or float64, CPU tensors.
+    """
+    if not native_available():
+        raise RuntimeError(f"the native CPU rasteriser is unavailable: {native_unavailable_reason()}")
+    dt = feats.dtype
+    means2d, conics, opacities = means2d.to(dt), conics.to(dt), opacities.to(dt)
+    plan = bin_tiles(means2d, radii, depths, conics, opacities, width, height, tile_size)
+    need_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, opacities, feats)
+    )
+    if need_grad:
+        img, alpha = _NativeRasterize.apply(means2d, conics, opacities, feats, plan, absgrad)
+    else:
+        with torch.no_grad():
+            ins = [t.detach().contiguous() for t in (means2d, conics, opacities, feats)]
+            img, alpha, _, _ = _forward(plan, *ins)
+    return img, alpha, plan.n_isects
