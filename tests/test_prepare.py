@@ -200,6 +200,7 @@ def test_prepare_disconnected_and_too_few_registered(tmp_path):
 
 def test_prepare_bad_inputs(tmp_path, capsys):
     from s3dgs.cli import main
+    from s3dgs.errors import UsageError
     from s3dgs.scene.prepare import PrepareError, prepare_scene
 
     with pytest.raises(PrepareError, match="no such file or folder"):
@@ -218,7 +219,7 @@ def test_prepare_bad_inputs(tmp_path, capsys):
     (bad_png / "0001.png").write_bytes(b"not a png")
     with pytest.raises(PrepareError, match="0001.png: unreadable image"):
         prepare_scene(bad_png, tmp_path / "o4", quiet=True)
-    with pytest.raises(PrepareError, match="not a COLMAP camera model"):
+    with pytest.raises(UsageError, match="not a COLMAP camera model"):
         prepare_scene(empty, tmp_path / "o5", camera_model="NOPE", quiet=True)
     # through the command line: a message and exit status 1, no traceback
     assert main(["prepare", str(bad), str(tmp_path / "o6"), "--quiet"]) == 1

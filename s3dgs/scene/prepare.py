@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,9 +27,17 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
-from s3dgs.scene.colmap import PINHOLE_MODELS, SceneError, find_model_dir, read_model
+from s3dgs.atomic import atomic_write, atomic_write_text
+from s3dgs.scene.colmap import (
+    PINHOLE_MODELS,
+    SceneError,
+    find_model_dir,
+    import_pycolmap,
+    load_reconstruction,
+    read_model,
+)
 from s3dgs.scene.frames import FrameSet, PrepareError, folder_frames, video_frames
-from s3dgs.scene.ply import write_points_ply
+from s3dgs.scene.ply import read_points_ply, write_points_ply
 
 __all__ = [
     "PrepareConfig",
@@ -141,6 +148,31 @@ class PrepareConfig:
     verbose: bool = False
     """Show pycolmap's own log."""
 
+    def validate(self) -> None:
+        """Refuse nonsense options with one UsageError naming the option."""
+        from s3dgs import validate as V
+
+        V.positive("--fps", self.fps)
+        V.at_least("--candidates", self.candidates, 1)
+        V.at_least("--max-frames", self.max_frames, 3, hint="structure from motion needs 3 views")
+        V.non_negative("--blur-threshold", self.blur_threshold)
+        if self.max_size != 0:
+            V.at_least("--max-size", self.max_size, 64, hint="0 keeps the frames' size")
+        V.non_negative("--exhaustive-max", self.exhaustive_max)
+        V.at_least("--overlap", self.overlap, 1)
+        V.at_least("--max-features", self.max_features, 64)
+        V.fraction("--min-registered", self.min_registered)
+        V.non_negative("--seed", self.seed)
+        if self.num_threads != -1:
+            V.at_least("--num-threads", self.num_threads, 1, hint="-1 uses all cores")
+        pycolmap = import_pycolmap()
+        known = [m for m in pycolmap.CameraModelId.__members__ if m not in ("INVALID", "EQUIRECTANGULAR")]
+        if self.camera_model not in known:
+            from s3dgs.errors import UsageError
+
+            raise UsageError(f"--camera-model {self.camera_model!r} is not a COLMAP camera model; use one "
+                             f"of {', '.join(known)}.")
+
 
 @dataclass
 class UndistortConfig:
@@ -152,10 +184,17 @@ class UndistortConfig:
     """New scene directory to write (images/, sparse/0/, points3D.ply)."""
     images: Path | None = None
     """Images folder, when not SCENE/images."""
+    crop: bool = True
+    """Crop each frame to the picture area every pixel has a source for (as COLMAP's undistorter
+    does, plus the half-pixel edge where interpolation blends in black); --no-crop keeps every
+    source pixel, with black borders where the undistorted frame has none."""
     overwrite: bool = False
     """Replace an existing scene in OUT."""
     verbose: bool = False
     """Show pycolmap's own log."""
+
+    def validate(self) -> None:
+        """Nothing numeric to check; here so every command's config has one."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +203,7 @@ class UndistortConfig:
 
 @contextlib.contextmanager
 def _pycolmap_log(verbose: bool):
-    import pycolmap
+    pycolmap = import_pycolmap()
 
     old = pycolmap.logging.minloglevel
     if not verbose:
@@ -186,19 +225,120 @@ def _check_out(out: Path, overwrite: bool, inputs: list[Path]) -> None:
                            "replace it, or choose another OUT.")
 
 
-def _undistort_into(model_dir: Path, image_dir: Path, out: Path, *, progress: bool = True) -> Path:
-    """pycolmap.undistort_images into the scene layout: out/images, out/sparse/0, out/points3D.ply."""
-    import pycolmap
+def _source_mask(und_cam, dist_cam) -> np.ndarray:
+    """[H, W] bool over the undistorted camera's pixels: True where the pixel centre's source in the
+    distorted image lies at least half a pixel inside it (bilinear sampling there reads no
+    blank pixel). Uses pycolmap's own projection of both camera models."""
+    H, W = int(und_cam.height), int(und_cam.width)
+    ys, xs = np.mgrid[:H, :W] + 0.5
+    norm = und_cam.cam_from_img(np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64))
+    src = dist_cam.img_from_cam(np.concatenate([norm, np.ones((len(norm), 1))], 1))
+    ok = np.isfinite(src).all(1)
+    ok &= (src[:, 0] >= 0.5) & (src[:, 0] <= dist_cam.width - 0.5)
+    ok &= (src[:, 1] >= 0.5) & (src[:, 1] <= dist_cam.height - 0.5)
+    return ok.reshape(H, W)
+
+
+def _valid_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): a large axis-aligned box of True pixels, found by trimming, one row or
+    column at a time, the edge with most False pixels."""
+    y0, x0 = 0, 0
+    y1, x1 = mask.shape
+    while y1 - y0 > 1 and x1 - x0 > 1:
+        sub = mask[y0:y1, x0:x1]
+        if sub.all():
+            break
+        bad = [(~sub[0]).sum(), (~sub[-1]).sum(), (~sub[:, 0]).sum(), (~sub[:, -1]).sum()]
+        k = int(np.argmax(bad))
+        y0, y1, x0, x1 = y0 + (k == 0), y1 - (k == 1), x0 + (k == 2), x1 - (k == 3)
+    return x0, y0, x1, y1
+
+
+def _crop_to_sources(rec, rec_in, image_dir: Path) -> float:
+    """Trim from every undistorted camera of `rec` the border pixels without a full source in the
+    distorted image (`rec_in`'s camera of the same id), cropping its images in `image_dir` and
+    shifting its principal point and 2D points. Returns the largest fraction of pixels removed."""
+    from PIL import Image
+
+    worst = 0.0
+    for cam_id, cam in rec.cameras.items():
+        src = rec_in.cameras[cam_id]
+        if src.model.name in PINHOLE_MODELS:
+            continue
+        x0, y0, x1, y1 = _valid_box(_source_mask(cam, src))
+        if (x0, y0, x1, y1) == (0, 0, cam.width, cam.height):
+            continue
+        worst = max(worst, 1.0 - (x1 - x0) * (y1 - y0) / (cam.width * cam.height))
+        params = np.array(cam.params, np.float64)
+        params[2] -= x0
+        params[3] -= y0
+        cam.width, cam.height, cam.params = x1 - x0, y1 - y0, params
+        for img in rec.images.values():
+            if img.camera_id != cam_id:
+                continue
+            path = image_dir / img.name
+            with Image.open(path) as im:
+                fmt = im.format
+                cropped = im.crop((x0, y0, x1, y1))
+            kw = {"quality": 95} if fmt == "JPEG" else {}
+            atomic_write(path, lambda tmp, c=cropped, f=fmt, kw=kw: c.save(tmp, format=f, **kw))
+            for p in img.points2D:
+                p.xy = p.xy - np.array([x0, y0], np.float64)
+    return worst
+
+
+def _carry_points(rec, rec_in, scene_ply: Path | None) -> str:
+    """Give the undistorted model `rec` the 3D points of the distorted model `rec_in` (undistortion
+    does not move them), with their tracks, when the undistorter dropped any; when the input model
+    has none, the scene's points3D.ply. Returns where the points came from."""
+    n_in = rec_in.num_points3D()
+    if n_in and rec.num_points3D() != n_in:
+        for pid in list(rec.point3D_ids()):
+            rec.delete_point3D(pid)
+        pycolmap = import_pycolmap()
+        for pid, p in rec_in.points3D.items():
+            track = pycolmap.Track()
+            for el in p.track.elements:
+                if rec.exists_image(el.image_id) and el.point2D_idx < rec.images[el.image_id].num_points2D():
+                    track.add_element(el.image_id, el.point2D_idx)
+            rec.add_point3D_with_id(pid, p.xyz, track, p.color)
+        return f"{n_in} points carried over from the input model"
+    if n_in:
+        return f"{n_in} points of the input model"
+    if scene_ply is not None and scene_ply.is_file():
+        xyz, rgb = read_points_ply(scene_ply)
+        if len(xyz):
+            pycolmap = import_pycolmap()
+            for x, c in zip(xyz, rgb):
+                rec.add_point3D(x, pycolmap.Track(), c)
+            return f"{len(xyz)} points from {scene_ply} (the input model has none)"
+    return "no points (neither the model nor a points3D.ply has any): training will start from random points"
+
+
+def _undistort_into(model_dir: Path, image_dir: Path, out: Path, *, progress: bool = True, crop: bool = True,
+                    scene_ply: Path | None = None) -> dict:
+    """pycolmap.undistort_images into the scene layout: out/images, out/sparse/0, out/points3D.ply.
+
+    crop: COLMAP's crop to the picture area every output pixel has a source for (blank_pixels 0),
+    then border pixels whose source lies within half a pixel of the distorted image's edge (where
+    bilinear sampling blends in black) are trimmed too. Without crop every source pixel is kept
+    (blank_pixels 1): black borders where the undistorted frame has no source.
+    The input model's 3D points are carried over (see `_carry_points`). Returns what was done."""
     from tqdm import tqdm
 
+    pycolmap = import_pycolmap()
+    rec_in = load_reconstruction(model_dir)
     tmp = out / ".undistort_tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    opts = pycolmap.UndistortCameraOptions()
+    opts.blank_pixels = 0.0 if crop else 1.0
     with tqdm(total=1, desc="undistort", disable=not progress) as bar:
         try:
             pycolmap.undistort_images(str(tmp), str(model_dir), str(image_dir), output_type="COLMAP",
-                                      copy_policy=pycolmap.FileCopyType.copy, jpeg_quality=95)
+                                      copy_policy=pycolmap.FileCopyType.copy, jpeg_quality=95,
+                                      undistort_options=opts)
         except Exception as exc:
             raise SceneError(f"{model_dir}: pycolmap could not undistort the images in {image_dir} "
                              f"({exc}). Check that every image of the model is there and readable.") from exc
@@ -206,6 +346,10 @@ def _undistort_into(model_dir: Path, image_dir: Path, out: Path, *, progress: bo
     if not (tmp / "sparse").is_dir() or not (tmp / "images").is_dir():
         raise SceneError(f"{model_dir}: undistortion wrote no model/images (see pycolmap's log with "
                          f"--verbose); check the images in {image_dir} are readable.")
+    rec = pycolmap.Reconstruction(str(tmp / "sparse"))
+    trimmed = _crop_to_sources(rec, rec_in, tmp / "images") if crop else 0.0
+    points_note = _carry_points(rec, rec_in, scene_ply)
+    rec.write_binary(str(tmp / "sparse"))
     for sub in ("images", "sparse"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)
@@ -215,7 +359,8 @@ def _undistort_into(model_dir: Path, image_dir: Path, out: Path, *, progress: bo
     shutil.rmtree(tmp)
     model = read_model(out / "sparse" / "0", require_pinhole=True)
     write_points_ply(out / "points3D.ply", model.xyz, model.rgb)
-    return out / "sparse" / "0"
+    return {"sparse": out / "sparse" / "0", "points": len(model.xyz), "points_note": points_note,
+            "crop": crop, "trimmed": trimmed}
 
 
 def _image_dir_for(scene: Path, model_dir: Path) -> Path:
@@ -230,29 +375,30 @@ def _image_dir_for(scene: Path, model_dir: Path) -> Path:
 
 
 def undistort_scene(scene: str | Path, out: str | Path, *, images: str | Path | None = None,
-                    overwrite: bool = False, progress: bool = True, verbose: bool = False) -> dict:
+                    crop: bool = True, overwrite: bool = False, progress: bool = True,
+                    verbose: bool = False) -> dict:
     """Undistort a COLMAP scene (any camera model) into a PINHOLE scene directory.
 
     Args:
         scene: scene directory (images/ + sparse/0) or a COLMAP model folder.
         out: new scene directory: out/images, out/sparse/0 (PINHOLE), out/points3D.ply.
         images: images folder when not scene/images.
+        crop: crop to the picture area with a source for every pixel (see `_undistort_into`).
+
+    The model's 3D points go into out/sparse/0 and out/points3D.ply (undistortion does not move
+    them); a model without points takes SCENE/points3D.ply's.
 
     Returns:
-        dict with the camera models before, images and points written, and the image size after.
+        dict with the camera models before, images and points written (and where the points came
+        from), the image size after, and the largest share of pixels the crop trimmed.
     """
-    import pycolmap
-
     scene, out = Path(scene), Path(out)
     model_dir = find_model_dir(scene)
     image_dir = Path(images) if images is not None else _image_dir_for(scene, model_dir)
     if not image_dir.is_dir():
         raise SceneError(f"{image_dir}: images folder does not exist. Pass --images DIR.")
     _check_out(out, overwrite, [scene, image_dir])
-    try:
-        rec = pycolmap.Reconstruction(str(model_dir))
-    except Exception as exc:
-        raise SceneError(f"{model_dir}: pycolmap could not read this COLMAP model ({exc}).") from exc
+    rec = load_reconstruction(model_dir)
     if rec.num_reg_images() == 0:
         raise SceneError(f"{model_dir}: the COLMAP model has no registered images; nothing to undistort.")
     names = [rec.images[i].name for i in rec.reg_image_ids()]
@@ -267,24 +413,28 @@ def undistort_scene(scene: str | Path, out: str | Path, *, images: str | Path | 
     if leftovers:
         print(f"undistort: {', '.join(leftovers)} in {scene} are in the distorted pixel grid and are "
               f"not copied; make them again on {out}.")
+    scene_ply = scene / "points3D.ply" if scene.is_dir() else None
     out.mkdir(parents=True, exist_ok=True)
     with _pycolmap_log(verbose):
-        sparse = _undistort_into(model_dir, image_dir, out, progress=progress)
-    model = read_model(sparse)
+        done = _undistort_into(model_dir, image_dir, out, progress=progress, crop=crop, scene_ply=scene_ply)
+    model = read_model(done["sparse"])
     info = {"scene": str(out), "models_before": models, "images": len(model.views),
-            "points": len(model.xyz), "width": model.views[0].width, "height": model.views[0].height}
+            "points": len(model.xyz), "points_note": done["points_note"], "crop": crop,
+            "trimmed": done["trimmed"], "width": model.views[0].width, "height": model.views[0].height}
     return info
 
 
 def undistort_main(cfg: UndistortConfig) -> int:
-    try:
-        info = undistort_scene(cfg.scene, cfg.out, images=cfg.images, overwrite=cfg.overwrite,
-                               verbose=cfg.verbose)
-    except SceneError as exc:
-        print(f"s3dgs undistort: {exc}", file=sys.stderr)
-        return 1
+    cfg.validate()
+    info = undistort_scene(cfg.scene, cfg.out, images=cfg.images, crop=cfg.crop, overwrite=cfg.overwrite,
+                           verbose=cfg.verbose)
+    crop = ("cropped to the picture area" + (f", {100 * info['trimmed']:.1f} % of the border trimmed"
+                                             if info["trimmed"] else "")) if info["crop"] else "not cropped"
     print(f"undistort: {info['images']} images ({', '.join(info['models_before'])} -> PINHOLE "
-          f"{info['width']}x{info['height']}), {info['points']} points -> {info['scene']}")
+          f"{info['width']}x{info['height']}, {crop}); {info['points_note']} -> {info['scene']}")
+    if info["points"] == 0:
+        print(f"undistort: warning: {info['scene']}/points3D.ply is empty; training will start from "
+              "random points")
     return 0
 
 
@@ -300,7 +450,7 @@ def _pairs(db_path: Path, matcher: str, overlap: int) -> list[tuple[str, str]]:
     `overlap`-th frame, which closes loops (an orbit around a plant ends where it began) without the
     vocabulary tree that COLMAP's loop detection needs.
     """
-    import pycolmap
+    pycolmap = import_pycolmap()
 
     with pycolmap.Database.open(str(db_path)) as db:
         id_to_name = {im.image_id: im.name for im in db.read_all_images()}
@@ -321,7 +471,7 @@ def _pairs(db_path: Path, matcher: str, overlap: int) -> list[tuple[str, str]]:
 
 
 def _extract(frames: FrameSet, db_path: Path, cfg: PrepareConfig, progress: bool) -> None:
-    import pycolmap
+    pycolmap = import_pycolmap()
     from tqdm import tqdm
 
     reader = pycolmap.ImageReaderOptions()
@@ -349,7 +499,7 @@ def _extract(frames: FrameSet, db_path: Path, cfg: PrepareConfig, progress: bool
 
 
 def _match(db_path: Path, matcher: str, cfg: PrepareConfig, work: Path, progress: bool) -> int:
-    import pycolmap
+    pycolmap = import_pycolmap()
     from tqdm import tqdm
 
     pairs = _pairs(db_path, matcher, cfg.overlap)
@@ -381,7 +531,7 @@ RELAXED_MAPPER = {"init_min_num_inliers": 30, "init_min_tri_angle": 8.0,
 
 def _map(db_path: Path, frames: FrameSet, sparse_dir: Path, cfg: PrepareConfig, progress: bool,
          relaxed: bool = False) -> dict:
-    import pycolmap
+    pycolmap = import_pycolmap()
     from tqdm import tqdm
 
     if sparse_dir.exists():
@@ -432,18 +582,13 @@ def prepare_scene(
         TooFewRegisteredError: fewer than `min_registered` of the frames registered; the best model
             is written to `out` before this is raised (its summary is on the exception).
     """
-    import pycolmap
-
     input, out = Path(input), Path(out)
     base = cfg if cfg is not None else PrepareConfig(input=input, out=out)
     cfg = PrepareConfig(**{**asdict(base), **overrides, "input": input, "out": out})
+    cfg.validate()
     progress = not cfg.quiet
     if not input.exists():
         raise PrepareError(f"{input}: no such file or folder. Pass a video file or a folder of frames.")
-    known = [m for m in pycolmap.CameraModelId.__members__ if m not in ("INVALID", "EQUIRECTANGULAR")]
-    if cfg.camera_model not in known:
-        raise PrepareError(f"--camera-model {cfg.camera_model!r} is not a COLMAP camera model; use one "
-                           f"of {', '.join(known)}.")
     _check_out(out, cfg.overwrite, [input])
     work = out / "colmap"
     out.mkdir(parents=True, exist_ok=True)
@@ -547,7 +692,7 @@ def prepare_scene(
         summary.warnings.append(
             f"only {len(registered)} of {len(frames.names)} frames registered (need {need}); the best model "
             "was kept anyway")
-    (out / "prepare.json").write_text(json.dumps(asdict(summary), indent=2))
+    atomic_write_text(out / "prepare.json", json.dumps(asdict(summary), indent=2))
     if too_few:
         raise TooFewRegisteredError(
             f"{input}: only {len(registered)} of {len(frames.names)} frames registered (--min-registered "
@@ -558,14 +703,11 @@ def prepare_scene(
 
 
 def prepare_main(cfg: PrepareConfig) -> int:
+    cfg.validate()
     try:
         summary = prepare_scene(cfg.input, cfg.out, cfg)
     except TooFewRegisteredError as exc:
-        print(exc.summary.text())
-        print(f"s3dgs prepare: {exc}", file=sys.stderr)
-        return 1
-    except SceneError as exc:
-        print(f"s3dgs prepare: {exc}", file=sys.stderr)
-        return 1
+        print(exc.summary.text())  # what was registered, then the error (s3dgs.cli prints it)
+        raise
     print(summary.text())
     return 0
