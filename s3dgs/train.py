@@ -253,9 +253,8 @@ class Trainer:
         self.dataset_args = dict(colmap_dir=p["colmap_dir"], images_dir=p["images_dir"],
                                  heatmap_dir=p["heatmap_dir"], confidence_path=p["confidence_path"],
                                  depth_dir=p["depth_dir"], resolution_scale=cfg.data.resolution_scale,
-                                 test_every=cfg.data.test_every)
-        ds = SceneDataset(**self.dataset_args, split="train" if cfg.data.test_every > 0 else "all",
-                          **self._weak_depth_kw())
+                                 test_every=cfg.data.test_every, allow_weak_depth=cfg.data.allow_weak_depth)
+        ds = SceneDataset(**self.dataset_args, split="train" if cfg.data.test_every > 0 else "all")
         self.say(f"dataset: {ds.summary}")
         if len(ds) == 0:
             raise SceneError(f"{p['colmap_dir']}: no training frames")
@@ -273,14 +272,6 @@ class Trainer:
         self._report_terms()
         if self.use_depth and cfg.depth.loss == "prior" and cfg.depth.alignment == "sfm":
             self._fit_sfm_alignment()
-
-    def _weak_depth_kw(self) -> dict:
-        import inspect
-
-        from s3dgs.scene.dataset import SceneDataset
-
-        ok = "allow_weak_depth" in inspect.signature(SceneDataset.__init__).parameters
-        return {"allow_weak_depth": self.cfg.data.allow_weak_depth} if ok else {}
 
     def _depth_conf(self, f) -> Optional[torch.Tensor]:
         """The frame's per-pixel prior confidence map (depths/<stem>.conf.png), at training size."""
@@ -367,14 +358,11 @@ class Trainer:
 
     def _initial_points(self) -> tuple[np.ndarray, np.ndarray, str]:
         """(xyz, rgb, a sentence saying where they came from)."""
-        from s3dgs.scene import ply
+        from s3dgs.scene.ply import initial_points
 
         cfg, model, pcd = self.cfg, self.model, self.paths["pcd_path"]
-        if hasattr(ply, "initial_points"):
-            xyz, rgb, note = ply.initial_points(pcd, model.xyz, model.rgb, cfg.max_init_points, cfg.seed)
-        else:  # pragma: no cover - until s3dgs.scene.ply grows initial_points
-            xyz, rgb = ply.read_points_ply(pcd) if pcd is not None else (model.xyz, model.rgb)
-            note = f"{len(xyz)} initial points from {pcd or 'the COLMAP model'}"
+        xyz, rgb, note = initial_points(pcd, model.xyz, model.rgb, cfg.max_init_points, cfg.seed,
+                                        model_name=str(self.paths["colmap_dir"]))
         if len(xyz) < 100:
             rng = np.random.default_rng(cfg.seed)
             c = self.ds.camera_centers()
@@ -591,7 +579,7 @@ class Trainer:
             from s3dgs.export import render_views
             from s3dgs.scene.dataset import SceneDataset
 
-            test = SceneDataset(**self.dataset_args, split="test", verbose=False, **self._weak_depth_kw())
+            test = SceneDataset(**self.dataset_args, split="test", verbose=False)
             render_views(self.params, test, out / "renders", sh_degree=cfg.sh_degree,
                          activation=cfg.semantics.activation, background=cfg.background, backend=cfg.backend)
         self._logfile.close()
