@@ -173,14 +173,10 @@ def mcmc_regularization(params, opacity_reg: float = 0.01, scale_reg: float = 0.
 
 @dataclass
 class MCMCStrategy(FloaterPruning, _GsplatMCMC):
-    """gsplat's MCMCStrategy on any device, with this project's fixes (see the module docstring).
-
-    At refinement steps (``refine_start_iter < step < refine_stop_iter``, every ``refine_every``):
-    Gaussians beyond ``cap_max`` (least opaque first) are removed; dead ones (opacity <=
-    ``min_opacity``, and the floaters when ``prune_floaters`` is on) are relocated; 5 % more are
-    added up to ``cap_max``. Every step: position noise. ``state`` counts ``n_relocated``,
-    ``n_added``, ``n_capped`` and ``n_floaters``.
-    """
+    """MCMC densification (gsplat's MCMCStrategy, 3DGS as Markov Chain Monte Carlo) on any device: a
+    budget of cap_max Gaussians, dead ones relocated onto live ones, 5 % added per refinement, position
+    noise every step; optional depth-guided floater relocation (prune_floaters). state counts
+    n_relocated, n_added, n_capped and n_floaters."""
 
     noise_unit_invariant: bool = True
     """Divide the position noise by scene_scale^2 (see initialize_state), so it does not depend on

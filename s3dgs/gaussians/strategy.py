@@ -6,7 +6,7 @@ that reads `step % reset_every == (0 & step) > 0`, a chained comparison whose se
 always False, so opacities are never reset (fixed upstream after 1.5.3). `DefaultStrategy` here
 subclasses gsplat's and performs the reset itself, once, at the steps the original intended.
 
-The stem pieces:
+The stem pieces (the trainer's side of each is in the report of issue 12 and below):
 
 - **stem-aware densification** (``grow_grad2d_stem``): Gaussians whose 2D means fall on stem pixels
   (``info["stem_mask"]``, from the heatmaps) get a lower split/clone gradient threshold, so thin
@@ -14,6 +14,17 @@ The stem pieces:
 - **depth-guided floater pruning** (``prune_floaters``, :class:`s3dgs.gaussians.floaters.FloaterPruning`):
   Gaussians well in front of the depth maps' surface in most views that see them are removed at
   refinement steps.
+
+Stem-aware densification, in detail: with ``grow_grad2d_stem`` set, ``step_post_backward`` also
+reads ``info["stem_mask"]`` (``[C, H, W]`` bool, the stem pixels of the rendered cameras; absent on
+steps without one) and keeps, per Gaussian, ``state["stem_hits"]`` (steps its 2D mean fell on a stem
+pixel) and ``state["stem_seen"]`` (steps it was drawn while a stem mask was given). gsplat's ops
+carry both through splits, clones and prunes (they update every per-Gaussian tensor of the state),
+and they are zeroed at every refinement like ``grad2d``. At refinement a Gaussian with
+``stem_hits > 0`` and ``stem_hits >= stem_min_fraction * stem_seen`` is split or cloned when its
+mean 2D gradient exceeds ``grow_grad2d_stem`` instead of ``grow_grad2d``; ``state["n_on_stem"]``
+is how many there were at the last refinement. ``state["n_resets"]`` counts opacity resets and
+``state["n_floaters"]`` pruned floaters.
 """
 
 from __future__ import annotations
@@ -70,21 +81,9 @@ def stem_hits(stem_mask: torch.Tensor, means2d: torch.Tensor, radii: torch.Tenso
 
 @dataclass
 class DefaultStrategy(FloaterPruning, _GsplatDefault):
-    """gsplat's DefaultStrategy (3DGS densification, AbsGS gradients with `absgrad=True`) whose
-    opacity reset fires every `reset_every` steps while refining. `state["n_resets"]` counts them.
-
-    With ``grow_grad2d_stem`` set, ``step_post_backward`` also reads ``info["stem_mask"]``
-    (``[C, H, W]`` bool, the stem pixels of the rendered cameras; absent on steps without one) and
-    keeps, per Gaussian, ``state["stem_hits"]`` (steps its 2D mean fell on a stem pixel) and
-    ``state["stem_seen"]`` (steps it was drawn while a stem mask was given), carried through
-    splits, clones and prunes by gsplat's ops and zeroed at every refinement like ``grad2d``. At
-    refinement a Gaussian with ``stem_hits >= stem_min_fraction * stem_seen`` (and ``stem_hits >
-    0``) is split/cloned when its mean 2D gradient exceeds ``grow_grad2d_stem`` instead of
-    ``grow_grad2d``. ``state["n_on_stem"]`` is how many there were at the last refinement.
-
-    With ``prune_floaters`` on, see :class:`s3dgs.gaussians.floaters.FloaterPruning`: after gsplat's
-    growing and pruning at a refinement step, the floaters are removed.
-    """
+    """Densification (gsplat's DefaultStrategy: 3DGS split, clone and prune, AbsGS gradients), with
+    the opacity reset that gsplat 1.5.3 never fires, a lower split/clone threshold for Gaussians on
+    stem pixels (grow_grad2d_stem) and depth-guided floater pruning (prune_floaters)."""
 
     grow_grad2d_stem: Optional[float] = None
     """Split/clone gradient threshold for Gaussians on stem pixels (None: off, every Gaussian uses
