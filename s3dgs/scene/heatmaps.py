@@ -7,7 +7,7 @@ Input: one Roboflow-style JSON file per frame, ``<stem>.json``::
                       "keypoints": [{"class": "U", "x": .., "y": .., "confidence": 0.8}, ...]}, ...]}
 
 The box ``x, y`` is its centre. Keypoint and box coordinates are continuous pixel coordinates in the
-convention of DESIGN.md (pixel ``(row i, col j)`` covers ``[j, j+1) x [i, i+1)``, centre at +0.5),
+convention of docs/ARCHITECTURE.md (pixel ``(row i, col j)`` covers ``[j, j+1) x [i, i+1)``, centre at +0.5),
 which is what projecting with the scene's ``K`` gives.
 
 Output per frame: ``heatmaps/<stem>.npy`` ``[H, W, 4]`` float16 in [0, 1], channels in the order of
@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import tyro
 
 from s3dgs import CLASSES
 from s3dgs.atomic import atomic_write, atomic_write_text
 from s3dgs.scene.colmap import SceneError
-
-import tyro
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 LINES = (("U", "N", "U", "width", 0.40), ("N", "D", "D", "width", 0.40), ("N", "P", "P", "height", 0.15))
