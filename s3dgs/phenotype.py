@@ -20,8 +20,8 @@ each written into ``phenotypes.json`` (``method``) with the thresholds it used:
 3. **Main stem.** Its centreline is a smoothing spline (scipy ``UnivariateSpline``, FITPACK; each
    point weighted by the standard error of its median, residuals at the noise level) of the
    horizontal position against height through the weighted medians of the U, N and D Gaussians in
-   height bins, refitted without the Gaussians farther than three median residuals (robust to
-   mislabelled leaf and floater Gaussians). A tomato main stem does not fold back on itself, so
+   height bins, refitted without the Gaussians farther than three median residuals of the first fit
+   (robust to mislabelled leaf and floater Gaussians). A tomato main stem does not fold back on itself, so
    height parametrises it; lengths are arc lengths along the curve, not chords. Past the labelled
    stretch the centreline is followed through Gaussians (not P) in a tube along its end tangent,
    not below the ground: the heatmaps label the stem only up to the U/D keypoints, not down to
@@ -341,9 +341,12 @@ def _curve_fit(hc, qc, se):
 
 
 def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, iterations: int = 4,
-                   gap_fraction: float = 0.25) -> tuple[Centreline, dict] | tuple[None, dict]:
+                   gap_fraction: float = 0.35) -> tuple[Centreline, dict] | tuple[None, dict]:
     """Robust centreline of a stem through points [M, 3] with weights [M] (see the module docstring,
-    step 2). Returns (Centreline, info) or (None, info with "reason")."""
+    step 3). Inliers are the points within 3 median residuals of the first fit (over all points: a
+    50 % breakdown scale) of the curve; the threshold stays fixed while refitting, since a scale
+    re-estimated on each shrinking inlier set shrinks further and cuts sparse stretches off.
+    Returns (Centreline, info) or (None, info with "reason")."""
     x = np.asarray(points, np.float64).reshape(-1, 3)
     w = np.asarray(weights, np.float64).reshape(-1)
     if len(x) < 5:
@@ -352,25 +355,32 @@ def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, i
     e1, e2 = _basis(up)
     h = x @ up
     q = np.stack([x @ e1, x @ e2], -1)
-    inl = np.ones(len(x), bool)
-    r_med = None
-    fn = None
-    for _ in range(iterations):
-        hi_, wi = h[inl], w[inl]
-        lo, hi = float(hi_.min()), float(hi_.max())
+    def fit(inl, scale):
+        lo, hi = float(h[inl].min()), float(h[inl].max())
         span = max(hi - lo, 1e-12)
-        nb = int(np.clip(span / (4 * r_med), 8, 80)) if r_med else int(np.clip(inl.sum() / 10, 8, 40))
-        edges = np.linspace(lo, hi, nb + 1)
-        hc, qc, wc, se = _bin_medians(hi_, q[inl], wi, edges)
-        if len(hc) == 0:
-            return None, {"reason": "stem Gaussians too sparse for a curve (no height bin holds two)"}
-        fn = _curve_fit(hc, qc, se)
-        res = np.linalg.norm(q - fn(h), axis=1)
-        r_med = max(_wmedian(res[inl], w[inl]), 1e-9 * span)
-        new = res <= 3.0 * r_med
-        if new.sum() < 5:
+        # bins of about 4 residual scales, with at least 4 points each on average
+        nb = int(np.clip(min(span / (4 * scale), inl.sum() / 4), 8, 80)) if scale \
+            else int(np.clip(inl.sum() / 10, 8, 40))
+        hc, qc, _, se = _bin_medians(h[inl], q[inl], w[inl], np.linspace(lo, hi, nb + 1))
+        return (_curve_fit(hc, qc, se) if len(hc) else None), nb
+
+    inl = np.ones(len(x), bool)
+    fn, nb = fit(inl, None)
+    if fn is None:
+        return None, {"reason": "stem Gaussians too sparse for a curve (no height bin holds two)"}
+    res = np.linalg.norm(q - fn(h), axis=1)
+    thr = 3.0 * max(_wmedian(res, w), 1e-12)
+    for _ in range(iterations):
+        new = res <= thr
+        if new.sum() < 5 or (new == inl).all():
             break
         inl = new
+        fn2, nb2 = fit(inl, _wmedian(res[inl], w[inl]))
+        if fn2 is None:
+            break
+        fn, nb = fn2, nb2
+        res = np.linalg.norm(q - fn(h), axis=1)
+    r_med = max(_wmedian(res[inl], w[inl]), 1e-12)
     # the stem's extent: the heaviest run of inliers without a gap over gap_fraction of the span
     order = np.argsort(h[inl])
     hs, ws = h[inl][order], w[inl][order]
@@ -389,8 +399,8 @@ def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, i
     keep = np.zeros(len(x), bool)
     keep[np.nonzero(inl)[0][order][best]] = True
     info = {"gaussians": int(len(x)), "inliers": int(keep.sum()), "outliers": int(len(x) - inl.sum()),
-            "dropped_beyond_gap": int(dropped_gap), "residual_median": r_med, "bins": int(nb),
-            "inlier_mask": keep}
+            "dropped_beyond_gap": int(dropped_gap), "residual_median": r_med, "outlier_threshold": thr,
+            "bins": int(nb), "inlier_mask": keep}
     return Centreline(pts, s, (0.0, float(s[-1]))), info
 
 
@@ -652,8 +662,9 @@ def measure_plant(
     method = {
         "classes": rule,
         "stem": "smoothing spline (scipy UnivariateSpline, s = bins, weights 1 / standard error of the "
-                "median) of horizontal position against height through weighted medians of the U, N and D Gaussians in height bins; 3 refits "
-                "without Gaussians beyond 3 median residuals; arc lengths along the curve",
+                "median) of horizontal position against height through weighted medians of the U, N and D "
+                "Gaussians in height bins; refitted without Gaussians beyond 3 median residuals of the "
+                "first fit; arc lengths along the curve",
         "stem_extension": "off",
         "plant_height": "height of the main stem's apex above the base (see base), along up",
         "nodes": "confident N Gaussians within reach of the centreline, average-linkage clustering "
@@ -764,7 +775,7 @@ def measure_plant(
                          "labelled_stretch": [cl.labelled[0] * f, cl.labelled[1] * f]},
         }
         if info["dropped_beyond_gap"]:
-            notes.append(f"{info['dropped_beyond_gap']} stem Gaussians beyond a gap of over a quarter of "
+            notes.append(f"{info['dropped_beyond_gap']} stem Gaussians beyond a gap of over a third of "
                          "the stem were left out of the main stem")
         s_all, d_all = cl.project(X)
 
