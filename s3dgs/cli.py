@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
         cfg_cls = getattr(module, cfg_name)
         cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
+        if hasattr(cfg, "validate"):  # every option checked before any work (exit 2 naming it)
+            cfg.validate()
         result = getattr(module, fn_name)(cfg)
     except S3dgsError as exc:
         # the one place user errors are reported: the message names the file or option and the fix

@@ -138,6 +138,11 @@ class TrainCommand:
     """Replace the run in OUT (only the files a run writes are removed)."""
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def validate(self) -> None:
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+        self.train.validate()
+
 
 def scene_scale(camera_centers: np.ndarray) -> float:
     """gsplat's scene scale: 1.1 x the largest camera distance from the cameras' mean centre."""
@@ -633,7 +638,6 @@ def train(
 
 def train_main(cmd: TrainCommand) -> int:
     """CLI: `s3dgs train SCENE --out RUN`. Errors reach s3dgs.cli.main as S3dgsError."""
-    if cmd.resume and cmd.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+    cmd.validate()
     run_training(cmd.train, cmd.inputs, cmd.out, resume=cmd.resume, overwrite=cmd.overwrite)
     return 0
