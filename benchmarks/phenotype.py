@@ -216,6 +216,7 @@ def main(argv=None) -> int:
                     help="measure these existing run folders instead of training")
     a = ap.parse_args(argv)
 
+    from s3dgs.config import load_run_config
     from s3dgs.phenotype import run_phenotype
 
     out = a.out
@@ -223,8 +224,7 @@ def main(argv=None) -> int:
     runs: list[tuple[str, Path, Path, dict]] = []
     if a.runs:
         for r in a.runs:
-            cfg = json.loads((r / "config.json").read_text()) if (r / "config.json").is_file() else {}
-            scene = a.scene or (Path(cfg["scene"]) if cfg.get("scene") else None)
+            scene = a.scene or load_run_config(r)["scene"]
             if scene is None or not (scene / "gt" / "stems.json").is_file():
                 ap.error(f"{r}: no synthetic scene with gt/stems.json found; pass --scene")
             runs.append((r.name, r, scene, {"reused": True}))
@@ -248,10 +248,11 @@ def main(argv=None) -> int:
                **compare(res, truth)}
         if row["peduncle_count"] is not None:
             row["peduncle_count_error"] = abs(row["peduncle_count"] - row["p_branches_true"])
-        cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+        tc = load_run_config(run)["train"]
         ts = json.loads((run / "train_summary.json").read_text()) if (run / "train_summary.json").is_file() else {}
         row["training"] = {"iterations": ts.get("iterations"), "gaussians": ts.get("gaussians"),
-                           "resolution_scale": cfg.get("resolution_scale"), "seed": cfg.get("seed")}
+                           "resolution_scale": tc.data.resolution_scale, "seed": tc.seed,
+                           "semantic_warmup": tc.semantics.warmup_iterations}
         row["class_gaussians"] = res["counts"]
         rows.append(row)
         print(f"[{name}] nodes {row['node_count']}/{row['node_count_true']}, internode MAPE "

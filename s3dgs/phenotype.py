@@ -1081,15 +1081,15 @@ def write_phenotypes(res: dict, run_dir, means=None, probs=None, opacities=None,
 # a run folder
 # ----------------------------------------------------------------------------------------------
 
-def _scene_of(run: Path, cfg: dict, scene) -> Optional[Path]:
+def _scene_of(run: Path, rc: dict, scene) -> Optional[Path]:
     if scene is not None:
         p = Path(scene)
         if not p.is_dir():
             raise UsageError(f"--scene {p}: folder not found")
         return p
-    if cfg.get("scene") and Path(cfg["scene"]).is_dir():
-        return Path(cfg["scene"])
-    cd = (cfg.get("resolved_paths") or {}).get("colmap_dir")
+    if rc["scene"] is not None and Path(rc["scene"]).is_dir():
+        return Path(rc["scene"])
+    cd = rc["paths"].get("colmap_dir")
     if cd and Path(cd).exists():
         return Path(cd)
     p = run.parent / "scene"
@@ -1142,18 +1142,18 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
     """
     import torch
 
+    from s3dgs.config import load_run_config
     from s3dgs.gaussians.model import load_ply, semantic_probs
 
     run = Path(run_dir)
     ply = run / "point_cloud.ply"
     if not ply.is_file():
         raise S3dgsError(f"{ply}: not found; train first (`s3dgs train SCENE --out {run}`)")
-    cfg = {}
-    if (run / "config.json").is_file():
-        try:
-            cfg = json.loads((run / "config.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise S3dgsError(f"{run / 'config.json'}: malformed JSON ({exc})") from exc
+    try:
+        rc = load_run_config(run)  # the run's scene, class activation and training resolution
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise S3dgsError(f"{run / 'config.json'}: unreadable ({exc}); pass --scene and --up, or "
+                         "restore the file") from exc
     try:
         params, classes = load_ply(ply)
     except Exception as exc:  # plyfile raises several types for a bad file
@@ -1163,11 +1163,11 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
     quats = params["quats"].numpy().astype(np.float64)
     opac = torch.sigmoid(params["opacities"].reshape(-1)).numpy().astype(np.float64)
     if "semantics" in params and params["semantics"].shape[1] > 0:
-        probs = semantic_probs(params["semantics"], cfg.get("semantic_activation", "sigmoid")).numpy()
+        probs = semantic_probs(params["semantics"], rc["train"].semantics.activation).numpy()
     else:
         probs, classes = np.zeros((len(means), 0)), ()
     probs = probs.astype(np.float64)
-    scene_dir = _scene_of(run, cfg, scene)
+    scene_dir = _scene_of(run, rc, scene)
 
     # scale
     if scale is not None:
@@ -1223,7 +1223,7 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
 
     pixel_size = None
     if views:
-        rs = float(cfg.get("resolution_scale", 1.0))
+        rs = float(rc["train"].data.resolution_scale)
         plant_m = (probs.max(1) > class_threshold) if probs.shape[1] else np.zeros(len(means), bool)
         target = np.median(means[plant_m], 0) if plant_m.any() else np.median(means, 0)
         dist = np.array([np.linalg.norm(v.camera_center - target) for v in views])
