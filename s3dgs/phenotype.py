@@ -1137,8 +1137,8 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
 
     Returns:
         The `measure_plant` dict plus ``run``, ``scene``, ``scale`` {"metres_per_unit", "source"},
-        ``up_source`` and ``files``. Raises S3dgsError (UsageError for bad options) naming the file
-        or option.
+        ``up_source``, ``ground_model``, ``pixel_size_model``, ``summary`` (one line) and ``files``.
+        Raises S3dgsError (UsageError for bad options) naming the file or option.
     """
     import torch
 
@@ -1244,11 +1244,21 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
                             if ground is not None else None), **res}
     if mpu is None:
         res["notes"].insert(0, "lengths are in model units: " + scale_src)
+    res["summary"] = summary_line(res)
     if write:
         paths = write_phenotypes(res, run, means, probs, opac, classes=classes,
                                  class_threshold=class_threshold, min_opacity=min_opacity)
         res["files"] = {k: str(v) for k, v in paths.items()}
     return res
+
+
+def summary_line(res: dict) -> str:
+    """One line: height, nodes, internodes, peduncles, the number of notes (e.g. a stage's note)."""
+    p, u = res["plant"], res["units"]
+    h = "height not measured" if p["plant_height"] is None else f"height {p['plant_height']:.3g} {u}"
+    nodes = "nodes not measured" if p["node_count"] is None else f"{p['node_count']} nodes"
+    peds = "peduncles not measured" if p["peduncle_count"] is None else f"{p['peduncle_count']} peduncles"
+    return f"{h}, {nodes}, {len(res['internodes'])} internodes, {peds}; {len(res['notes'])} notes"
 
 
 def format_summary(res: dict) -> str:

@@ -371,7 +371,8 @@ def test_cli_writes_json_csv_and_picture(plant, tmp_path, capsys):
 
     with Image.open(run / "phenotypes.png") as im:
         assert im.width > 600 and im.height > 300
-    assert "plant height" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "plant height" in out and res["summary"].startswith("height ") and "4 nodes, 3 internodes" in res["summary"]
 
     # no scale known: model units, labelled
     res = run_phenotype(run, up="0,0,1", write=False)
