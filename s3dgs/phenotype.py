@@ -156,6 +156,21 @@ SCALE_HELP = ("--scale takes one of: a factor, metres per model unit (e.g. 0.012
               "e.g. a ruler's ends, that are METRES apart)")
 
 
+def _parse_up(text: str):
+    """The --up option: "auto", "cameras", "ground", or a unit vector [3] from "X,Y,Z"."""
+    t = str(text).strip().lower()
+    if t in ("auto", "cameras", "ground"):
+        return t
+    try:
+        vec = [float(v) for v in t.split(",")]
+        if len(vec) != 3 or not all(math.isfinite(v) for v in vec):
+            raise ValueError
+        return _unit(vec)
+    except (ValueError, UsageError):
+        raise UsageError(f"--up {text!r}: give auto, cameras, ground, or a vector X,Y,Z in the model "
+                         "frame (e.g. 0,0,1)") from None
+
+
 def parse_scale(text: str) -> tuple[float, str]:
     """Parse the ``--scale`` option. Returns (metres per model unit, a sentence saying where it came
     from). Raises UsageError naming --scale and its three forms."""
@@ -1196,16 +1211,9 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
         side = np.median(means[plant] @ n - d) if plant.any() else 1.0
         ground = (n, d, frac) if side >= 0 else (-n, -d, frac)  # the plant stands on its + side
 
-    up_s = str(up).strip().lower()
-    if up_s not in ("auto", "cameras", "ground"):
-        try:
-            vec = [float(v) for v in up_s.split(",")]
-            if len(vec) != 3:
-                raise ValueError
-            up_vec, up_src = _unit(vec), f"--up {up}: given"
-        except (ValueError, UsageError):
-            raise UsageError(f"--up {up!r}: give auto, cameras, ground, or a vector X,Y,Z in the "
-                             "model frame (e.g. 0,0,1)") from None
+    up_s = _parse_up(up)
+    if isinstance(up_s, np.ndarray):
+        up_vec, up_src = up_s, f"--up {up}: given"
     elif up_s in ("auto", "cameras") and views:
         centres = np.stack([v.camera_center for v in views])
         cam_ups = np.stack([-v.viewmat[1, :3] for v in views])
@@ -1315,15 +1323,22 @@ class PhenotypeConfig:
     Gaussians; auto uses it when found) or the stem's lowest reconstructed point (stem; use it for
     potted plants, where the ground found may be the bench under the pot)."""
 
+    def validate(self) -> None:
+        """Every option's value, before any work (UsageError naming the option)."""
+        from s3dgs import validate as V
+
+        V.in_range("--class-threshold", self.class_threshold, 0.0, 1.0, hi_open=True)
+        V.in_range("--min-opacity", self.min_opacity, 0.0, 1.0, hi_open=True)
+        V.positive("--node-separation", self.node_separation)
+        V.one_of("--base", self.base, ("auto", "ground", "stem"))
+        if self.scale is not None:
+            parse_scale(self.scale)
+        _parse_up(self.up)
+
 
 def phenotype_main(cfg: PhenotypeConfig) -> int:
     """CLI: `s3dgs phenotype RUN`."""
-    for name in ("class_threshold", "min_opacity"):
-        v = getattr(cfg, name)
-        if not (0.0 <= v < 1.0):
-            raise UsageError(f"--{name.replace('_', '-')} {v}: must be in [0, 1)")
-    if cfg.node_separation is not None and not (cfg.node_separation > 0):
-        raise UsageError(f"--node-separation {cfg.node_separation}: must be positive")
+    cfg.validate()
     res = run_phenotype(cfg.run, scale=cfg.scale, up=cfg.up, scene=cfg.scene, metric_poses=cfg.metric_poses,
                         class_threshold=cfg.class_threshold, min_opacity=cfg.min_opacity,
                         node_separation=cfg.node_separation, extend_stem=cfg.extend_stem, base=cfg.base)

@@ -386,6 +386,9 @@ def test_cli_writes_json_csv_and_picture(plant, tmp_path, capsys):
     assert "--scale" in err and "Traceback" not in err
     assert main(["phenotype", str(run), "--up", "sideways"]) == 2
     assert "--up" in capsys.readouterr().err
+    for opt, val in (("--class-threshold", "1.5"), ("--node-separation", "-0.01"), ("--min-opacity", "nan")):
+        assert main(["phenotype", str(run), opt, val]) == 2
+        assert opt in capsys.readouterr().err
     assert main(["phenotype", str(tmp_path / "nothing")]) == 1
     assert "point_cloud.ply" in capsys.readouterr().err
 
