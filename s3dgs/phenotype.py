@@ -654,6 +654,8 @@ def measure_plant(
     if pr.shape[1] != len(classes):
         raise S3dgsError(f"probs has {pr.shape[1]} columns but {len(classes)} classes were named")
     up = _unit(up)
+    if metres_per_unit is not None and not (math.isfinite(metres_per_unit) and metres_per_unit > 0):
+        raise UsageError(f"metres_per_unit must be a positive number, got {metres_per_unit}")
     f = 1.0 if metres_per_unit is None else float(metres_per_unit)
     units = "m" if metres_per_unit is not None else "model units"
     notes: list[str] = []
@@ -820,7 +822,6 @@ def measure_plant(
         notes.append(f"nodes not measured: no confident N Gaussians ({rule}); node count, internode "
                      "lengths, per-internode diameters and peduncle attachment are not given")
     elif node_separation is None:
-        # no stem: cluster the N Gaussians in 3D at a scale from their own spread
         notes.append("nodes not measured: without a main stem there is no scale for the node clustering "
                      "(pass node_separation) and no order along the stem")
     else:
@@ -848,7 +849,10 @@ def measure_plant(
             kept = [c for c in clusters if len(c["members"]) >= min_node_gaussians
                     and c["weight"] >= min_cluster_weight * wmax]
             rej = len(clusters) - len(kept)
-            if rej:
+            if not kept:
+                notes.append(f"nodes not measured: each of the {len(clusters)} N cluster(s) has under "
+                             f"{min_node_gaussians} Gaussians")
+            elif rej:
                 notes.append(f"{rej} N cluster(s) with under {min_node_gaussians} Gaussians or under "
                              f"{min_cluster_weight:.0%} of the heaviest cluster's weight were dropped")
             for c in kept:
@@ -865,7 +869,7 @@ def measure_plant(
                     "stem_position": c["s"] * f if c["s"] is not None else None,
                     "confidence": c["confidence"], "gaussians": int(len(c["members"])),
                     "weight": c["weight"], "peduncles": 0, "_s": c["s"]})
-    out["plant"]["node_count"] = len(nodes) if mN.any() and node_separation is not None else None
+    out["plant"]["node_count"] = len(nodes) if nodes else None
 
     # ---- internodes -----------------------------------------------------------------------------
     internodes = []
