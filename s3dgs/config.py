@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tyro
-from gsplat.strategy import MCMCStrategy
 
+from s3dgs.gaussians.mcmc import MCMCStrategy
 from s3dgs.gaussians.strategy import DefaultStrategy
 from s3dgs.losses import DepthLossConfig, SemanticConfig
+from s3dgs.options import opt
 from s3dgs.validate import at_least, in_range, non_negative, positive
 
 __all__ = [
@@ -64,9 +65,9 @@ SEED_ITERATIONS = 7000
 """The run length the integration guide's schedule was written for."""
 
 
-def _arg(name: str, **kw) -> Any:
+def _arg(name: str, metavar: str | None = None) -> Any:
     """The field's command-line name, the same on every command (no group prefix)."""
-    return tyro.conf.arg(name=name, prefix_name=False, **kw)
+    return opt(metavar, name=name, flat=True)
 
 
 @dataclass
@@ -154,7 +155,8 @@ class TrainConfig:
     DefaultStrategy, options below), 'mcmc' (gsplat's MCMCStrategy with a Gaussian budget,
     --mcmc.* options), 'none' (the initial Gaussians only)."""
     densify: Annotated[DefaultStrategy, tyro.conf.OmitArgPrefixes] = field(default_factory=_default_densify)
-    mcmc: Annotated[MCMCStrategy, tyro.conf.arg(name="mcmc", prefix_name=False)] = field(default_factory=MCMCStrategy)
+    mcmc: Annotated[MCMCStrategy, tyro.conf.arg(name="mcmc", prefix_name=False)] = field(
+        default_factory=lambda: MCMCStrategy(cap_max=200_000))
 
     backend: Annotated[Literal["auto", "native", "torch", "gsplat"], _arg("backend")] = "auto"
     """Renderer: auto (gsplat on CUDA, the native C++ kernel on a CPU, else torch), native, torch
@@ -201,6 +203,14 @@ class TrainConfig:
             at_least("--" + name.replace("_", "-"), getattr(d, name), 1)
         at_least("--mcmc.cap-max", self.mcmc.cap_max, 1)
         at_least("--mcmc.refine-every", self.mcmc.refine_every, 1)
+        positive("--grow-grad2d-stem", d.grow_grad2d_stem)
+        strat = {"default": d, "mcmc": self.mcmc}.get(self.strategy)
+        if strat is not None and strat.prune_floaters:
+            from s3dgs.errors import UsageError
+
+            if self.depth.original_formula:
+                raise UsageError("floater pruning needs the aligned prior of --depth-loss prior; "
+                                 f"--depth-loss {self.depth.loss} fits no alignment to keep")
         dev = self.resolved_device()  # raises UsageError for an unknown or unavailable device
         if (self.backend, dev.type) in (("gsplat", "cpu"), ("native", "cuda")):
             from s3dgs.errors import UsageError

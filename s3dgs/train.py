@@ -64,6 +64,7 @@ from s3dgs.losses import (
     semantic_loss,
     semantic_weight,
 )
+from s3dgs.options import opt
 from s3dgs.scene.colmap import SceneError
 
 __all__ = ["SceneInputs", "TrainCommand", "TrainConfig", "Trainer", "TrainingError", "latest_checkpoint",
@@ -83,18 +84,18 @@ class SceneInputs:
     scene: Annotated[Optional[Path], tyro.conf.Positional, tyro.conf.arg(
         metavar="SCENE", help_behavior_hint="(optional when --colmap-dir and --images-dir are given)")] = None
     """Scene folder: images/, sparse/0, and optionally heatmaps/, confidence.json, depths/, points3D.ply."""
-    colmap_dir: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="")] = None
-    """COLMAP model folder (instead of SCENE/sparse/0)."""
-    images_dir: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="")] = None
-    """Frames (instead of SCENE/images)."""
-    heatmap_dir: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="")] = None
-    """Skeleton heatmaps <stem>.npy [H, W, 4] (instead of SCENE/heatmaps)."""
-    confidence_path: Annotated[Optional[Path], tyro.conf.arg(metavar="FILE", help_behavior_hint="")] = None
-    """Per-frame class confidences (instead of SCENE/confidence.json)."""
-    pcd_path: Annotated[Optional[Path], tyro.conf.arg(metavar="FILE", help_behavior_hint="")] = None
-    """Initial points, PLY (instead of SCENE/points3D.ply, else the COLMAP model's points)."""
-    depth_dir: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="")] = None
-    """Depth priors <stem>.png (instead of SCENE/depths)."""
+    colmap_dir: Annotated[Optional[Path], opt("DIR", "SCENE/sparse/0")] = None
+    """COLMAP model folder."""
+    images_dir: Annotated[Optional[Path], opt("DIR", "SCENE/images")] = None
+    """Frames."""
+    heatmap_dir: Annotated[Optional[Path], opt("DIR", "SCENE/heatmaps")] = None
+    """Skeleton heatmaps <stem>.npy [H, W, 4]."""
+    confidence_path: Annotated[Optional[Path], opt("FILE", "SCENE/confidence.json")] = None
+    """Per-frame class confidences (JSON)."""
+    pcd_path: Annotated[Optional[Path], opt("FILE", "SCENE/points3D.ply, else the COLMAP points")] = None
+    """Initial points (PLY)."""
+    depth_dir: Annotated[Optional[Path], opt("DIR", "SCENE/depths")] = None
+    """Depth priors <stem>.png (16-bit disparity)."""
 
     def resolve(self, no_depth: bool = False, no_semantics: bool = False) -> dict[str, Optional[Path]]:
         """The paths the run reads: explicit ones, else those of the layout that exist."""
@@ -343,8 +344,12 @@ class Trainer:
         random.seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         init_logit = -3.0 if cfg.semantics.activation == "sigmoid" else 0.0
+        init_opacity = cfg.init_opacity
+        if cfg.strategy == "mcmc" and init_opacity == TrainConfig().init_opacity:
+            init_opacity = 0.5  # MCMC relocates by opacity: it starts from 0.5, as gsplat's trainer does
+            self.say("mcmc: initial opacity 0.5 (set --init-opacity to choose another)")
         self.params = init_params(xyz, rgb, sh_degree=cfg.sh_degree, num_classes=len(self.ds.classes),
-                                  init_opacity=cfg.init_opacity, init_scale=cfg.init_scale, seed=cfg.seed,
+                                  init_opacity=init_opacity, init_scale=cfg.init_scale, seed=cfg.seed,
                                   init_semantic_logit=init_logit).to(self.device)
         self.optimizers = self._make_optimizers()
         # the strategy is the configuration's own dataclass (gsplat style), used as it is
@@ -355,6 +360,10 @@ class Trainer:
         else:
             self.sstate = {}
         self.perm = torch.randperm(len(self.ds), generator=self.gen)
+        self.depth_fits: dict[int, tuple] = {}  # frame -> prior alignment last fitted (floater pruning)
+        if self.strategy is not None and self.strategy.prune_floaters and not self.use_depth:
+            raise UsageError("--prune-floaters needs depth priors: this scene has none (or --no-depth); "
+                             "make them with `s3dgs depth`, or switch floater pruning off")
         self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)[None]
         self.config_dict = {"scene": str(self.inputs.scene) if self.inputs.scene else None,
                             "out": str(self.out), "classes": list(self.ds.classes),
@@ -439,11 +448,12 @@ class Trainer:
                           semantics=cfg.semantics.activation if sem_on else None, render_depth=depth_on,
                           backgrounds=self.bg, backend=cfg.backend, absgrad=True)
         if self.strategy is not None:
+            self._strategy_inputs(r.meta, item)
             self.strategy.step_pre_backward(params, self.optimizers, self.sstate, step, r.meta)
 
         l_rgb = rgb_loss(r.colors, image, cfg.lambda_ssim)
         zero = torch.zeros((), device=dev)
-        l_depth = self.depth_loss(r, item, fr, image) if depth_on else zero
+        l_depth = self.depth_loss(r, item, fr, image, idx) if depth_on else zero
         l_sem = zero
         if sem_on:
             l_sem = semantic_loss(r.extras[0], item["heatmap"].to(dev), item["confidence"].to(dev),
@@ -472,23 +482,68 @@ class Trainer:
         return self.cfg.strategy
 
     def mcmc_regularisation(self) -> torch.Tensor:
-        """MCMC's opacity and scale L1 regularisers (gsplat's simple_trainer values)."""
-        p = self.params
-        return 0.01 * torch.sigmoid(p["opacities"]).abs().mean() + 0.01 * torch.exp(p["scales"]).abs().mean()
+        """MCMC's opacity and scale regularisers (scales relative to the scene scale)."""
+        from s3dgs.gaussians.mcmc import mcmc_regularization
 
-    def depth_loss(self, r, item: dict, fr: FrameInputs, image: torch.Tensor) -> torch.Tensor:
-        """The depth-prior term of one view (the options of cfg.depth decide which inputs count)."""
+        return mcmc_regularization(self.params, scene_scale=self.sscale)
+
+    def stem_map(self, item: dict) -> torch.Tensor | None:
+        """``[H, W]`` the strongest stem heatmap channel (U, D, P) of a frame, or None."""
+        if not item["has_heatmap"] or not self.stem_idx:
+            return None
+        return item["heatmap"].to(self.device)[..., self.stem_idx].amax(-1)
+
+    def depth_loss(self, r, item: dict, fr: FrameInputs, image: torch.Tensor, idx: int) -> torch.Tensor:
+        """The depth-prior term of one view (the options of cfg.depth decide which inputs count).
+        With floater pruning on, the alignment fitted here is kept for the frame's depth view."""
         dc = self.cfg.depth
         prior = item["depth"].to(self.device)
         pred, alpha = r.depths[0, ..., 0], r.alphas[0, ..., 0]
         if dc.original_formula:
             return scale_invariant_depth_loss(pred, prior, mask=alpha > 0.5)
-        stem = None
-        if dc.stem_aware and item["has_heatmap"] and self.stem_idx:
-            stem = item["heatmap"].to(self.device)[..., self.stem_idx].amax(-1)
-        return depth_prior_loss(pred, prior, alpha, config=dc, prior_kind=self.ds.depth_kind,
-                                scale_shift=fr.sfm_scale_shift, edge_image=image[0],
-                                confidence=fr.depth_conf, stem_heatmap=stem)
+        keep_fit = self.strategy is not None and self.strategy.prune_floaters
+        out = depth_prior_loss(pred, prior, alpha, config=dc, prior_kind=self.ds.depth_kind,
+                               scale_shift=fr.sfm_scale_shift, edge_image=image[0], confidence=fr.depth_conf,
+                               stem_heatmap=self.stem_map(item) if dc.stem_aware else None,
+                               return_info=keep_fit)
+        if not keep_fit:
+            return out
+        loss, info = out
+        self.depth_fits[idx] = (info["scale"].detach(), info["shift"].detach())
+        return loss
+
+    def _strategy_inputs(self, meta: dict, item: dict) -> None:
+        """What the stem pieces of the strategy read from ``meta``: the frame's stem pixels
+        (stem-aware densification) and the depth views (floater pruning, built only when due)."""
+        s = self.strategy
+        if getattr(s, "grow_grad2d_stem", None) is not None:
+            stem = self.stem_map(item)
+            if stem is not None:
+                meta["stem_mask"] = (stem > 0.5)[None]
+        if s.prune_floaters:
+            meta["floater_views"] = self.floater_views
+
+    def floater_views(self) -> list:
+        """One depth view per training frame whose prior alignment is known: the prior mapped to
+        metric depth, with stem pixels invalid (monocular priors blur thin stems into the backdrop,
+        so a stem Gaussian would sit "in front" of that surface in every view)."""
+        from s3dgs.gaussians.floaters import DepthView, prior_to_depth
+
+        dc, views = self.cfg.depth, []
+        for i, fr in enumerate(self.frames):
+            fit = fr.sfm_scale_shift if dc.alignment == "sfm" else self.depth_fits.get(i)
+            if not fr.depth or fit is None:
+                continue
+            item = self.ds[i]
+            depth, valid = prior_to_depth(item["depth"].to(self.device), *fit,
+                                          mapping="sfm" if dc.alignment == "sfm" else "per_view",
+                                          space=dc.space, prior_kind=self.ds.depth_kind)
+            stem = self.stem_map(item)
+            if stem is not None:
+                valid = valid & ~(stem > 0.1)
+            views.append(DepthView(item["viewmat"].to(self.device), item["K"].to(self.device),
+                                   depth.to(self.device), valid))
+        return views
 
     def _backward(self, loss: torch.Tensor, step: int) -> bool:
         """Backward, or skip a non-finite loss (True when the step goes on)."""

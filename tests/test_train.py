@@ -157,3 +157,28 @@ def test_seed_loss_names_the_options_it_ignores():
     assert DepthLossConfig(loss="seed").ignored_by_seed_loss() == []
     cfg.loss = "prior"
     assert cfg.ignored_by_seed_loss() == []
+
+
+def test_stem_pieces_and_mcmc_train_end_to_end(tiny_scene, tmp_path):
+    """The trainer feeds the stem pieces what they read (stem masks, depth views) and drives MCMC."""
+    res = _train(tiny_scene, tmp_path / "stem", num_iterations=60, warmup_iterations=20, refine_start_iter=10,
+                 refine_every=20, reset_every=10_000, grow_grad2d_stem=1e-4, prune_floaters=True,
+                 floater_min_views=2)
+    ck = torch.load(tmp_path / "stem" / "ckpts" / "ckpt_60.pt", weights_only=False)
+    st = ck["strategy_state"]
+    assert st["stem_hits"] is not None and "n_on_stem" in st  # stem masks reached the strategy
+    assert "n_floaters" in st  # the depth views were built and judged at refinement steps
+    assert res["gaussians"] > 0
+    cap = 1500
+    res = _train(tiny_scene, tmp_path / "mcmc", num_iterations=60, strategy="mcmc", mcmc_cap_max=cap,
+                 mcmc_refine_start_iter=10, mcmc_refine_every=20)
+    assert res["gaussians"] <= cap
+    log = (tmp_path / "mcmc" / "log.txt").read_text()
+    assert "mcmc: initial opacity 0.5" in log
+
+
+def test_floater_pruning_needs_depth_priors(tiny_scene, tmp_path):
+    from s3dgs.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs depth priors"):
+        _train(tiny_scene, tmp_path / "r", num_iterations=10, prune_floaters=True, no_depth=True)
