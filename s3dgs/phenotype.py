@@ -30,7 +30,7 @@ each written into ``phenotypes.json`` (``method``) with the thresholds it used:
 4. **Nodes.** Confident N Gaussians within reach of the centreline, clustered by scipy's
    hierarchical clustering (average linkage) cut at ``node_separation`` (2.5 cm with a metric
    scale, else 3 median stem diameters); clusters with too little support are dropped and counted
-   in the notes. Position = weighted mean, ordered by arc length from the base; confidence =
+   in the notes, clusters closer than ``node_separation`` along the stem are one node. Position = weighted mean, ordered by arc length from the base; confidence =
    opacity-weighted mean N probability of its Gaussians.
 5. **Internodes.** Arc length along the centreline between consecutive nodes (and the chord).
 6. **Stem diameter** per internode, over its middle half (away from the node swellings): the width
@@ -720,11 +720,12 @@ def measure_plant(
         def covs(m):  # covariances of the Gaussians selected by mask m
             return _covariances(np.maximum(sc[m], 1e-12), qt[m])
         eps = EPS2D * pixel_size ** 2 if pixel_size else 0.0
-        # the stem's lateral scale: residuals of centres on a surface, or the size of Gaussians on
-        # its axis (whose residuals are about 0)
+        # the tube of the fit (3 median residuals: where stem Gaussians lie), and the scanline's
+        # reach for the silhouette, which must also hold Gaussians on the axis (residual about 0)
+        # out to several of their sizes
         size = float(np.median(sc[stem_m][info["inlier_mask"]].max(1)))
-        tube = 3.0 * max(info["residual_median"], size)
-        reach = 4.0 * tube
+        tube = 3.0 * info["residual_median"]
+        reach = 12.0 * max(info["residual_median"], size)
         step = cl.length / max(info["bins"], 1)
 
         # stem diameter along the labelled stem: the plant figure, and the width of the tube the
@@ -804,7 +805,7 @@ def measure_plant(
             node_separation = 3.0 * diam_med
             ns_rule = "3 median stem diameters (default without a metric scale)"
         elif cl is not None:
-            node_separation = 2.0 * tube
+            node_separation = 2.0 * max(tube, 3.0 * size)
             ns_rule = "2 stem tube radii (default without a metric scale or a diameter)"
         else:
             ns_rule = "none: no scale, no stem"
@@ -862,6 +863,25 @@ def measure_plant(
                 else:
                     c["s"] = None
             kept.sort(key=lambda c: c["s"] if c["s"] is not None else float(c["position"] @ up))
+            if cl is not None:  # clusters on either side of the stem at one node are one node
+                merged_n = []
+                for c in kept:
+                    if merged_n and c["s"] - merged_n[-1]["s"] < node_separation:
+                        m0 = merged_n[-1]
+                        mem = np.concatenate([m0["members"], c["members"]])
+                        wt = wN[mem]
+                        pos = (X[mem] * wt[:, None]).sum(0) / wt.sum()
+                        merged_n[-1] = {"members": mem, "weight": float(wt.sum()), "position": pos,
+                                        "confidence": float((pr[mem, classes.index("N")] * op[mem]).sum()
+                                                            / op[mem].sum()),
+                                        "s": float(cl.project(pos[None])[0][0])}
+                    else:
+                        merged_n.append(c)
+                if len(merged_n) < len(kept):
+                    method["node_merge"] = (f"{len(kept) - len(merged_n)} N cluster(s) closer than "
+                                            "node_separation along the stem to the previous one were "
+                                            "merged into it")
+                kept = merged_n
             for i, c in enumerate(kept):
                 nodes.append({
                     "index": i + 1, "position_model": c["position"].tolist(),
@@ -1056,9 +1076,11 @@ def plot_phenotypes(res: dict, means: np.ndarray, probs: np.ndarray, opacities: 
     for ax, (i, j), title in zip(axes, pick, titles):
         for c, pts in shown:
             col = np.array(CLASS_COLORS.get(c, (120, 120, 120))) / 255.0
-            ax.scatter(pts[i], pts[j], s=2, color=col, alpha=0.5, label=c, linewidths=0)
+            ax.scatter(pts[i], pts[j], s=6, color=col, alpha=0.7, label=c, linewidths=0)
         if cl is not None:
             ax.plot(cl[i], cl[j], "k-", lw=1.5, label="centreline")
+            if j == 2:  # side views: the base the heights are measured from
+                ax.axhline(0.0, color="0.4", ls="--", lw=1, label="base")
         for n in res["nodes"]:
             p = frame(n["position_model"])
             ax.plot(p[i], p[j], "o", mfc="none", mec="k", ms=8)
