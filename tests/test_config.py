@@ -55,7 +55,9 @@ def _cli_args(flat: str, value, text):
     if text is None:  # a boolean flag
         if flat in ("no_depth", "no_semantics", "allow_weak_depth"):
             return [name]
-        return [name if value else "--no-" + name[2:]]
+        if value:
+            return [name]
+        return ["--mcmc.no-" + name[len("--mcmc."):]] if name.startswith("--mcmc.") else ["--no-" + name[2:]]
     return [name] + (text if isinstance(text, list) else [text])
 
 
