@@ -39,6 +39,7 @@ import tyro
 from s3dgs import metrics as M
 from s3dgs.classes import GT_LABELS
 from s3dgs.config import load_run_config
+from s3dgs.options import opt
 
 __all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "plant_region",
            "sample_plant_surface"]
@@ -491,13 +492,13 @@ class EvalConfig:
 
     run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (point_cloud.ply, config.json, train_summary.json)."""
-    scene: Path | None = None
-    """Scene folder (default: the scene recorded in RUN/config.json)."""
-    test_every: int | None = None
-    """Held-out split: every n-th frame (default: the run's)."""
-    resolution_scale: float | None = None
-    """Render resolution factor (default: the run's)."""
-    backend: Literal["auto", "torch", "gsplat"] = "auto"
+    scene: Annotated[Path | None, opt("DIR", "the scene recorded in RUN/config.json")] = None
+    """Scene folder to evaluate against."""
+    test_every: Annotated[int | None, opt("INT", "the run's")] = None
+    """Held-out split: every n-th frame (0: every frame)."""
+    resolution_scale: Annotated[float | None, opt("FLOAT", "the run's")] = None
+    """Render resolution factor."""
+    backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
     """Renderer backend."""
     opaque_threshold: float = 0.5
     """Opacity from which a Gaussian counts as opaque (stem coverage, Chamfer)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Annotated, Iterator, Optional
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from s3dgs.atomic import atomic_write_text
 from s3dgs.classes import CLASSES, class_color
 from s3dgs.config import load_run_config
 from s3dgs.gaussians.model import load_ply, render_params, semantic_probs, sh_to_rgb
+from s3dgs.options import opt
 
 
 def _colormap(x: np.ndarray, name: str = "turbo") -> np.ndarray:
@@ -139,8 +140,8 @@ class ExportConfig:
     """Class probability a Gaussian needs to belong to a class."""
     min_opacity: float = 0.1
     """Opacity a Gaussian needs to be exported."""
-    out: Optional[Path] = None
-    """Output folder (default RUN/classes)."""
+    out: Annotated[Optional[Path], opt("DIR", "RUN/classes")] = None
+    """Output folder of the per-class point clouds."""
 
     def validate(self) -> None:
         """Refuse nonsense options with one UsageError naming the option."""

@@ -42,9 +42,9 @@ __all__ = [
 
 def _arg(name: str) -> Any:
     """The option's command-line name on every command (no group prefix); see s3dgs/config.py."""
-    import tyro
+    from s3dgs.options import opt
 
-    return tyro.conf.arg(name=name, prefix_name=False)
+    return opt(name=name, flat=True)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from s3dgs.atomic import atomic_write_text
 from s3dgs.config import DataConfig, TrainConfig, _arg, load_run_config
 from s3dgs.errors import S3dgsError, UsageError
 from s3dgs.losses import SemanticConfig
+from s3dgs.options import opt
 
 __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "run_main", "demo_main",
            "PipelineError"]
@@ -97,7 +98,7 @@ class RunConfig:
     out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """Output folder: OUT/scene (the prepared scene), OUT/run (the trained model, metrics, report),
     OUT/stages (one stamp per finished stage)."""
-    keypoints: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: none)")] = None
+    keypoints: Annotated[Optional[Path], opt("DIR", "none")] = None
     """Folder of Roboflow-style keypoint JSON files, one <stem>.json per frame (named like the
     frames in OUT/scene/images); gives the semantic heatmaps. Without it, no semantics are trained."""
     depth_backend: Literal["auto", "transformers", "gradio", "none"] = "auto"
@@ -106,14 +107,13 @@ class RunConfig:
     (may download the model / call the public Space); none: train without depth priors."""
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"
     """transformers model: hub id or local folder."""
-    depth_dir: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: none)")] = None
+    depth_dir: Annotated[Optional[Path], opt("DIR", "none")] = None
     """Use these depth maps (<stem>.png and meta.json, made elsewhere) instead of generating them."""
-    reference: Annotated[Optional[Path], tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: none)")] = None
+    reference: Annotated[Optional[Path], opt("DIR", "none")] = None
     """A scene of the same frames with true poses and ground truth (e.g. the synthetic plant): the
     prepared model is aligned to it (similarity of the camera centres) and evaluated against its
     true cameras and ground truth."""
-    hotspot_sigma: Annotated[Optional[float], tyro.conf.arg(
-        metavar="PX", help_behavior_hint="(default: 20 px at 1920 px frame width, scaled, at least 3)")] = None
+    hotspot_sigma: Annotated[Optional[float], opt("PX", "20 px at 1920 px frame width, scaled, at least 3")] = None
     """Heatmap hotspot sigma in pixels."""
     fps: float = 2.0
     """Frames per second sampled from a video."""

@@ -58,6 +58,7 @@ from s3dgs.depth.io import (
     write_meta,
 )
 from s3dgs.errors import S3dgsError
+from s3dgs.options import opt
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LOCK_NAME = ".s3dgs-depth.lock"
@@ -806,12 +807,12 @@ class VerifyConfig:
 
     depths: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DEPTHS")]]
     """Depth folder to check (e.g. SCENE/depths)."""
-    images: Path | None = None
-    """Images the maps were made from (default: the images folder beside DEPTHS if it exists, else the names and sizes recorded in meta.json)."""
+    images: Annotated[Path | None, opt("DIR", "the images folder beside DEPTHS, else meta.json's names and sizes")] = None
+    """Images the maps were made from."""
     num_samples: int = 0
     """Also write a contact sheet of N samples (image | coloured disparity)."""
-    sheet: Path | None = None
-    """Contact sheet path (default DEPTHS/verify/contact_sheet.png)."""
+    sheet: Annotated[Path | None, opt("FILE", "DEPTHS/verify/contact_sheet.png")] = None
+    """Contact sheet path."""
 
     def validate(self) -> None:
         """Refuse nonsense options with one UsageError naming the option."""

@@ -28,6 +28,7 @@ import numpy as np
 import tyro
 
 from s3dgs.atomic import atomic_write, atomic_write_text
+from s3dgs.options import opt
 from s3dgs.scene.colmap import (
     PINHOLE_MODELS,
     SceneError,
@@ -182,8 +183,8 @@ class UndistortConfig:
     """Scene directory (with images/ and sparse/0/) or a COLMAP model folder."""
     out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """New scene directory to write (images/, sparse/0/, points3D.ply)."""
-    images: Path | None = None
-    """Images folder, when not SCENE/images."""
+    images: Annotated[Path | None, opt("DIR", "SCENE/images")] = None
+    """Images folder of the distorted scene."""
     crop: bool = True
     """Crop each frame to the picture area every pixel has a source for (as COLMAP's undistorter
     does, plus the half-pixel edge where interpolation blends in black); --no-crop keeps every

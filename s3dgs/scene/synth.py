@@ -32,6 +32,7 @@ import tyro
 
 from s3dgs import CLASSES
 from s3dgs.errors import UsageError
+from s3dgs.options import opt
 from s3dgs.scene.synth_plant import LABELS, Plant, PlantParams, make_plant
 
 PRESETS: dict[str, dict] = {
@@ -73,38 +74,38 @@ class SynthConfig:
     Options left unset take the preset's value."""
     seed: int = 0
     """Random seed: the same seed and options give the same scene, file for file."""
-    views: Optional[int] = None
+    views: Annotated[Optional[int], opt("INT", "from the preset")] = None
     """Number of cameras (preset: 48 / 48 / 10 / 60)."""
-    width: Optional[int] = None
+    width: Annotated[Optional[int], opt("INT", "from the preset")] = None
     """Image width in pixels (preset: 320 / 320 / 160 / 400)."""
-    height: Optional[int] = None
+    height: Annotated[Optional[int], opt("INT", "from the preset")] = None
     """Image height in pixels (preset: 240 / 240 / 120 / 300)."""
-    rings: Optional[int] = None
+    rings: Annotated[Optional[int], opt("INT", "from the preset")] = None
     """Camera rings around the plant; views alternate between them (preset: 2 / 2 / 2 / 3)."""
-    ring_radius: Optional[float] = None
+    ring_radius: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
     """Horizontal distance of the cameras from the stem (m) (preset: 0.75 / 0.75 / 0.75 / 0.6)."""
-    focal_scale: Optional[float] = None
+    focal_scale: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
     """Focal length in units of the image width (0.9: about 58 degrees horizontal field of view;
     1.8: about 31 degrees) (preset: 0.9 / 0.9 / 0.9 / 1.8)."""
-    ring_heights: Optional[tuple[float, ...]] = None
+    ring_heights: Annotated[Optional[tuple[float, ...]], opt("FLOAT ...", "see below")] = None
     """Camera height of each ring, as a fraction of the plant height (default: 0.5 for one ring,
     0.36 0.84 for two, evenly spread for more; closeup: 0.2 0.5 0.95)."""
-    ring_targets: Optional[tuple[float, ...]] = None
+    ring_targets: Annotated[Optional[tuple[float, ...]], opt("FLOAT ...", "see below")] = None
     """Height each ring looks at, as a fraction of the plant height (default: 0.5, the middle of
     the plant, for every ring; closeup: 0.2 0.5 0.8, each ring its own band)."""
 
     # plant
     plant_height: float = 0.5
     """Main stem height (m)."""
-    stem_radius: Optional[float] = None
+    stem_radius: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
     """Main stem radius at the base (m); tapers to 55 % (preset: 0.004 / 0.0016 / 0.005)."""
-    branch_radius: Optional[float] = None
+    branch_radius: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
     """Petiole/peduncle radius (m) (preset: 0.0016 / 0.0008 / 0.002)."""
-    n_nodes: Optional[int] = None
+    n_nodes: Annotated[Optional[int], opt("INT", "from the preset")] = None
     """Nodes on the main stem (preset: 6 / 6 / 4)."""
-    leaf_density: Optional[float] = None
+    leaf_density: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
     """Leaflet count and size, 0 = bare petioles (preset: 1.0 / 1.2 / 0.8)."""
-    n_trusses: Optional[int] = None
+    n_trusses: Annotated[Optional[int], opt("INT", "from the preset")] = None
     """Fruit trusses (preset: 3 / 3 / 1)."""
     fruit_radius: float = 0.016
     """Mean fruit radius (m)."""
@@ -114,7 +115,7 @@ class SynthConfig:
     """Sensor noise: standard deviation of Gaussian noise on [0, 1] colours."""
 
     # SfM-like points
-    n_points: Optional[int] = None
+    n_points: Annotated[Optional[int], opt("INT", "from the preset")] = None
     """Sparse points in sparse/0 and points3D.ply (preset: 4000 / 4000 / 800)."""
     point_noise: float = 0.002
     """3D noise of the sparse points (m, at 0.75 m distance; grows with distance)."""
@@ -128,7 +129,7 @@ class SynthConfig:
     """Probability that a keypoint of a detected node is missing."""
     kp_low_conf: float = 0.1
     """Probability that a keypoint gets a low confidence (< 0.5, so it is ignored)."""
-    hotspot_sigma: Optional[float] = None
+    hotspot_sigma: Annotated[Optional[float], opt("FLOAT", "20 px at 1920 px width, scaled (min 3)")] = None
     """Heatmap hotspot sigma (px); default 20 px at 1920 px width, scaled to the width (min 3)."""
 
     # simulated monocular prior
