@@ -78,6 +78,10 @@ class DepthLossConfig:
     """Trust the prior less where the heatmaps show thin stems (monocular models blur them)."""
     stem_weight: Annotated[float, _arg("stem-weight")] = 0.1
     """Weight of stem pixels in the depth loss when --depth-stem-aware is on (0-1)."""
+    stem_one_sided: Annotated[bool, _arg("depth-stem-one-sided")] = False
+    """On stem pixels (heatmap U/D/P > 0.5) penalise only rendered depth farther than the prior: a
+    monocular prior blurs a thin stem into what lies behind it, so there it says no more than "the
+    surface is at least this near"."""
 
     def validate(self) -> None:
         from s3dgs.validate import fraction, non_negative
@@ -97,7 +101,8 @@ class DepthLossConfig:
         return [n for n, on in (("--depth-alignment sfm", self.alignment == "sfm"),
                                 ("--depth-multiscale", self.multiscale),
                                 ("--depth-edge-aware", self.edge_aware),
-                                ("--depth-stem-aware", self.stem_aware)) if on]
+                                ("--depth-stem-aware", self.stem_aware),
+                                ("--depth-stem-one-sided", self.stem_one_sided)) if on]
 
 
 @dataclass
@@ -386,13 +391,19 @@ def depth_prior_loss(
     min_valid: int = 10,
     return_info: bool = False,
     config: DepthLossConfig | None = None,
+    stem_one_sided: bool = False,
 ):
     """Depth-prior loss between a rendered depth map and a monocular prior, with its options.
 
     ``config`` (the trainer's :class:`DepthLossConfig`, passed whole) sets ``space``,
-    ``alignment``, ``robust``, ``multiscale`` and ``stem_weight``, and decides which per-frame
-    inputs are used: ``edge_image`` only with ``edge_aware``, ``confidence`` only with
-    ``confidence``, ``stem_heatmap`` only with ``stem_aware``; so a caller passes every input it has.
+    ``alignment``, ``robust``, ``multiscale``, ``stem_weight`` and ``stem_one_sided``, and decides
+    which per-frame inputs are used: ``edge_image`` only with ``edge_aware``, ``confidence`` only
+    with ``confidence``, ``stem_heatmap`` only with ``stem_aware`` or ``stem_one_sided``; so a
+    caller passes every input it has.
+
+    ``stem_one_sided``: on stem pixels (``stem_heatmap > 0.5``) only residuals that mean "rendered
+    farther than the prior" count; a monocular prior blurs thin stems into the backdrop, so on them
+    it bounds the depth from one side only.
 
     Shapes: ``pred_depth [H, W]`` rendered expected depth (camera z, alpha-normalised);
     ``prior [H, W]`` the prior PNG value in [0, 1]; ``alpha [H, W]`` rendered opacity or None;
@@ -455,7 +466,10 @@ def depth_prior_loss(
         multiscale, stem_weight = config.multiscale, config.stem_weight
         edge_image = edge_image if config.edge_aware else None
         confidence = confidence if config.confidence else None
-        stem_heatmap = stem_heatmap if config.stem_aware else None
+        stem_one_sided = config.stem_one_sided
+        stem_heatmap = stem_heatmap if (config.stem_aware or stem_one_sided) else None
+        if not config.stem_aware:
+            stem_weight = 1.0
     if space not in ("disparity", "depth"):
         raise ValueError(f"space must be 'disparity' or 'depth', not {space!r}")
     if prior_kind not in ("disparity", "depth"):
@@ -511,6 +525,14 @@ def depth_prior_loss(
             loss_w = loss_w * m_ok.to(dt)
         r = x - m
     r = torch.where(valid, r, torch.zeros_like(r))
+    if stem_one_sided and stem_heatmap is not None:
+        # the sign of r that means "rendered farther than the prior": the prior value grows with
+        # nearness for a disparity prior (per-view fit into prior units), x grows with nearness in
+        # disparity space (sfm, compared in the render's space)
+        far_sign = (-1.0 if prior_kind == "disparity" else 1.0) if alignment == "per_view" else \
+            (-1.0 if space == "disparity" else 1.0)
+        on_stem = _as_hw(stem_heatmap, "stem_heatmap").detach() > 0.5
+        r = torch.where(on_stem & (r * far_sign < 0), torch.zeros_like(r), r)
 
     factors = (1, 2, 4) if multiscale else (1,)
     loss = sum(_pool_weighted_l1(r, loss_w, f) for f in factors) / len(factors)

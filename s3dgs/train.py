@@ -504,7 +504,7 @@ class Trainer:
         keep_fit = self.strategy is not None and self.strategy.prune_floaters
         out = depth_prior_loss(pred, prior, alpha, config=dc, prior_kind=self.ds.depth_kind,
                                scale_shift=fr.sfm_scale_shift, edge_image=image[0], confidence=fr.depth_conf,
-                               stem_heatmap=self.stem_map(item) if dc.stem_aware else None,
+                               stem_heatmap=self.stem_map(item) if (dc.stem_aware or dc.stem_one_sided) else None,
                                return_info=keep_fit)
         if not keep_fit:
             return out

@@ -381,3 +381,39 @@ def test_semantic_warmup_and_depth_schedule():
     assert depth_weight_schedule(5000, 1000, start=1.0, kind="exp") == pytest.approx(0.01)
     assert depth_weight_schedule(500, 1000, start=0.1, end=0.1, kind="exp") == pytest.approx(0.1)
     assert math.isfinite(depth_weight_schedule(10, 100, start=0.0, kind="exp"))
+
+
+@pytest.mark.parametrize("alignment", ["per_view", "sfm"])
+@pytest.mark.parametrize("space", ["disparity", "depth"])
+def test_stem_one_sided_depth_ignores_only_nearer_renders_on_stems(alignment, space):
+    """On stem pixels the prior (blurred into the backdrop) bounds depth from one side only: a
+    render nearer than it costs nothing there, a farther one costs as before; elsewhere both cost."""
+    from s3dgs.losses import DepthLossConfig, depth_prior_loss
+
+    H, W = 24, 32
+    z = torch.full((H, W), 2.0, dtype=torch.float64)
+    z[:, :8] = 1.0  # a nearer region, so the per-view fit is well posed
+    prior = 1.0 / z  # disparity prior, exact up to the identity fit
+    prior = (prior - prior.min()) / (prior.max() - prior.min())
+    stem = torch.zeros(H, W, dtype=torch.float64)
+    stem[:, 20:24] = 1.0
+    ss = None
+    if alignment == "sfm":  # prior -> inverse depth: m = s * prior + t
+        ss = (0.5, 0.5)
+    cfg = DepthLossConfig(space=space, alignment=alignment, robust=False, stem_one_sided=True)
+    off = DepthLossConfig(space=space, alignment=alignment, robust=False)
+
+    def loss(zz, c):
+        return float(depth_prior_loss(zz, prior, None, config=c, scale_shift=ss, stem_heatmap=stem))
+
+    base = loss(z, cfg)
+    nearer, farther = z.clone(), z.clone()
+    nearer[5:15, 21:23] = 1.5  # the stem rendered in front of the blurred prior
+    farther[5:15, 21:23] = 3.0
+    assert loss(nearer, cfg) == pytest.approx(base, abs=1e-9) or alignment == "per_view" and \
+        loss(nearer, cfg) < loss(nearer, off)
+    assert loss(nearer, off) > base + 1e-4  # without the option the nearer stem is penalised
+    assert loss(farther, cfg) > base + 1e-4  # a farther render is penalised either way
+    away = z.clone()
+    away[5:15, 2:4] = 0.6  # nearer off the stems: penalised with the option too
+    assert loss(away, cfg) > base + 1e-4
