@@ -272,6 +272,11 @@ def test_matches_dense_reference_float32(backend):
     _, g_true = _grads(s64, run_render, wts, backend=backend)
     v_mine, g_mine = _grads(s32, run_render, wts, backend=backend)
     v_ref, g_ref = _grads(s32, reference_render, wts)
+    # expected depth = blended z / alpha is ill-conditioned where alpha is faint (two Gaussians
+    # near alpha = 1/255 with different z: 1e-6 relative noise in their weights moves it by 2e-5
+    # in float32, for the reference as for us), so it is compared as the blended z it comes from
+    for v in (v_mine, v_ref):
+        v["depths"] = v["depths"] * v["alphas"]
     for k in v_ref:
         m = v_ref[k].abs().max()
         assert (v_mine[k] - v_ref[k]).abs().max() <= 1e-5 * m, k

@@ -44,7 +44,7 @@ __all__ = ["NativePlan", "bin_tiles", "native_available", "native_unavailable_re
 logger = logging.getLogger("s3dgs.render")
 
 SOURCE = Path(__file__).with_name("csrc") / "rasterize_cpu.cpp"
-CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-psabi"]
 LDFLAGS = ["-fopenmp"]
 ENV_OFF = "S3DGS_NO_NATIVE"
 
@@ -110,23 +110,25 @@ def native_unavailable_reason() -> str | None:
 
 @dataclass
 class NativePlan:
-    """The Gaussian-tile lists of one render (all int tensors on the CPU).
+    """The Gaussian-tile lists of one render (int tensors on the CPU; see ``bin_tiles`` in the .cpp).
 
     - ``vis_ids [V]`` int32: flat ids ``camera * N + n`` of the visible Gaussians, front to back.
     - ``tile_offsets [C * n_tiles + 1]`` int64: where each (camera, tile) list starts in ``isect_ids``.
-    - ``isect_ids [M]`` int32: per intersection, the flat Gaussian id; depth order in each tile.
-    - ``isect_slots [M]`` int32: per intersection, its row in the backward's per-intersection
-      gradient buffer, which is laid out Gaussian-major (a Gaussian's rows are contiguous, in tile
-      order) so that summing them is one sequential pass.
-    - ``gauss_offsets [V + 1]`` int64: per visible Gaussian (in the order of ``vis_ids``), where
-      its rows start in that buffer.
+    - ``isect_ids [M]`` int32: per intersection, the Gaussian's row in the kernels' per-Gaussian
+      table; depth order in each tile.
+    - ``gauss_offsets [V + 1]`` int64 and ``gauss_isects [M]`` int32: per visible Gaussian (in the
+      order of ``vis_ids``), the positions of its intersections in ``isect_ids`` (the backward
+      sums its gradient over them, in tile order).
+    - ``table_ids [V']`` int32: the flat ids of the per-Gaussian table's rows (the Gaussians with
+      at least one intersection), ordered by the tile under each mean for memory locality.
     """
 
     vis_ids: Tensor
     tile_offsets: Tensor
     isect_ids: Tensor
-    isect_slots: Tensor
     gauss_offsets: Tensor
+    gauss_isects: Tensor
+    table_ids: Tensor
     width: int
     height: int
     tile: int
@@ -159,10 +161,16 @@ def bin_tiles(
 
 
 def _forward(plan: NativePlan, means2d, conics, opacities, feats):
-    return torch.ops.s3dgs_native.rasterize_fwd(
-        means2d, conics, opacities, feats, plan.tile_offsets, plan.isect_ids, plan.width,
-        plan.height, plan.tile, torch.get_num_threads(),
+    """(image, alpha, final T, last index, per-Gaussian table) of detached contiguous inputs."""
+    nt = torch.get_num_threads()
+    table = torch.ops.s3dgs_native.make_table(
+        means2d, conics, opacities, feats, plan.table_ids, plan.width, plan.height, nt
     )
+    img, alpha, tfin, last = torch.ops.s3dgs_native.rasterize_fwd(
+        table, plan.tile_offsets, plan.isect_ids, opacities.shape[0], plan.width, plan.height,
+        plan.tile, nt,
+    )
+    return img, alpha, tfin, last, table
 
 
 class _NativeRasterize(torch.autograd.Function):
@@ -171,34 +179,33 @@ class _NativeRasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, feats, plan: NativePlan, absgrad: bool):
         ins = [t.detach().contiguous() for t in (means2d, conics, opacities, feats)]
-        img, alpha, tfin, last = _forward(plan, *ins)
+        img, alpha, tfin, last, table = _forward(plan, *ins)
         ctx.plan = plan
         ctx.absgrad = absgrad
+        ctx.shape = (opacities.shape[0], opacities.shape[1], feats.shape[-1])
         ctx.means2d_ref = means2d  # to attach .absgrad in backward, as gsplat does
-        ctx.save_for_backward(*ins, tfin, last)
+        ctx.save_for_backward(table, tfin, last)
         return img, alpha
 
     @staticmethod
     @once_differentiable
     def backward(ctx, v_img, v_alpha):
-        means2d, conics, opacities, feats, tfin, last = ctx.saved_tensors
+        table, tfin, last = ctx.saved_tensors
         plan = ctx.plan
-        C, H, W = opacities.shape[0], plan.height, plan.width
-        plan_shape = (C, H, W, feats.shape[-1])
+        C, N, D = ctx.shape
+        H, W = plan.height, plan.width
         if v_img is None:
-            v_img = feats.new_zeros(plan_shape)
+            v_img = table.new_zeros((C, H, W, D))
         if v_alpha is None:
-            v_alpha = feats.new_zeros((C, H, W, 1))
+            v_alpha = table.new_zeros((C, H, W, 1))
         nt = torch.get_num_threads()
         partial = torch.ops.s3dgs_native.rasterize_bwd(
-            means2d, conics, opacities, feats, plan.tile_offsets, plan.isect_ids, plan.isect_slots,
-            tfin, last,
-            v_img.to(feats.dtype).contiguous(), v_alpha.to(feats.dtype).contiguous(),
-            plan.width, plan.height, plan.tile, nt,
-        )  # [M, 8 + D padded] per-intersection sums over each tile's pixels
+            table, plan.tile_offsets, plan.isect_ids, tfin, last,
+            v_img.to(table.dtype).contiguous(), v_alpha.to(table.dtype).contiguous(),
+            W, H, plan.tile, nt,
+        )  # [M, 8 + D]: per intersection, the gradient summed over its tile's pixels
         g_m, g_con, g_o, g_f, g_abs = torch.ops.s3dgs_native.reduce_grads(
-            partial, plan.vis_ids, plan.gauss_offsets, C, opacities.shape[1], feats.shape[-1],
-            bool(ctx.absgrad), nt,
+            partial, plan.vis_ids, plan.gauss_offsets, plan.gauss_isects, C, N, bool(ctx.absgrad), nt,
         )
         if ctx.absgrad:
             ref = ctx.means2d_ref
@@ -240,5 +247,5 @@ def rasterize_native(
     else:
         with torch.no_grad():
             ins = [t.detach().contiguous() for t in (means2d, conics, opacities, feats)]
-            img, alpha, _, _ = _forward(plan, *ins)
+            img, alpha = _forward(plan, *ins)[:2]
     return img, alpha, plan.n_isects

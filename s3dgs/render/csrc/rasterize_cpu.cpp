@@ -1,28 +1,33 @@
 // s3dgs native CPU rasteriser: gsplat's tile algorithm (bin Gaussians into tiles, blend each pixel
-// front to back with an early stop, replay back to front for the gradients) on a CPU with OpenMP.
+// front to back with an early stop, replay back to front for the gradients) on a CPU, with OpenMP
+// threads over tiles and SIMD over the pixels of a tile row.
 //
 // Written for s3dgs; the algorithm is the one of 3DGS / gsplat's CUDA kernels, the code is not.
-// Loaded by s3dgs/render/native.py (see there for the build route and flags). Three ops in the
-// torch.ops.s3dgs_native namespace:
+// Loaded by s3dgs/render/native.py (see there for the build route and flags). Ops in the
+// torch.ops.s3dgs_native namespace, in the order a training step calls them:
 //
 //   bin_tiles      means2d [C,N,2], radii [C,N,2] int32, depths [C,N], conics [C,N,3],
-//                  opacities [C,N]  ->  the visible Gaussians sorted by depth and the
-//                  (camera, tile) -> Gaussians lists, front to back.
+//                  opacities [C,N] -> the visible Gaussians sorted by depth, the (camera, tile)
+//                  lists of Gaussians front to back, and the order of the per-Gaussian table.
+//   make_table     -> the per-Gaussian table [V', 12 + D] the tile kernels read (built once per
+//                  render, kept for the backward).
 //   rasterize_fwd  -> image [C,H,W,D], alpha [C,H,W,1], final transmittance [C,H,W], index of the
-//                  last blended Gaussian per pixel [C,H,W] int32 (-1: none).
-//   rasterize_bwd  -> gradients of means2d [C,N,2], conics [C,N,3], opacities [C,N],
-//                  features [C,N,D] and, if asked, the AbsGS sums |dL/dmeans2d| per pixel [C,N,2].
+//                  last blended Gaussian of each pixel in its tile's list [C,H,W] int32 (-1: none).
+//   rasterize_bwd  -> per intersection, the gradient summed over the tile's pixels [M, 8 + D].
+//   reduce_grads   -> gradients of means2d [C,N,2], conics [C,N,3], opacities [C,N], features
+//                  [C,N,D] and the AbsGS sums of |per-pixel dL/dmeans2d| [C,N,2].
 //
 // Blending (identical to raster.py and the dense reference): sigma = 0.5 (a dx^2 + c dy^2) + b dx dy
 // with d = mean - pixel centre; alpha = min(0.999, o exp(-sigma)); alpha < 1/255 is skipped; a pixel
 // stops, exclusively, before the Gaussian that would take its transmittance to <= 1e-4.
 //
-// Determinism: every tile writes only its own pixels and its own rows of a per-intersection
+// Determinism: every tile writes only its own pixels and its own rows of the per-intersection
 // gradient buffer; each Gaussian's gradient is then the sum of its rows in tile order. Results are
 // therefore bitwise identical run to run and for any thread count, whatever the schedule.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -33,7 +38,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace s3dgs_native {
@@ -133,7 +140,7 @@ inline bool ellipse_touches_tile(double mx, double my, double a, double b, doubl
 }
 
 template <typename T>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
     const Tensor& means2d, const Tensor& radii, const Tensor& depths, const Tensor& conics,
     const Tensor& opacities, int64_t width, int64_t height, int64_t tile, int nt) {
   const int64_t C = depths.size(0), N = depths.size(1), CN = C * N;
@@ -204,32 +211,62 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
     }
   }
 
+  // The rasteriser's per-Gaussian table is ordered by the tile under each mean (then flat id), so
+  // that the Gaussians of a tile, and of the next tiles a thread takes, lie close in memory:
+  // in depth or flat order every Gaussian of every tile was a cache (and TLB) miss.
+  Tensor table_ids;
+  std::vector<int32_t> tindex(static_cast<size_t>(CN), -1);
+  {
+    std::vector<int64_t> ctr(static_cast<size_t>(C * n_tiles + 1), 0);
+    std::vector<int32_t> center(static_cast<size_t>(CN), 0);
+    int64_t Vt = 0;
+    for (int64_t g = 0; g < CN; ++g) {
+      if (cnt[g] == 0) continue;
+      const double tx = std::floor(static_cast<double>(m2[2 * g]) / tile);
+      const double ty = std::floor(static_cast<double>(m2[2 * g + 1]) / tile);
+      const int64_t cx = tx < 0 ? 0 : (tx >= tiles_x ? tiles_x - 1 : static_cast<int64_t>(tx));
+      const int64_t cy = ty < 0 ? 0 : (ty >= tiles_y ? tiles_y - 1 : static_cast<int64_t>(ty));
+      center[g] = static_cast<int32_t>((g / N) * n_tiles + cy * tiles_x + cx);
+      ctr[center[g] + 1]++;
+      ++Vt;
+    }
+    for (int64_t t = 0; t < C * n_tiles; ++t) ctr[t + 1] += ctr[t];
+    table_ids = at::empty({Vt}, at::TensorOptions().dtype(at::kInt));
+    int32_t* tid = table_ids.data_ptr<int32_t>();
+    for (int64_t g = 0; g < CN; ++g) {
+      if (cnt[g] == 0) continue;
+      const int64_t j = ctr[center[g]]++;
+      tid[j] = static_cast<int32_t>(g);
+      tindex[g] = static_cast<int32_t>(j);
+    }
+  }
+
   // stable counting sort by key: depth order is kept inside every tile
   Tensor tile_offsets = at::zeros({C * n_tiles + 1}, at::TensorOptions().dtype(at::kLong));
   int64_t* toff = tile_offsets.data_ptr<int64_t>();
   for (int64_t j = 0; j < M; ++j) toff[key[j] + 1]++;
   for (int64_t t = 0; t < C * n_tiles; ++t) toff[t + 1] += toff[t];
   Tensor isect_ids = at::empty({M}, at::TensorOptions().dtype(at::kInt));
-  Tensor isect_slots = at::empty({M}, at::TensorOptions().dtype(at::kInt));
+  Tensor gauss_isects = at::empty({M}, at::TensorOptions().dtype(at::kInt));
   int32_t* ids = isect_ids.data_ptr<int32_t>();
-  int32_t* slot = isect_slots.data_ptr<int32_t>();
+  int32_t* gi = gauss_isects.data_ptr<int32_t>();
   {
     std::vector<int64_t> cursor(toff, toff + C * n_tiles);
     for (int64_t v = 0; v < V; ++v) {
-      const int32_t g = vis[v];
+      const int32_t g = tindex[vis[v]];
       for (int64_t j = goff[v]; j < goff[v + 1]; ++j) {
         const int64_t pos = cursor[key[j]]++;
         ids[pos] = g;
-        slot[pos] = static_cast<int32_t>(j);
+        gi[j] = static_cast<int32_t>(pos);
       }
     }
   }
   Tensor vis_ids = at::empty({V}, at::TensorOptions().dtype(at::kInt));
   if (V) std::memcpy(vis_ids.data_ptr<int32_t>(), vis.data(), sizeof(int32_t) * V);
-  return {vis_ids, tile_offsets, isect_ids, isect_slots, gauss_offsets};
+  return {vis_ids, tile_offsets, isect_ids, gauss_offsets, gauss_isects, table_ids};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles(
     const Tensor& means2d, const Tensor& radii, const Tensor& depths, const Tensor& conics,
     const Tensor& opacities, int64_t width, int64_t height, int64_t tile, int64_t n_threads) {
   TORCH_CHECK(radii.scalar_type() == at::kInt, "radii must be int32");
@@ -240,50 +277,143 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles(
   return bin_tiles_impl<double>(means2d, radii, depths, conics, opacities, width, height, tile, nt);
 }
 
-// ------------------------------------------------------------------------------ channels
-// Feature channels are processed in blocks of kLanes with GCC/Clang vector extensions (SSE on a
-// baseline x86-64 build, NEON on ARM, scalar code elsewhere); D is padded with zeros to Dp, a
-// multiple of kLanes, in every per-Gaussian and per-pixel buffer.
-constexpr int64_t kLanes = 4;
+// ---------------------------------------------------------------------------------- SIMD
+// The tile kernels work on kL pixels of a tile row at once with GCC/Clang vector extensions:
+// 8 floats (one AVX register, two SSE ones) or 8 doubles. On x86-64 the per-tile kernels are
+// compiled twice, for AVX2 and for the baseline, and the loader picks one (target_clones), so the
+// cached binary runs on any x86-64. Both give the same bits: no FMA contraction
+// (-ffp-contract=off), the same operations lane by lane.
+constexpr int kL = 8;
 
 template <typename T>
-struct VecOf {
-  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+  typedef int32_t IT;
 };
-template <typename T>
-using Vec = typename VecOf<T>::type;
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t I __attribute__((vector_size(64)));
+  typedef int64_t IT;
+};
 
-template <typename T>
-inline Vec<T> vload(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
+#define S3_INLINE inline __attribute__((always_inline))
+
+template <typename V>
+S3_INLINE V vload(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
   return v;
 }
-template <typename T>
-inline void vstore(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof(v));
+template <typename V>
+S3_INLINE void vstore(void* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
 }
-template <typename T>
-inline T hsum(const Vec<T>& v) {
-  return (v[0] + v[1]) + (v[2] + v[3]);
+template <typename V, typename S>
+S3_INLINE V splat(S x) {
+  V v;
+  for (int i = 0; i < kL; ++i) v[i] = x;
+  return v;
+}
+template <typename I>
+S3_INLINE bool any(const I& m) {  // any lane set (lanes are 0 or -1)
+  uint64_t w[sizeof(I) / 8];
+  std::memcpy(w, &m, sizeof(I));
+  uint64_t o = 0;
+  for (size_t i = 0; i < sizeof(I) / 8; ++i) o |= w[i];
+  return o != 0;
+}
+template <typename I>
+S3_INLINE int count(const I& m) {
+  int n = 0;
+  for (int i = 0; i < kL; ++i) n += m[i] != 0;
+  return n;
+}
+template <typename V>
+S3_INLINE auto hsum(const V& v) -> decltype(v[0] + v[1]) {  // fixed order
+  auto s = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+  return s;
 }
 
-inline int64_t padded(int64_t D) { return (D + kLanes - 1) / kLanes * kLanes; }
+// exp of x <= 0 (here -sigma for sigma >= 0), vectorised: n = round(x / ln 2), r = x - n ln 2 in
+// two parts (Cody-Waite), a polynomial in r, times 2^n built in the exponent bits. Arguments are
+// clamped to [-80, 1] first (lanes outside that range are never used: alpha < 1/255 there). Within
+// 2 ulp of the correctly rounded result; tests/test_render.py checks it against torch.exp.
+S3_INLINE Simd<float>::V vexp(Simd<float>::V x) {
+  using V = Simd<float>::V;
+  using I = Simd<float>::I;
+  const V lo = splat<V>(-80.0f), hi = splat<V>(1.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const V fx = x * 1.44269504088896341f + 0.5f;
+  I n = __builtin_convertvector(fx, I);  // truncates: floor for fx >= 0, else fix below
+  V nf = __builtin_convertvector(n, V);
+  n = n + (nf > fx);  // true lanes are -1
+  nf = __builtin_convertvector(n, V);
+  V r = x - nf * 0.693359375f;
+  r = r + nf * 2.12194440e-4f;
+  // the polynomial by Estrin's scheme: a short dependency chain (no FMA here)
+  const V r2 = r * r, r4 = r2 * r2;
+  const V q01 = r * 1.6666665459e-1f + 5.0000001201e-1f;
+  const V q23 = r * 8.3334519073e-3f + 4.1665795894e-2f;
+  const V q45 = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  const V p = ((q01 + r2 * q23) + r4 * q45) * r2 + r + 1.0f;
+  const I bits = (n + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
+  return p * scale;
+}
+
+S3_INLINE Simd<double>::V vexp(Simd<double>::V x) {
+  using V = Simd<double>::V;
+  using I = Simd<double>::I;
+  const V lo = splat<V>(-700.0), hi = splat<V>(1.0);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const V fx = x * 1.4426950408889634074 + 0.5;
+  I n = __builtin_convertvector(fx, I);
+  V nf = __builtin_convertvector(n, V);
+  n = n + (nf > fx);
+  nf = __builtin_convertvector(n, V);
+  V r = x - nf * 6.93145751953125e-1;
+  r = r - nf * 1.42860682030941723212e-6;
+  // Taylor series to r^13/13! (|r| <= 0.35: the remainder is below 1e-17 relative)
+  V p = splat<V>(1.0 / 6227020800.0);
+  const double inv_fact[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                             1.0 / 362880.0,    1.0 / 40320.0,    1.0 / 5040.0,
+                             1.0 / 720.0,       1.0 / 120.0,      1.0 / 24.0,
+                             1.0 / 6.0,         0.5,              1.0,
+                             1.0};
+  for (double cf : inv_fact) p = p * r + cf;
+  const I bits = (n + 1023) << 52;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
+  return p * scale;
+}
 
 // ------------------------------------------------------------------------ per-Gaussian table
-// Packed rows [C*N, kCols + Dp], by flat id: x, y, a, b, c, o, tau_skip, then the pixel box
-// x0, x1, y0, y1 (inclusive, inside the image) outside which alpha < 1/255, then the features. One
-// row is what a tile needs of a Gaussian: a couple of cache lines instead of five arrays.
+// Rows [V', kCols + D] in the order of table_ids (see bin_tiles): x, y, a, b, c, o, tau_skip, the
+// pixel box x0, x1, y0, y1 (inclusive, inside the image) outside which alpha < 1/255, a pad, then
+// the features. One row is what a tile needs of a Gaussian: a couple of cache lines instead of
+// five arrays. Built once per render by the forward and kept for the backward.
 constexpr int64_t kCols = 12;
 
 template <typename T>
-void make_table(const T* m2, const T* con, const T* op, const T* feats, int64_t CN, int64_t D,
-                int64_t width, int64_t height, int nt, std::vector<T>& rows) {
-  const int64_t Dp = padded(D), stride = kCols + Dp;
-  rows.resize(static_cast<size_t>(CN * stride));
+void make_table_impl(const T* m2, const T* con, const T* op, const T* feats, const int32_t* tids,
+                     int64_t Vt, int64_t CN, int64_t D, int64_t width, int64_t height, int nt,
+                     T* rows) {
+  const int64_t stride = kCols + D;
+  // rows are written where they go and the inputs read in flat order: scattered writes do not
+  // stall the loop as scattered reads would
+  std::vector<int32_t> where(static_cast<size_t>(CN), -1);
+  for (int64_t j = 0; j < Vt; ++j) where[tids[j]] = static_cast<int32_t>(j);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t g = 0; g < CN; ++g) {
-    T* r = rows.data() + g * stride;
+    if (where[g] < 0) continue;
+    T* r = rows + static_cast<int64_t>(where[g]) * stride;
     const double x = m2[2 * g], y = m2[2 * g + 1];
     const double a = con[3 * g], b = con[3 * g + 1], c = con[3 * g + 2];
     const double tau = tau_margin(static_cast<double>(op[g]));
@@ -295,7 +425,7 @@ void make_table(const T* m2, const T* con, const T* op, const T* feats, int64_t 
     r[5] = op[g];
     r[6] = static_cast<T>(tau);
     r[11] = T(0);
-    for (int64_t d = 0; d < Dp; ++d) r[kCols + d] = d < D ? feats[g * D + d] : T(0);
+    for (int64_t d = 0; d < D; ++d) r[kCols + d] = feats[g * D + d];
     // The ellipse {0.5 d^T Q d <= tau} has half extents sqrt(2 tau cov_xx), sqrt(2 tau cov_yy)
     // with cov = Q^-1; a small absolute margin covers rounding.
     const double det = a * c - b * b;
@@ -323,6 +453,27 @@ void make_table(const T* m2, const T* con, const T* op, const T* feats, int64_t 
   }
 }
 
+Tensor make_table(const Tensor& means2d, const Tensor& conics, const Tensor& opacities,
+                  const Tensor& feats, const Tensor& table_ids, int64_t width, int64_t height,
+                  int64_t n_threads) {
+  const int64_t CN = opacities.numel(), D = feats.size(-1), Vt = table_ids.size(0);
+  Tensor table = at::empty({Vt, kCols + D}, feats.options());
+  const int nt = threads_of(n_threads);
+  if (feats.scalar_type() == at::kFloat) {
+    make_table_impl<float>(means2d.data_ptr<float>(), conics.data_ptr<float>(),
+                           opacities.data_ptr<float>(), feats.data_ptr<float>(),
+                           table_ids.data_ptr<int32_t>(), Vt, CN, D, width, height, nt,
+                           table.data_ptr<float>());
+  } else {
+    TORCH_CHECK(feats.scalar_type() == at::kDouble, "s3dgs native: float32 or float64 only");
+    make_table_impl<double>(means2d.data_ptr<double>(), conics.data_ptr<double>(),
+                            opacities.data_ptr<double>(), feats.data_ptr<double>(),
+                            table_ids.data_ptr<int32_t>(), Vt, CN, D, width, height, nt,
+                            table.data_ptr<double>());
+  }
+  return table;
+}
+
 // Tile geometry: pixel ranges of a tile (inclusive), clipped to the image.
 struct TileGeom {
   int64_t cam, x0, x1, y0, y1;
@@ -335,305 +486,419 @@ inline TileGeom tile_geom(int64_t t, int64_t n_tiles, int64_t tiles_x, int64_t t
   return {cam, x0, std::min(x0 + tile, W) - 1, y0, std::min(y0 + tile, H) - 1};
 }
 
-// How far ahead the tile loops prefetch the rows of the Gaussians they will read next: the rows
-// are scattered in memory, so without it every Gaussian of every tile waits for a cache miss
-// (the largest cost of the first version, by perf). The index is clamped by the callers rather
-// than tested here: GCC 12 at -O2 and above dropped a __builtin_prefetch under such a test.
+// How far ahead the tile loops prefetch the rows of the Gaussians they will read next. The index
+// is clamped by the callers rather than tested here: GCC 12 at -O2 and above dropped a
+// __builtin_prefetch under such a test (seen in the disassembly).
 constexpr int64_t kAhead = 8;
 
 template <typename T>
-inline void prefetch_row(const T* rows, int64_t stride, const int32_t* ids, int64_t i) {
+S3_INLINE void prefetch_row(const T* rows, int64_t stride, const int32_t* ids, int64_t i) {
   const char* p = reinterpret_cast<const char*>(rows + static_cast<int64_t>(ids[i]) * stride);
   for (int64_t b = 0; b < stride * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(p + b);
 }
 
 // The pixel box of row r inside tile tg (inclusive); empty when x0 > x1 or y0 > y1.
 template <typename T>
-inline void box_in_tile(const T* r, const TileGeom& tg, int64_t& x0, int64_t& x1, int64_t& y0,
-                        int64_t& y1) {
+S3_INLINE void box_in_tile(const T* r, const TileGeom& tg, int64_t& x0, int64_t& x1, int64_t& y0,
+                           int64_t& y1) {
   x0 = std::max<int64_t>(static_cast<int64_t>(r[7]), tg.x0);
   x1 = std::min<int64_t>(static_cast<int64_t>(r[8]), tg.x1);
   y0 = std::max<int64_t>(static_cast<int64_t>(r[9]), tg.y0);
   y1 = std::min<int64_t>(static_cast<int64_t>(r[10]), tg.y1);
 }
 
-// --------------------------------------------------------------------------------- forward
-template <typename T>
-void forward_impl(const Tensor& means2d, const Tensor& conics, const Tensor& opacities,
-                  const Tensor& feats, const Tensor& tile_offsets, const Tensor& isect_ids,
-                  int64_t W, int64_t H, int64_t tile, int nt, Tensor& img, Tensor& alpha,
-                  Tensor& tfin, Tensor& last) {
-  const int64_t C = opacities.size(0), N = opacities.size(1), D = feats.size(2);
-  const int64_t Dp = padded(D), stride = kCols + Dp;
-  const int64_t tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
-  const int64_t n_tiles = tiles_x * tiles_y, P = tile * tile;
-  std::vector<T> rows;
-  make_table<T>(means2d.data_ptr<T>(), conics.data_ptr<T>(), opacities.data_ptr<T>(),
-                feats.data_ptr<T>(), C * N, D, W, H, nt, rows);
-  const T* tab = rows.data();
-  const int64_t* toff = tile_offsets.data_ptr<int64_t>();
-  const int32_t* ids = isect_ids.data_ptr<int32_t>();
-  T* out = img.data_ptr<T>();
-  T* out_a = alpha.data_ptr<T>();
-  T* out_t = tfin.data_ptr<T>();
-  int32_t* out_l = last.data_ptr<int32_t>();
-  const T amin = static_cast<T>(kAlphaMin), amax = static_cast<T>(kAlphaMax);
-  const T tstop = static_cast<T>(kTStop);
+// Per-tile pixel state is stored row by row with rows padded to whole vectors: pixel (px, py) of
+// the tile is at (py - y0) * RW + (px - x0), RW = kL * ceil(tile / kL); per-channel arrays are
+// channel-major ([D][tile * RW]) so that one vector holds kL pixels of one channel.
+struct Layout {
+  int64_t tile, RW, P;  // tile edge, padded row width, padded pixel count
+  explicit Layout(int64_t t) : tile(t), RW((t + kL - 1) / kL * kL), P(t * ((t + kL - 1) / kL * kL)) {}
+};
 
-#pragma omp parallel num_threads(nt)
-  {
-    // per pixel of the tile: transmittance, blended features, last blended Gaussian, stopped
-    std::vector<T> Ts(P), acc(P * Dp);
-    std::vector<int32_t> lst(P);
-    std::vector<uint8_t> done(P);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < C * n_tiles; ++t) {
-      const TileGeom tg = tile_geom(t, n_tiles, tiles_x, tile, W, H);
-      const int64_t npix = (tg.x1 - tg.x0 + 1) * (tg.y1 - tg.y0 + 1);
-      std::fill(Ts.begin(), Ts.end(), T(1));
-      std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(lst.begin(), lst.end(), -1);
-      std::fill(done.begin(), done.end(), 0);
-      int64_t ndone = 0;
-      const int64_t start = toff[t], end = toff[t + 1];
-      for (int64_t i = start; i < std::min(end, start + kAhead); ++i)
-        prefetch_row(tab, stride, ids, i);
-      // Gaussians front to back; each visits only the pixels of its box inside the tile
-      for (int64_t i = start; i < end && ndone < npix; ++i) {
-        prefetch_row(tab, stride, ids, std::min(i + kAhead, end - 1));
-        const T* r = tab + static_cast<int64_t>(ids[i]) * stride;
-        int64_t x0, x1, y0, y1;
-        box_in_tile(r, tg, x0, x1, y0, y1);
-        if (x0 > x1 || y0 > y1) continue;
-        const T gx = r[0], gy = r[1], ga = r[2], gb = r[3], gc = r[4], go = r[5], gtau = r[6];
-        const T* f = r + kCols;
-        const int32_t k = static_cast<int32_t>(i - start);
-        for (int64_t py = y0; py <= y1; ++py) {
-          const T dy = gy - (static_cast<T>(py) + T(0.5));
-          const int64_t prow = (py - tg.y0) * tile - tg.x0;
-          for (int64_t px = x0; px <= x1; ++px) {
-            const int64_t p = prow + px;
-            if (done[p]) continue;
-            const T dx = gx - (static_cast<T>(px) + T(0.5));
-            const T sigma = T(0.5) * (ga * dx * dx + gc * dy * dy) + gb * dx * dy;
-            if (!(sigma <= gtau)) continue;  // alpha < 1/255 for sure: no exp
-            const T al = std::min(amax, go * std::exp(-sigma));
-            if (al < amin) continue;
-            const T Tp = Ts[p];
-            const T nT = Tp * (T(1) - al);
-            if (nT <= tstop) {  // exclusive early stop
-              done[p] = 1;
-              ++ndone;
-              continue;
-            }
-            const T w = al * Tp;
-            T* ac = acc.data() + p * Dp;
-            for (int64_t d = 0; d < Dp; d += kLanes)
-              vstore(ac + d, vload(ac + d) + w * vload(f + d));
-            Ts[p] = nT;
-            lst[p] = k;
-          }
+// What the tile kernels read and write, for one call.
+template <typename T>
+struct Args {
+  const T* tab;
+  int64_t stride, D, W, H, n_tiles, tiles_x;
+  const int64_t* toff;
+  const int32_t* ids;
+  Layout lay;
+  // forward outputs
+  T *out = nullptr, *out_a = nullptr, *out_t = nullptr;
+  int32_t* out_l = nullptr;
+  // backward inputs and output
+  const T *tf = nullptr, *vi = nullptr, *va = nullptr;
+  const int32_t* ls = nullptr;
+  T* part = nullptr;
+};
+
+// Per-thread scratch, reused from tile to tile.
+template <typename T>
+struct Scratch {
+  std::vector<T> Tt, Tf, GA, acc, S, G, sf;
+  std::vector<typename Simd<T>::IT> lst, done;
+  Scratch(const Layout& lay, int64_t D, bool backward)
+      : Tt(lay.P), Tf(backward ? lay.P : 0), GA(backward ? lay.P : 0),
+        acc(backward ? 0 : lay.P * D), S(backward ? lay.P * D : 0), G(backward ? lay.P * D : 0),
+        sf(backward ? kL * D : 0), lst(lay.P), done(lay.P) {}
+};
+
+// --------------------------------------------------------------------------------- forward
+// One tile: Gaussians front to back, each on the pixels of its box inside the tile, kL at a time.
+template <typename T>
+S3_INLINE void forward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  using IT = typename Simd<T>::IT;
+  const Layout& lay = a.lay;
+  const int64_t D = a.D, P = lay.P, RW = lay.RW;
+  const TileGeom tg = tile_geom(t, a.n_tiles, a.tiles_x, lay.tile, a.W, a.H);
+  const int64_t npix = (tg.x1 - tg.x0 + 1) * (tg.y1 - tg.y0 + 1);
+  T* Tt = sc.Tt.data();
+  T* acc = sc.acc.data();
+  IT* lst = sc.lst.data();
+  IT* done = sc.done.data();
+  std::fill(sc.Tt.begin(), sc.Tt.end(), T(1));
+  std::fill(sc.acc.begin(), sc.acc.end(), T(0));
+  std::fill(sc.lst.begin(), sc.lst.end(), IT(-1));
+  std::fill(sc.done.begin(), sc.done.end(), IT(0));
+  I lane;
+  for (int i = 0; i < kL; ++i) lane[i] = i;
+  const V lanef = __builtin_convertvector(lane, V) + T(0.5);
+  const V amin = splat<V>(static_cast<T>(kAlphaMin)), amax = splat<V>(static_cast<T>(kAlphaMax));
+  const V tstop = splat<V>(static_cast<T>(kTStop)), zero = splat<V>(T(0)), one = splat<V>(T(1));
+  int64_t ndone = 0;
+  const int64_t start = a.toff[t], end = a.toff[t + 1];
+  for (int64_t i = start; i < std::min(end, start + kAhead); ++i)
+    prefetch_row(a.tab, a.stride, a.ids, i);
+  for (int64_t i = start; i < end && ndone < npix; ++i) {
+    prefetch_row(a.tab, a.stride, a.ids, std::min(i + kAhead, end - 1));
+    const T* r = a.tab + static_cast<int64_t>(a.ids[i]) * a.stride;
+    int64_t x0, x1, y0, y1;
+    box_in_tile(r, tg, x0, x1, y0, y1);
+    if (x0 > x1 || y0 > y1) continue;
+    const T gx = r[0], gy = r[1], ga = r[2], gb = r[3], gc = r[4], go = r[5], gtau = r[6];
+    const T* f = r + kCols;
+    const I kv = splat<I>(static_cast<IT>(i - start));
+    // the vectors of each row that cover [x0, x1]
+    const int64_t c0 = (x0 - tg.x0) / kL, c1 = (x1 - tg.x0) / kL;
+    for (int64_t py = y0; py <= y1; ++py) {
+      const T dy = gy - (static_cast<T>(py) + T(0.5));
+      for (int64_t c = c0; c <= c1; ++c) {
+        const int64_t cx = tg.x0 + c * kL;  // image x of lane 0
+        const int64_t q = (py - tg.y0) * RW + c * kL;
+        const I inbox = (lane >= static_cast<IT>(x0 - cx)) & (lane <= static_cast<IT>(x1 - cx));
+        const V dx = gx - (lanef + static_cast<T>(cx));
+        const V sigma = T(0.5) * (ga * dx * dx + gc * dy * dy) + gb * dx * dy;
+        const I dn = vload<I>(done + q);
+        I m = inbox & ~dn & (sigma <= gtau);  // alpha >= 1/255 possible, pixel not stopped
+        if (!any(m)) continue;
+        V al = go * vexp(-sigma);
+        al = al > amax ? amax : al;
+        m &= (al >= amin);
+        const V Tp = vload<V>(Tt + q);
+        const V nT = Tp * (one - al);
+        const I stop = m & (nT <= tstop);  // exclusive early stop
+        if (any(stop)) {
+          vstore(done + q, dn | stop);
+          ndone += count(stop);
+          m &= ~stop;
         }
+        const V w = m ? al * Tp : zero;
+        for (int64_t d = 0; d < D; ++d) {
+          T* ac = acc + d * P + q;
+          vstore(ac, vload<V>(ac) + w * f[d]);
+        }
+        vstore(Tt + q, m ? nT : Tp);
+        vstore(lst + q, m ? kv : vload<I>(lst + q));
       }
-      for (int64_t py = tg.y0; py <= tg.y1; ++py)
-        for (int64_t px = tg.x0; px <= tg.x1; ++px) {
-          const int64_t p = (py - tg.y0) * tile + (px - tg.x0);
-          const int64_t q = (tg.cam * H + py) * W + px;
-          std::memcpy(out + q * D, acc.data() + p * Dp, sizeof(T) * D);
-          out_t[q] = Ts[p];
-          out_a[q] = T(1) - Ts[p];
-          out_l[q] = lst[p];
-        }
     }
+  }
+  for (int64_t py = tg.y0; py <= tg.y1; ++py)
+    for (int64_t px = tg.x0; px <= tg.x1; ++px) {
+      const int64_t p = (py - tg.y0) * RW + (px - tg.x0);
+      const int64_t q = (tg.cam * a.H + py) * a.W + px;
+      for (int64_t d = 0; d < D; ++d) a.out[q * D + d] = acc[d * P + p];
+      a.out_t[q] = Tt[p];
+      a.out_a[q] = T(1) - Tt[p];
+      a.out_l[q] = static_cast<int32_t>(lst[p]);
+    }
+}
+
+// -------------------------------------------------------------------------------- backward
+// One tile, back to front from each pixel's last blended Gaussian, with T recovered by
+// division; the tile's gradient of each of its Gaussians (summed over the tile's pixels) goes to
+// that intersection's row of `part` [M, kG + D]: mx, my, a, b, c, o, |mx|, |my|, features.
+constexpr int64_t kG = 8;
+
+template <typename T>
+S3_INLINE void backward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
+  using V = typename Simd<T>::V;
+  using I = typename Simd<T>::I;
+  using IT = typename Simd<T>::IT;
+  const Layout& lay = a.lay;
+  const int64_t D = a.D, P = lay.P, RW = lay.RW, RS = kG + D;
+  const int64_t start = a.toff[t], end = a.toff[t + 1];
+  if (start == end) return;
+  const TileGeom tg = tile_geom(t, a.n_tiles, a.tiles_x, lay.tile, a.W, a.H);
+  // per pixel: T in front of the current Gaussian (Tc), final T (Tf), dL/dalpha (GA), last
+  // blended Gaussian (L); per channel and pixel: features blended behind the current Gaussian
+  // (S) and dL/dimage (G); sf: the current Gaussian's feature gradient, per channel and lane
+  T* Tc = sc.Tt.data();
+  T* Tf = sc.Tf.data();
+  T* GA = sc.GA.data();
+  T* S = sc.S.data();
+  T* G = sc.G.data();
+  T* sf = sc.sf.data();
+  IT* L = sc.lst.data();
+  std::fill(sc.lst.begin(), sc.lst.end(), IT(-1));
+  std::fill(sc.S.begin(), sc.S.end(), T(0));
+  std::fill(sc.G.begin(), sc.G.end(), T(0));
+  std::fill(sc.GA.begin(), sc.GA.end(), T(0));
+  std::fill(sc.Tt.begin(), sc.Tt.end(), T(1));
+  std::fill(sc.Tf.begin(), sc.Tf.end(), T(1));
+  IT kmax = -1;
+  for (int64_t py = tg.y0; py <= tg.y1; ++py)
+    for (int64_t px = tg.x0; px <= tg.x1; ++px) {
+      const int64_t p = (py - tg.y0) * RW + (px - tg.x0);
+      const int64_t q = (tg.cam * a.H + py) * a.W + px;
+      L[p] = a.ls[q];
+      kmax = std::max<IT>(kmax, L[p]);
+      Tc[p] = Tf[p] = a.tf[q];
+      GA[p] = a.va[q];
+      for (int64_t d = 0; d < D; ++d) G[d * P + p] = a.vi[q * D + d];
+    }
+  // rows behind every pixel's last Gaussian get nothing
+  std::fill(a.part + (start + kmax + 1) * RS, a.part + end * RS, T(0));
+  I lane;
+  for (int i = 0; i < kL; ++i) lane[i] = i;
+  const V lanef = __builtin_convertvector(lane, V) + T(0.5);
+  const V amin = splat<V>(static_cast<T>(kAlphaMin)), amax = splat<V>(static_cast<T>(kAlphaMax));
+  const V zero = splat<V>(T(0)), one = splat<V>(T(1));
+  for (int64_t i = start + kmax; i > start + kmax - kAhead && i >= start; --i)
+    prefetch_row(a.tab, a.stride, a.ids, i);
+  for (int64_t k = kmax; k >= 0; --k) {
+    const int64_t i = start + k;
+    prefetch_row(a.tab, a.stride, a.ids, std::max(i - kAhead, start));
+    T* out = a.part + i * RS;
+    std::fill(out, out + RS, T(0));
+    const T* r = a.tab + static_cast<int64_t>(a.ids[i]) * a.stride;
+    int64_t x0, x1, y0, y1;
+    box_in_tile(r, tg, x0, x1, y0, y1);
+    if (x0 > x1 || y0 > y1) continue;
+    const T gx = r[0], gy = r[1], ga = r[2], gb = r[3], gc = r[4], go = r[5], gtau = r[6];
+    const T* f = r + kCols;
+    const I kv = splat<I>(static_cast<IT>(k));
+    V sx = zero, sy = zero, sa = zero, sb = zero, scc = zero, so = zero, ax = zero, ay = zero;
+    std::fill(sc.sf.begin(), sc.sf.end(), T(0));
+    bool touched = false;
+    const int64_t c0 = (x0 - tg.x0) / kL, c1 = (x1 - tg.x0) / kL;
+    for (int64_t py = y0; py <= y1; ++py) {
+      const T dy = gy - (static_cast<T>(py) + T(0.5));
+      for (int64_t c = c0; c <= c1; ++c) {
+        const int64_t cx = tg.x0 + c * kL;
+        const int64_t q = (py - tg.y0) * RW + c * kL;
+        const I inbox = (lane >= static_cast<IT>(x0 - cx)) & (lane <= static_cast<IT>(x1 - cx));
+        const V dx = gx - (lanef + static_cast<T>(cx));
+        const V sigma = T(0.5) * (ga * dx * dx + gc * dy * dy) + gb * dx * dy;
+        I m = inbox & (vload<I>(L + q) >= kv) & (sigma <= gtau);
+        if (!any(m)) continue;
+        const V vis = vexp(-sigma);
+        const V ao = go * vis;
+        const V al = ao > amax ? amax : ao;
+        m &= (al >= amin);
+        if (!any(m)) continue;
+        touched = true;
+        const V ra = one / (one - al);
+        const V Tcur = vload<V>(Tc + q);
+        const V Tk = Tcur * ra;  // transmittance in front of this Gaussian
+        vstore(Tc + q, m ? Tk : Tcur);
+        const V fac = m ? al * Tk : zero;
+        // dL/dalpha = sum_d (f_d T_k - S_d / (1 - alpha)) dL/dout_d + T_final / (1 - alpha) dL/dA
+        V vsum = zero;
+        for (int64_t d = 0; d < D; ++d) {
+          const V g = vload<V>(G + d * P + q);
+          const V sv = vload<V>(S + d * P + q);
+          vstore(sf + d * kL, vload<V>(sf + d * kL) + fac * g);
+          vsum += (f[d] * Tk - sv * ra) * g;
+          vstore(S + d * P + q, sv + f[d] * fac);
+        }
+        const V v_al = vsum + vload<V>(Tf + q) * ra * vload<V>(GA + q);
+        const I mg = m & (ao <= amax);  // not clamped: alpha depends on o, mean and conic
+        const V v_sig = mg ? -ao * v_al : zero;
+        const V lx = v_sig * (ga * dx + gb * dy);
+        const V ly = v_sig * (gb * dx + gc * dy);
+        sx += lx;
+        sy += ly;
+        ax += lx < zero ? -lx : lx;
+        ay += ly < zero ? -ly : ly;
+        sa += T(0.5) * v_sig * dx * dx;
+        sb += v_sig * dx * dy;
+        scc += T(0.5) * v_sig * dy * dy;
+        so += mg ? vis * v_al : zero;
+      }
+    }
+    if (!touched) continue;
+    out[0] = hsum(sx);
+    out[1] = hsum(sy);
+    out[2] = hsum(sa);
+    out[3] = hsum(sb);
+    out[4] = hsum(scc);
+    out[5] = hsum(so);
+    out[6] = hsum(ax);
+    out[7] = hsum(ay);
+    for (int64_t d = 0; d < D; ++d) out[kG + d] = hsum(vload<V>(sf + d * kL));
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_fwd(
-    const Tensor& means2d, const Tensor& conics, const Tensor& opacities, const Tensor& feats,
-    const Tensor& tile_offsets, const Tensor& isect_ids, int64_t width, int64_t height,
-    int64_t tile, int64_t n_threads) {
-  const int64_t C = opacities.size(0), D = feats.size(2);
-  auto opt = feats.options();
+// The tile kernels once per instruction set (see SIMD above), as plain functions of one tile.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define S3_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define S3_CLONES
+#endif
+
+S3_CLONES void forward_tile_f32(const Args<float>& a, Scratch<float>& sc, int64_t t) {
+  forward_tile<float>(a, sc, t);
+}
+S3_CLONES void forward_tile_f64(const Args<double>& a, Scratch<double>& sc, int64_t t) {
+  forward_tile<double>(a, sc, t);
+}
+S3_CLONES void backward_tile_f32(const Args<float>& a, Scratch<float>& sc, int64_t t) {
+  backward_tile<float>(a, sc, t);
+}
+S3_CLONES void backward_tile_f64(const Args<double>& a, Scratch<double>& sc, int64_t t) {
+  backward_tile<double>(a, sc, t);
+}
+inline void run_forward_tile(const Args<float>& a, Scratch<float>& sc, int64_t t) { forward_tile_f32(a, sc, t); }
+inline void run_forward_tile(const Args<double>& a, Scratch<double>& sc, int64_t t) { forward_tile_f64(a, sc, t); }
+inline void run_backward_tile(const Args<float>& a, Scratch<float>& sc, int64_t t) { backward_tile_f32(a, sc, t); }
+inline void run_backward_tile(const Args<double>& a, Scratch<double>& sc, int64_t t) { backward_tile_f64(a, sc, t); }
+
+template <typename T>
+Args<T> make_args(const Tensor& table, int64_t W, int64_t H, int64_t tile,
+                  const Tensor& tile_offsets, const Tensor& isect_ids) {
+  const int64_t tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
+  const int64_t D = table.size(1) - kCols;
+  return Args<T>{table.data_ptr<T>(), kCols + D, D, W, H, tiles_x * tiles_y, tiles_x,
+                 tile_offsets.data_ptr<int64_t>(), isect_ids.data_ptr<int32_t>(), Layout(tile)};
+}
+
+template <typename T>
+void forward_impl(const Tensor& table, const Tensor& tile_offsets, const Tensor& isect_ids,
+                  int64_t C, int64_t W, int64_t H, int64_t tile, int nt, Tensor& img,
+                  Tensor& alpha, Tensor& tfin, Tensor& last) {
+  Args<T> a = make_args<T>(table, W, H, tile, tile_offsets, isect_ids);
+  a.out = img.data_ptr<T>();
+  a.out_a = alpha.data_ptr<T>();
+  a.out_t = tfin.data_ptr<T>();
+  a.out_l = last.data_ptr<int32_t>();
+#pragma omp parallel num_threads(nt)
+  {
+    Scratch<T> sc(a.lay, a.D, false);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < C * a.n_tiles; ++t) run_forward_tile(a, sc, t);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> rasterize_fwd(const Tensor& table,
+                                                         const Tensor& tile_offsets,
+                                                         const Tensor& isect_ids, int64_t C,
+                                                         int64_t width, int64_t height,
+                                                         int64_t tile, int64_t n_threads) {
+  const int64_t D = table.size(1) - kCols;
+  auto opt = table.options();
   Tensor img = at::empty({C, height, width, D}, opt);
   Tensor alpha = at::empty({C, height, width, 1}, opt);
   Tensor tfin = at::empty({C, height, width}, opt);
   Tensor last = at::empty({C, height, width}, opt.dtype(at::kInt));
   const int nt = threads_of(n_threads);
-  if (feats.scalar_type() == at::kFloat) {
-    forward_impl<float>(means2d, conics, opacities, feats, tile_offsets, isect_ids, width, height,
-                        tile, nt, img, alpha, tfin, last);
+  if (table.scalar_type() == at::kFloat) {
+    forward_impl<float>(table, tile_offsets, isect_ids, C, width, height, tile, nt, img, alpha,
+                        tfin, last);
   } else {
-    TORCH_CHECK(feats.scalar_type() == at::kDouble, "s3dgs native: float32 or float64 only");
-    forward_impl<double>(means2d, conics, opacities, feats, tile_offsets, isect_ids, width,
-                         height, tile, nt, img, alpha, tfin, last);
+    TORCH_CHECK(table.scalar_type() == at::kDouble, "s3dgs native: float32 or float64 only");
+    forward_impl<double>(table, tile_offsets, isect_ids, C, width, height, tile, nt, img, alpha,
+                         tfin, last);
   }
   return {img, alpha, tfin, last};
 }
 
-// -------------------------------------------------------------------------------- backward
-// Per tile, back to front from each pixel's last blended Gaussian, with T recovered by
-// division; the tile's gradient of each of its Gaussians (summed over the tile's pixels) goes to
-// that intersection's row of the result [M, kG + Dp]: mx, my, a, b, c, o, |mx|, |my|, features.
-// Rows are laid out Gaussian-major (row isect_slots[i] for intersection i), so that the reduction
-// reads each Gaussian's rows contiguously.
-constexpr int64_t kG = 8;
-
 template <typename T>
-void backward_impl(const Tensor& means2d, const Tensor& conics, const Tensor& opacities,
-                   const Tensor& feats, const Tensor& tile_offsets, const Tensor& isect_ids,
-                   const Tensor& isect_slots, const Tensor& tfin, const Tensor& last,
-                   const Tensor& v_img, const Tensor& v_alpha, int64_t W, int64_t H,
-                   int64_t tile, int nt, Tensor& partial) {
-  const int64_t C = opacities.size(0), N = opacities.size(1), D = feats.size(2);
-  const int64_t Dp = padded(D), stride = kCols + Dp, RS = kG + Dp;
-  const int64_t tiles_x = (W + tile - 1) / tile, tiles_y = (H + tile - 1) / tile;
-  const int64_t n_tiles = tiles_x * tiles_y, P = tile * tile;
-  std::vector<T> rows;
-  make_table<T>(means2d.data_ptr<T>(), conics.data_ptr<T>(), opacities.data_ptr<T>(),
-                feats.data_ptr<T>(), C * N, D, W, H, nt, rows);
-  const T* tab = rows.data();
-  const int64_t* toff = tile_offsets.data_ptr<int64_t>();
-  const int32_t* ids = isect_ids.data_ptr<int32_t>();
-  const int32_t* slot = isect_slots.data_ptr<int32_t>();
-  const T* tf = tfin.data_ptr<T>();
-  const int32_t* ls = last.data_ptr<int32_t>();
-  const T* vi = v_img.data_ptr<T>();
-  const T* va = v_alpha.data_ptr<T>();
-  T* part = partial.data_ptr<T>();
-  const T amin = static_cast<T>(kAlphaMin), amax = static_cast<T>(kAlphaMax);
-
+void backward_impl(const Tensor& table, const Tensor& tile_offsets, const Tensor& isect_ids,
+                   const Tensor& tfin, const Tensor& last, const Tensor& v_img,
+                   const Tensor& v_alpha, int64_t C, int64_t W, int64_t H, int64_t tile, int nt,
+                   Tensor& partial) {
+  Args<T> a = make_args<T>(table, W, H, tile, tile_offsets, isect_ids);
+  a.tf = tfin.data_ptr<T>();
+  a.ls = last.data_ptr<int32_t>();
+  a.vi = v_img.data_ptr<T>();
+  a.va = v_alpha.data_ptr<T>();
+  a.part = partial.data_ptr<T>();
 #pragma omp parallel num_threads(nt)
   {
-    // per pixel: T in front of the current Gaussian, final T, features blended behind it (S),
-    // dL/dimage (G), dL/dalpha (GA), last blended Gaussian (L); sf: the current Gaussian's
-    // feature gradient summed over the tile's pixels
-    std::vector<T> Tc(P), Tf(P), S(P * Dp), G(P * Dp, T(0)), GA(P), sf(Dp);
-    std::vector<int32_t> L(P);
+    Scratch<T> sc(a.lay, a.D, true);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < C * n_tiles; ++t) {
-      const int64_t start = toff[t], end = toff[t + 1];
-      if (start == end) continue;
-      const TileGeom tg = tile_geom(t, n_tiles, tiles_x, tile, W, H);
-      int32_t kmax = -1;
-      std::fill(L.begin(), L.end(), -1);
-      for (int64_t py = tg.y0; py <= tg.y1; ++py)
-        for (int64_t px = tg.x0; px <= tg.x1; ++px) {
-          const int64_t p = (py - tg.y0) * tile + (px - tg.x0);
-          const int64_t q = (tg.cam * H + py) * W + px;
-          L[p] = ls[q];
-          kmax = std::max(kmax, ls[q]);
-          Tc[p] = Tf[p] = tf[q];
-          GA[p] = va[q];
-          std::memcpy(G.data() + p * Dp, vi + q * D, sizeof(T) * D);  // padding stays 0
-        }
-      std::fill(S.begin(), S.end(), T(0));
-      // rows behind every pixel's last Gaussian get nothing
-      for (int64_t i = start + kmax + 1; i < end; ++i)
-        std::fill(part + slot[i] * RS, part + (slot[i] + 1) * RS, T(0));
-      for (int64_t i = start + kmax; i > start + kmax - kAhead && i >= start; --i)
-        prefetch_row(tab, stride, ids, i);
-      for (int32_t k = kmax; k >= 0; --k) {
-        const int64_t i = start + k;
-        prefetch_row(tab, stride, ids, std::max(i - kAhead, start));
-        T* out = part + static_cast<int64_t>(slot[i]) * RS;
-        std::fill(out, out + RS, T(0));
-        const T* r = tab + static_cast<int64_t>(ids[i]) * stride;
-        int64_t x0, x1, y0, y1;
-        box_in_tile(r, tg, x0, x1, y0, y1);
-        if (x0 > x1 || y0 > y1) continue;
-        const T gx = r[0], gy = r[1], ga = r[2], gb = r[3], gc = r[4], go = r[5], gtau = r[6];
-        const T* f = r + kCols;
-        T sx = 0, sy = 0, sa = 0, sb = 0, sc = 0, so = 0, ax = 0, ay = 0;
-        std::fill(sf.begin(), sf.end(), T(0));
-        for (int64_t py = y0; py <= y1; ++py) {
-          const T dy = gy - (static_cast<T>(py) + T(0.5));
-          const int64_t prow = (py - tg.y0) * tile - tg.x0;
-          for (int64_t px = x0; px <= x1; ++px) {
-            const int64_t p = prow + px;
-            if (L[p] < k) continue;
-            const T dx = gx - (static_cast<T>(px) + T(0.5));
-            const T sigma = T(0.5) * (ga * dx * dx + gc * dy * dy) + gb * dx * dy;
-            if (!(sigma <= gtau)) continue;
-            const T vis = std::exp(-sigma);
-            const T ao = go * vis;
-            const T al = std::min(amax, ao);
-            if (al < amin) continue;
-            const T ra = T(1) / (T(1) - al);
-            const T Tk = Tc[p] * ra;  // transmittance in front of this Gaussian
-            Tc[p] = Tk;
-            const T fac = al * Tk;
-            const T* g = G.data() + p * Dp;
-            T* s = S.data() + p * Dp;
-            // dL/dalpha = sum_d (f_d T_k - S_d / (1 - alpha)) dL/dout_d + T_final / (1 - alpha) dL/dA
-            Vec<T> vsum = {};
-            for (int64_t d = 0; d < Dp; d += kLanes) {
-              const Vec<T> gv = vload(g + d), fv = vload(f + d), sv = vload(s + d);
-              vstore(sf.data() + d, vload(sf.data() + d) + fac * gv);
-              vsum += (fv * Tk - sv * ra) * gv;
-              vstore(s + d, sv + fv * fac);
-            }
-            const T v_al = hsum<T>(vsum) + Tf[p] * ra * GA[p];
-            if (ao <= amax) {  // not clamped
-              const T v_sig = -ao * v_al;
-              const T lx = v_sig * (ga * dx + gb * dy);
-              const T ly = v_sig * (gb * dx + gc * dy);
-              sx += lx;
-              sy += ly;
-              ax += std::fabs(lx);
-              ay += std::fabs(ly);
-              sa += T(0.5) * v_sig * dx * dx;
-              sb += v_sig * dx * dy;
-              sc += T(0.5) * v_sig * dy * dy;
-              so += vis * v_al;
-            }
-          }
-        }
-        out[0] = sx;
-        out[1] = sy;
-        out[2] = sa;
-        out[3] = sb;
-        out[4] = sc;
-        out[5] = so;
-        out[6] = ax;
-        out[7] = ay;
-        std::memcpy(out + kG, sf.data(), sizeof(T) * Dp);
-      }
-    }
+    for (int64_t t = 0; t < C * a.n_tiles; ++t) run_backward_tile(a, sc, t);
   }
 }
 
-Tensor rasterize_bwd(const Tensor& means2d, const Tensor& conics, const Tensor& opacities,
-                     const Tensor& feats, const Tensor& tile_offsets, const Tensor& isect_ids,
-                     const Tensor& isect_slots, const Tensor& tfin, const Tensor& last,
-                     const Tensor& v_img, const Tensor& v_alpha, int64_t width, int64_t height,
-                     int64_t tile, int64_t n_threads) {
-  const int64_t Dp = padded(feats.size(2)), M = isect_ids.size(0);
-  Tensor partial = at::empty({M, kG + Dp}, feats.options());
+Tensor rasterize_bwd(const Tensor& table, const Tensor& tile_offsets, const Tensor& isect_ids,
+                     const Tensor& tfin, const Tensor& last, const Tensor& v_img,
+                     const Tensor& v_alpha, int64_t width, int64_t height, int64_t tile,
+                     int64_t n_threads) {
+  const int64_t D = table.size(1) - kCols, M = isect_ids.size(0), C = tfin.size(0);
+  Tensor partial = at::empty({M, kG + D}, table.options());
   const int nt = threads_of(n_threads);
-  if (feats.scalar_type() == at::kFloat) {
-    backward_impl<float>(means2d, conics, opacities, feats, tile_offsets, isect_ids, isect_slots,
-                         tfin, last, v_img, v_alpha, width, height, tile, nt, partial);
+  if (table.scalar_type() == at::kFloat) {
+    backward_impl<float>(table, tile_offsets, isect_ids, tfin, last, v_img, v_alpha, C, width,
+                         height, tile, nt, partial);
   } else {
-    TORCH_CHECK(feats.scalar_type() == at::kDouble, "s3dgs native: float32 or float64 only");
-    backward_impl<double>(means2d, conics, opacities, feats, tile_offsets, isect_ids,
-                          isect_slots, tfin, last, v_img, v_alpha, width, height, tile, nt,
-                          partial);
+    TORCH_CHECK(table.scalar_type() == at::kDouble, "s3dgs native: float32 or float64 only");
+    backward_impl<double>(table, tile_offsets, isect_ids, tfin, last, v_img, v_alpha, C, width,
+                          height, tile, nt, partial);
   }
   return partial;
 }
 
+// The vectorised exp on its own, for tests: exp(x) of every element of x (float or double).
+Tensor vexp_op(const Tensor& x) {
+  Tensor xc = x.contiguous();
+  Tensor out = at::empty_like(xc);
+  const int64_t n = xc.numel();
+  auto run = [&](auto* src, auto* dst) {
+    using T = std::remove_pointer_t<decltype(dst)>;
+    using V = typename Simd<T>::V;
+    for (int64_t i = 0; i < n; i += kL) {
+      T buf[kL] = {};
+      for (int64_t l = 0; l < kL && i + l < n; ++l) buf[l] = src[i + l];
+      const V y = vexp(vload<V>(buf));
+      for (int64_t l = 0; l < kL && i + l < n; ++l) dst[i + l] = y[l];
+    }
+  };
+  if (xc.scalar_type() == at::kFloat) {
+    run(xc.data_ptr<float>(), out.data_ptr<float>());
+  } else {
+    TORCH_CHECK(xc.scalar_type() == at::kDouble, "s3dgs native: float32 or float64 only");
+    run(xc.data_ptr<double>(), out.data_ptr<double>());
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------------------- reduction
-// Each visible Gaussian sums its intersections' rows of `partial` (contiguous, in tile order):
-// no races, a fixed order. Returns the gradients of means2d [C,N,2], conics [C,N,3], opacities
-// [C,N], features [C,N,D] and the absolute means2d sums [C,N,2] (empty unless absgrad).
+// Each visible Gaussian sums the rows of its intersections (listed by gauss_isects, in tile
+// order) of `partial`: no races, a fixed order. The rows are scattered, so the next ones are
+// prefetched. Returns the gradients of means2d [C,N,2], conics [C,N,3], opacities [C,N],
+// features [C,N,D] and the absolute means2d sums [C,N,2] (empty unless absgrad).
 template <typename T>
 void reduce_impl(const Tensor& partial, const Tensor& vis_ids, const Tensor& gauss_offsets,
-                 int64_t D, bool absgrad, int nt, Tensor& g_m, Tensor& g_con, Tensor& g_o,
-                 Tensor& g_f, Tensor& g_abs) {
-  const int64_t V = vis_ids.size(0), RS = partial.size(1);
+                 const Tensor& gauss_isects, int64_t D, bool absgrad, int nt, Tensor& g_m,
+                 Tensor& g_con, Tensor& g_o, Tensor& g_f, Tensor& g_abs) {
+  const int64_t V = vis_ids.size(0), RS = partial.size(1), M = gauss_isects.size(0);
   const T* part = partial.data_ptr<T>();
   const int32_t* vis = vis_ids.data_ptr<int32_t>();
   const int64_t* goff = gauss_offsets.data_ptr<int64_t>();
+  const int32_t* gi = gauss_isects.data_ptr<int32_t>();
   T* om = g_m.data_ptr<T>();
   T* oc = g_con.data_ptr<T>();
   T* oo = g_o.data_ptr<T>();
@@ -646,9 +911,11 @@ void reduce_impl(const Tensor& partial, const Tensor& vis_ids, const Tensor& gau
     for (int64_t v = 0; v < V; ++v) {
       std::fill(sum.begin(), sum.end(), T(0));
       for (int64_t j = goff[v]; j < goff[v + 1]; ++j) {
-        const T* row = part + j * RS;
-        for (int64_t c = 0; c < RS; c += kLanes)
-          vstore(sum.data() + c, vload(sum.data() + c) + vload(row + c));
+        const char* ahead = reinterpret_cast<const char*>(
+            part + static_cast<int64_t>(gi[std::min(j + 16, M - 1)]) * RS);
+        for (int64_t b = 0; b < RS * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(ahead + b);
+        const T* row = part + static_cast<int64_t>(gi[j]) * RS;
+        for (int64_t c = 0; c < RS; ++c) sum[c] += row[c];
       }
       const int64_t g = vis[v];
       om[2 * g] = sum[0];
@@ -667,8 +934,9 @@ void reduce_impl(const Tensor& partial, const Tensor& vis_ids, const Tensor& gau
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> reduce_grads(
-    const Tensor& partial, const Tensor& vis_ids, const Tensor& gauss_offsets, int64_t C,
-    int64_t N, int64_t D, bool absgrad, int64_t n_threads) {
+    const Tensor& partial, const Tensor& vis_ids, const Tensor& gauss_offsets,
+    const Tensor& gauss_isects, int64_t C, int64_t N, bool absgrad, int64_t n_threads) {
+  const int64_t D = partial.size(1) - kG;
   auto opt = partial.options();
   Tensor g_m = at::zeros({C, N, 2}, opt);
   Tensor g_con = at::zeros({C, N, 3}, opt);
@@ -677,12 +945,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> reduce_grads(
   Tensor g_abs = absgrad ? at::zeros({C, N, 2}, opt) : at::empty({0}, opt);
   const int nt = threads_of(n_threads);
   if (partial.scalar_type() == at::kFloat) {
-    reduce_impl<float>(partial, vis_ids, gauss_offsets, D, absgrad, nt, g_m, g_con, g_o, g_f,
-                       g_abs);
+    reduce_impl<float>(partial, vis_ids, gauss_offsets, gauss_isects, D, absgrad, nt, g_m, g_con,
+                       g_o, g_f, g_abs);
   } else {
     TORCH_CHECK(partial.scalar_type() == at::kDouble, "s3dgs native: float32 or float64 only");
-    reduce_impl<double>(partial, vis_ids, gauss_offsets, D, absgrad, nt, g_m, g_con, g_o, g_f,
-                        g_abs);
+    reduce_impl<double>(partial, vis_ids, gauss_offsets, gauss_isects, D, absgrad, nt, g_m,
+                        g_con, g_o, g_f, g_abs);
   }
   return {g_m, g_con, g_o, g_f, g_abs};
 }
@@ -692,20 +960,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> reduce_grads(
 TORCH_LIBRARY(s3dgs_native, m) {
   m.def(
       "bin_tiles(Tensor means2d, Tensor radii, Tensor depths, Tensor conics, Tensor opacities, "
-      "int width, int height, int tile, int n_threads) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "int width, int height, int tile, int n_threads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)",
       &s3dgs_native::bin_tiles);
   m.def(
-      "rasterize_fwd(Tensor means2d, Tensor conics, Tensor opacities, Tensor feats, "
-      "Tensor tile_offsets, Tensor isect_ids, int width, int height, int tile, int n_threads) "
-      "-> (Tensor, Tensor, Tensor, Tensor)",
+      "make_table(Tensor means2d, Tensor conics, Tensor opacities, Tensor feats, Tensor table_ids, "
+      "int width, int height, int n_threads) -> Tensor",
+      &s3dgs_native::make_table);
+  m.def(
+      "rasterize_fwd(Tensor table, Tensor tile_offsets, Tensor isect_ids, int C, int width, "
+      "int height, int tile, int n_threads) -> (Tensor, Tensor, Tensor, Tensor)",
       &s3dgs_native::rasterize_fwd);
   m.def(
-      "rasterize_bwd(Tensor means2d, Tensor conics, Tensor opacities, Tensor feats, "
-      "Tensor tile_offsets, Tensor isect_ids, Tensor isect_slots, Tensor tfin, Tensor last, "
-      "Tensor v_img, Tensor v_alpha, int width, int height, int tile, int n_threads) -> Tensor",
+      "rasterize_bwd(Tensor table, Tensor tile_offsets, Tensor isect_ids, Tensor tfin, "
+      "Tensor last, Tensor v_img, Tensor v_alpha, int width, int height, int tile, int n_threads) "
+      "-> Tensor",
       &s3dgs_native::rasterize_bwd);
   m.def(
-      "reduce_grads(Tensor partial, Tensor vis_ids, Tensor gauss_offsets, int C, int N, int D, "
-      "bool absgrad, int n_threads) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "reduce_grads(Tensor partial, Tensor vis_ids, Tensor gauss_offsets, Tensor gauss_isects, "
+      "int C, int N, bool absgrad, int n_threads) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
       &s3dgs_native::reduce_grads);
+  m.def("vexp(Tensor x) -> Tensor", &s3dgs_native::vexp_op);
 }
