@@ -41,6 +41,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study_runs import ensure_scene, fmt_spread, spread, train_and_evaluate  # noqa: E402
 
 LAMBDAS = (0.02, 0.05, 0.1, 0.2)
 ADDONS = {"multiscale": {"depth_multiscale": True}, "edge_aware": {"depth_edge_aware": True},
@@ -142,23 +145,13 @@ class Study:
 
     def run(self, name: str, overrides: dict, scene: Path | None = None, note: str = "",
             seed: int | None = None, record: bool = True) -> dict:
-        from s3dgs.evaluate import evaluate_run, headline
-        from s3dgs.train import train
+        from s3dgs.evaluate import headline
 
-        run_dir = self.out / "runs" / name
         scene = scene or self.scene
-        kw = {**schedule(self.iterations), **self.extra, **overrides}
-        if not (run_dir / "metrics.json").exists():
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            t = time.perf_counter()
-            train(scene=scene, out_dir=run_dir, seed=self.seed if seed is None else seed,
-                  num_threads=self.threads, progress=False, save_renders=False,
-                  log_every=max(1, self.iterations // 5), ckpt_every=10 * self.iterations + 1, **kw)
-            print(f"[{name}] trained in {time.perf_counter() - t:.1f} s", flush=True)
-            m = evaluate_run(run_dir, scene, max_views=self.max_views)
-        else:
-            m = json.loads((run_dir / "metrics.json").read_text())
+        kw = {**schedule(self.iterations), **self.extra, **overrides,
+              "seed": self.seed if seed is None else seed}
+        m, _ = train_and_evaluate(self.out / "runs" / name, scene, kw, threads=self.threads,
+                                  max_views=self.max_views, label=name)
         row = {"name": name, "config": {k: v for k, v in overrides.items()}, "scene": str(scene),
                "note": note, **headline(m)}
         if record:
@@ -199,12 +192,7 @@ def main(argv=None) -> int:
         exist take part in choosing the best configuration."""
         return want(name) or (out / "runs" / name / "metrics.json").exists()
 
-    scene = a.scene
-    if not (scene / "sparse").exists():
-        from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
-
-        print(f"{scene}: not found; making the synthetic plant (preset {a.preset}, seed {a.seed})", flush=True)
-        make_synthetic_scene(SynthConfig(out=scene, preset=a.preset, seed=a.seed, progress=False))
+    scene = ensure_scene(a.scene, a.preset, a.seed)
     out = a.out or scene.parent / f"{scene.name}_depth_study"
     (out / "plots").mkdir(parents=True, exist_ok=True)
     extra = {"sh_degree": 1} if a.tiny else {}
@@ -312,11 +300,7 @@ def markdown(r: dict) -> str:
         lines += ["", f"Training-seed spread (seeds {', '.join(map(str, seeds))}; same scene): mean [min, max]", "",
                   "| row | " + " | ".join(SPREAD_KEYS) + " |", "|---|" + "---:|" * len(SPREAD_KEYS)]
         for name, sp in r["seed_spread"].items():
-            cells = []
-            for k in SPREAD_KEYS:
-                v = [x for x in sp[k] if x is not None]
-                cells.append(f"{np.mean(v):.3f} [{min(v):.3f}, {max(v):.3f}]" if v else "–")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | " + " | ".join(fmt_spread(spread(sp[k])) for k in SPREAD_KEYS) + " |")
     lines += ["", ("stem cover / breaks: any class, opacity >= 0.5; (class): Gaussians of the stem's class; "
                    "floaters: opacity-weighted, Gaussians in the box around the plant; tolerances in each run's metrics.json.")]
     return "\n".join(lines) + "\n"
