@@ -30,19 +30,22 @@ each written into ``phenotypes.json`` (``method``) with the thresholds it used:
 4. **Nodes.** Confident N Gaussians within reach of the centreline, clustered by scipy's
    hierarchical clustering (average linkage) cut at ``node_separation`` (2.5 cm with a metric
    scale, else 3 median stem diameters); clusters with too little support are dropped and counted
-   in the notes, clusters closer than ``node_separation`` along the stem are one node. Position = weighted mean, ordered by arc length from the base; confidence =
-   opacity-weighted mean N probability of its Gaussians.
+   in the notes, clusters closer than ``node_separation`` along the stem are one node. Position =
+   weighted mean, ordered by arc length from the base; confidence = opacity-weighted mean N
+   probability of its Gaussians.
 5. **Internodes.** Arc length along the centreline between consecutive nodes (and the chord).
 6. **Stem diameter** per internode, over its middle half (away from the node swellings): the width
-   of the silhouette the U and D Gaussians draw, in orthographic side views from ``n_views``
-   directions around the axis. A 3DGS Gaussian draws alpha = min(0.999, o exp(-d^T S^-1 d / 2))
+   of the silhouette the opaque (> 0.5) U and D Gaussians draw, in orthographic side views from
+   ``n_views`` directions around the axis. A 3DGS Gaussian draws alpha = min(0.999, o exp(-d^T S^-1 d / 2))
    with S its projected covariance (plus the rasteriser's 0.3 px^2 low-pass at the training
    images' pixel size, when known); a stem's edge in an image is where the accumulated alpha
    1 - prod(1 - alpha) crosses 0.5. So the diameter is what the Gaussians draw, whether the model
    put flat Gaussians on the stem's surface (centres at radius r, thin across it) or a row of round
    ones on its axis (centres at radius 0, edge near sigma sqrt(2 ln 2o)): the spread of the centres
    alone is right only in the first case, the scales alone only in the second. Checked against
-   the rasteriser in tests/test_phenotype.py.
+   the rasteriser in tests/test_phenotype.py. Semi-transparent Gaussians are left out: around a
+   thin stem the model fits them with the colours of what lies behind as much as of the stem, so
+   they add alpha where the images show no stem.
 7. **Peduncles.** Confident P Gaussians linked into branches (single linkage at ``peduncle_link``:
    connected components of the cut-off graph); a branch whose nearest Gaussian is within reach of
    the stem and within ``node_separation`` of a node along it belongs to that node; pieces of one
@@ -612,6 +615,7 @@ def measure_plant(
     base_rule: str = "auto",
     extend_stem: bool = True,
     n_views: int = 8,
+    silhouette_opacity: float = 0.5,
 ) -> dict:
     """Phenotypic traits of one plant from its Gaussians (see the module docstring for each step).
 
@@ -636,6 +640,11 @@ def measure_plant(
             stem when there is one, else the stem's lowest point) or "stem" (its lowest point).
         extend_stem: follow the stem past its labelled ends through opaque Gaussians.
         n_views: view directions of the silhouette.
+        silhouette_opacity: the stem's silhouette is drawn by its Gaussians of at least this
+            opacity. Semi-transparent Gaussians around a thin stem are fitted with the colours of
+            what lies behind as much as of the stem: they add alpha where the images show no stem
+            (on the closeup plant all U and D Gaussians made diameters 9-17 mm of 6-9 mm true,
+            the opaque ones 6-10 mm).
 
     Returns:
         A JSON-ready dict: ``units``, ``plant`` (plant_height, stem_length, node_count,
@@ -689,8 +698,8 @@ def measure_plant(
         "internode_length": "arc length along the centreline between consecutive nodes "
                             "(straight_length: the chord)",
         "stem_diameter": "median width of the silhouette (accumulated alpha >= 0.5) of the U and D "
-                         f"Gaussians over the internode's middle half, {n_views} orthographic side "
-                         "views around the axis"
+                         f"Gaussians of opacity > {silhouette_opacity} over the internode's middle half, "
+                         f"{n_views} orthographic side views around the axis"
                          + (f", rasteriser low-pass 0.3 px^2 at {pixel_size:.4g} model units per pixel"
                             if pixel_size else ", no rasteriser low-pass (pixel size unknown)"),
         "peduncles": "confident P Gaussians linked at peduncle_link (single linkage); a branch whose "
@@ -708,7 +717,7 @@ def measure_plant(
     w_stem = np.maximum.reduce([wU * mU, wD * mD, wN * mN])
     cl, info = (None, {"reason": f"no confident U or D Gaussians ({rule})"}) \
         if not (mU | mD).any() else fit_centreline(X[stem_m], w_stem[stem_m], up)
-    sil_m = mU | mD
+    sil_m = (mU | mD) & (op > silhouette_opacity)
     diam_med = None
     base_h = None
     if base_rule not in ("auto", "ground", "stem"):
@@ -761,12 +770,12 @@ def measure_plant(
                 notes.append("the fitted ground plane is over 15 degrees from up; not used as the floor")
         if extend_stem:
             cand = (op > min_opacity) & ~mP
-            radius = 0.75 * diam_med if diam_med else tube
+            radius = 1.5 * diam_med if diam_med else tube
             cl, ext_lo, ext_hi = _extend(cl, X[cand], up, radius=radius, step=step,
                                          max_len=0.5 * cl.length, floor=floor)
             method["stem_extension"] = (
                 f"past the labelled ends, followed through Gaussians of opacity > {min_opacity}, not P, within "
-                f"{radius * f:.4g} {units} (0.75 median stem diameters) of the end tangent, one bin "
+                f"{radius * f:.4g} {units} (1.5 median stem diameters) of the end tangent, one bin "
                 "per step, until a step finds fewer than 2" + (", not below the ground" if floor is not None
                                                                 else ""))
         base, apex = cl.points[0], cl.points[-1]
