@@ -118,25 +118,35 @@ inline TileRange tile_range(double mx, double my, double rx, double ry, int64_t 
           clampi(std::floor(m1 - r1), tiles_y), clampi(std::ceil(m1 + r1), tiles_y)};
 }
 
-inline bool ellipse_touches_tile(double mx, double my, double a, double b, double c,
-                                 double tau, int64_t tx, int64_t ty, int64_t tile) {
-  if (!(a > 0.0 && c > 0.0)) return true;  // degenerate conic: keep (conservative)
-  const double x0 = static_cast<double>(tx * tile) - (mx - 0.5);
+// A Gaussian's quantities for the tile test, computed once per Gaussian.
+struct Ellipse {
+  double mx, my, a, b, c, tau, b_c, b_a;
+  bool degenerate;
+};
+
+inline Ellipse ellipse_of(double mx, double my, double a, double b, double c, double o) {
+  const bool degenerate = !(a > 0.0 && c > 0.0);
+  return {mx, my, a, b, c, tau_margin(o), degenerate ? 0.0 : b / c, degenerate ? 0.0 : b / a,
+          degenerate};
+}
+
+inline bool ellipse_touches_tile(const Ellipse& e, int64_t tx, int64_t ty, int64_t tile) {
+  if (e.degenerate) return true;  // keep (conservative)
+  const double x0 = static_cast<double>(tx * tile) - (e.mx - 0.5);
   const double x1 = x0 + static_cast<double>(tile - 1);
-  const double y0 = static_cast<double>(ty * tile) - (my - 0.5);
+  const double y0 = static_cast<double>(ty * tile) - (e.my - 0.5);
   const double y1 = y0 + static_cast<double>(tile - 1);
   if (x0 <= 0.0 && x1 >= 0.0 && y0 <= 0.0 && y1 >= 0.0) return true;
-  const double b_c = b / c, b_a = b / a;
   double best = std::numeric_limits<double>::infinity();
   for (double X : {x0, x1}) {
-    const double dy = std::min(std::max(-b_c * X, y0), y1);
-    best = std::min(best, (0.5 * a * X + b * dy) * X + 0.5 * c * dy * dy);
+    const double dy = std::min(std::max(-e.b_c * X, y0), y1);
+    best = std::min(best, (0.5 * e.a * X + e.b * dy) * X + 0.5 * e.c * dy * dy);
   }
   for (double Y : {y0, y1}) {
-    const double dx = std::min(std::max(-b_a * Y, x0), x1);
-    best = std::min(best, (0.5 * c * Y + b * dx) * Y + 0.5 * a * dx * dx);
+    const double dx = std::min(std::max(-e.b_a * Y, x0), x1);
+    best = std::min(best, (0.5 * e.c * Y + e.b * dx) * Y + 0.5 * e.a * dx * dx);
   }
-  return best <= tau;
+  return best <= e.tau;
 }
 
 template <typename T>
@@ -154,28 +164,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
   const T* con = conics.data_ptr<T>();
   const T* op = opacities.data_ptr<T>();
 
-  // Calls emit(key) for every (camera, tile) the flat Gaussian g touches, row-major. Passes over
-  // the Gaussians run in flat order so that their inputs are read sequentially.
-  auto visit = [&](int64_t g, auto&& emit) {
-    const double mx = static_cast<double>(m2[2 * g]), my = static_cast<double>(m2[2 * g + 1]);
-    const double a = con[3 * g], b = con[3 * g + 1], c = con[3 * g + 2];
-    const double tau = tau_margin(static_cast<double>(op[g]));
-    const TileRange r = tile_range(mx, my, rad[2 * g], rad[2 * g + 1], tile, tiles_x, tiles_y);
-    const int64_t cam = g / N;
-    for (int64_t ty = r.y0; ty < r.y1; ++ty)
-      for (int64_t tx = r.x0; tx < r.x1; ++tx)
-        if (ellipse_touches_tile(mx, my, a, b, c, tau, tx, ty, tile))
-          emit(cam * n_tiles + ty * tiles_x + tx);
+  // pass 1 (flat order, so the inputs are read sequentially): each visible Gaussian's tile range
+  // from its radii, as raster.py's build_plan; the tiles it touches are at most that many. (The
+  // range is recomputed in pass 2 rather than stored: memory traffic, not arithmetic, is what
+  // costs here.)
+  auto range_of = [&](int64_t g) {
+    if (!(rad[2 * g] > 0 && rad[2 * g + 1] > 0)) return TileRange{0, 0, 0, 0};
+    return tile_range(m2[2 * g], m2[2 * g + 1], rad[2 * g], rad[2 * g + 1], tile, tiles_x, tiles_y);
   };
-  // pass 1: how many tiles each Gaussian touches (0 when not visible)
+  std::vector<int64_t> boff(static_cast<size_t>(CN + 1), 0);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t g = 0; g < CN; ++g) {
+    const TileRange r = range_of(g);
+    boff[g + 1] = (r.x1 - r.x0) * (r.y1 - r.y0);
+  }
+  for (int64_t g = 0; g < CN; ++g) boff[g + 1] += boff[g];
+  // pass 2: the (camera, tile) keys of the tiles each Gaussian really touches (the exact test of
+  // raster.py's _ellipse_touches_tile), written from boff[g] on; cnt[g] of them
+  std::vector<int32_t> kbuf(static_cast<size_t>(boff[CN]));
   std::vector<int32_t> cnt(static_cast<size_t>(CN), 0);
 #pragma omp parallel for schedule(dynamic, 1024) num_threads(nt)
   for (int64_t g = 0; g < CN; ++g) {
-    if (rad[2 * g] > 0 && rad[2 * g + 1] > 0) {
-      int32_t n = 0;
-      visit(g, [&](int64_t) { ++n; });
-      cnt[g] = n;
-    }
+    const TileRange r = range_of(g);
+    if (r.x1 <= r.x0 || r.y1 <= r.y0) continue;
+    const Ellipse e = ellipse_of(m2[2 * g], m2[2 * g + 1], con[3 * g], con[3 * g + 1],
+                                 con[3 * g + 2], op[g]);
+    const int64_t base = (g / N) * n_tiles;
+    int32_t* out = kbuf.data() + boff[g];
+    int32_t n = 0;
+    for (int64_t ty = r.y0; ty < r.y1; ++ty)
+      for (int64_t tx = r.x0; tx < r.x1; ++tx)
+        if (ellipse_touches_tile(e, tx, ty, tile))
+          out[n++] = static_cast<int32_t>(base + ty * tiles_x + tx);
+    cnt[g] = n;
   }
   // visible Gaussians (radii > 0), sorted front to back; ties keep the flat index order
   std::vector<int32_t> vis;
@@ -189,27 +210,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
     for (size_t i = 0; i < vis.size(); ++i) keys[i] = sort_key(dep[vis[i]]);
     radix_sort(keys, vis);
   }
-  // per visible Gaussian (depth order), where its intersections start
+  // per visible Gaussian (depth order), where its intersections start in Gaussian-major order
   Tensor gauss_offsets = at::empty({V + 1}, at::TensorOptions().dtype(at::kLong));
   int64_t* goff = gauss_offsets.data_ptr<int64_t>();
   goff[0] = 0;
-  std::vector<int64_t> start_of(static_cast<size_t>(CN), 0);
-  for (int64_t v = 0; v < V; ++v) {
-    start_of[vis[v]] = goff[v];
-    goff[v + 1] = goff[v] + cnt[vis[v]];
-  }
+  for (int64_t v = 0; v < V; ++v) goff[v + 1] = goff[v] + cnt[vis[v]];
   const int64_t M = goff[V];
   TORCH_CHECK(M < std::numeric_limits<int32_t>::max(), "s3dgs native: too many intersections");
-
-  // pass 2: the (camera, tile) key of every intersection, Gaussian-major in depth order
-  std::vector<int32_t> key(static_cast<size_t>(M));
-#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt)
-  for (int64_t g = 0; g < CN; ++g) {
-    if (cnt[g] > 0) {
-      int64_t j = start_of[g];
-      visit(g, [&](int64_t k) { key[j++] = static_cast<int32_t>(k); });
-    }
-  }
 
   // The rasteriser's per-Gaussian table is ordered by the tile under each mean (then flat id), so
   // that the Gaussians of a tile, and of the next tiles a thread takes, lie close in memory:
@@ -244,7 +251,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
   // stable counting sort by key: depth order is kept inside every tile
   Tensor tile_offsets = at::zeros({C * n_tiles + 1}, at::TensorOptions().dtype(at::kLong));
   int64_t* toff = tile_offsets.data_ptr<int64_t>();
-  for (int64_t j = 0; j < M; ++j) toff[key[j] + 1]++;
+  for (int64_t g = 0; g < CN; ++g)
+    for (int64_t i = 0; i < cnt[g]; ++i) toff[kbuf[boff[g] + i] + 1]++;
   for (int64_t t = 0; t < C * n_tiles; ++t) toff[t + 1] += toff[t];
   Tensor isect_ids = at::empty({M}, at::TensorOptions().dtype(at::kInt));
   Tensor gauss_isects = at::empty({M}, at::TensorOptions().dtype(at::kInt));
@@ -253,10 +261,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
   {
     std::vector<int64_t> cursor(toff, toff + C * n_tiles);
     for (int64_t v = 0; v < V; ++v) {
-      const int32_t g = tindex[vis[v]];
-      for (int64_t j = goff[v]; j < goff[v + 1]; ++j) {
-        const int64_t pos = cursor[key[j]]++;
-        ids[pos] = g;
+      const int32_t g = vis[v], row = tindex[g];
+      const int32_t* keys = kbuf.data() + boff[g];
+      for (int64_t i = 0, j = goff[v]; i < cnt[g]; ++i, ++j) {
+        const int64_t pos = cursor[keys[i]]++;
+        ids[pos] = row;
         gi[j] = static_cast<int32_t>(pos);
       }
     }
@@ -319,24 +328,42 @@ S3_INLINE V splat(S x) {
   return v;
 }
 template <typename I>
-S3_INLINE bool any(const I& m) {  // any lane set (lanes are 0 or -1)
-  uint64_t w[sizeof(I) / 8];
-  std::memcpy(w, &m, sizeof(I));
-  uint64_t o = 0;
-  for (size_t i = 0; i < sizeof(I) / 8; ++i) o |= w[i];
-  return o != 0;
-}
-template <typename I>
-S3_INLINE int count(const I& m) {
-  int n = 0;
-  for (int i = 0; i < kL; ++i) n += m[i] != 0;
-  return n;
+S3_INLINE bool any(const I& m) {  // any lane set (lanes are 0 or -1): OR the halves as vectors
+  typedef uint64_t H __attribute__((vector_size(16)));
+  H h[sizeof(I) / 16];
+  std::memcpy(h, &m, sizeof(I));
+  H o = h[0];
+  for (size_t i = 1; i < sizeof(I) / 16; ++i) o |= h[i];
+  return (o[0] | o[1]) != 0;
 }
 template <typename V>
 S3_INLINE auto hsum(const V& v) -> decltype(v[0] + v[1]) {  // fixed order
   auto s = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
   return s;
 }
+
+// Horizontal sums of 8 vectors at once: out[i] = hsum(v[i]), by the same pairwise tree (so the
+// same bits) but with three levels of shuffles and adds instead of 8 x 7 lane extractions.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+template <typename V, typename T>
+S3_INLINE void hsum8(const V* v, T* out) {
+  V l1[4], l2[2];
+  for (int i = 0; i < 4; ++i)  // (a0+a1, b0+b1, a2+a3, b2+b3, ...) of a = v[2i], b = v[2i+1]
+    l1[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+            __builtin_shufflevector(v[2 * i], v[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int i = 0; i < 2; ++i)  // (a0..3, b0..3, c0..3, d0..3, a4..7, b4..7, c4..7, d4..7)
+    l2[i] = __builtin_shufflevector(l1[2 * i], l1[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+            __builtin_shufflevector(l1[2 * i], l1[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  const V r = __builtin_shufflevector(l2[0], l2[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+              __builtin_shufflevector(l2[0], l2[1], 4, 5, 6, 7, 12, 13, 14, 15);
+  std::memcpy(out, &r, sizeof(V));
+}
+#else
+template <typename V, typename T>
+S3_INLINE void hsum8(const V* v, T* out) {
+  for (int i = 0; i < 8; ++i) out[i] = hsum(v[i]);
+}
+#endif
 
 // exp of x <= 0 (here -sigma for sigma >= 0), vectorised: n = round(x / ln 2), r = x - n ln 2 in
 // two parts (Cody-Waite), a polynomial in r, times 2^n built in the exponent bits. Arguments are
@@ -545,13 +572,16 @@ struct Scratch {
 
 // --------------------------------------------------------------------------------- forward
 // One tile: Gaussians front to back, each on the pixels of its box inside the tile, kL at a time.
-template <typename T>
+// Whether every pixel of the tile has stopped is checked every kDoneCheck Gaussians (a count per
+// vector of pixels cost more than the blending it saved).
+constexpr int64_t kDoneCheck = 16;
+template <typename T, int DC>
 S3_INLINE void forward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   using IT = typename Simd<T>::IT;
   const Layout& lay = a.lay;
-  const int64_t D = a.D, P = lay.P, RW = lay.RW;
+  const int64_t D = DC > 0 ? DC : a.D, P = lay.P, RW = lay.RW;
   const TileGeom tg = tile_geom(t, a.n_tiles, a.tiles_x, lay.tile, a.W, a.H);
   const int64_t npix = (tg.x1 - tg.x0 + 1) * (tg.y1 - tg.y0 + 1);
   T* Tt = sc.Tt.data();
@@ -567,11 +597,16 @@ S3_INLINE void forward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
   const V lanef = __builtin_convertvector(lane, V) + T(0.5);
   const V amin = splat<V>(static_cast<T>(kAlphaMin)), amax = splat<V>(static_cast<T>(kAlphaMax));
   const V tstop = splat<V>(static_cast<T>(kTStop)), zero = splat<V>(T(0)), one = splat<V>(T(1));
-  int64_t ndone = 0;
   const int64_t start = a.toff[t], end = a.toff[t + 1];
   for (int64_t i = start; i < std::min(end, start + kAhead); ++i)
     prefetch_row(a.tab, a.stride, a.ids, i);
-  for (int64_t i = start; i < end && ndone < npix; ++i) {
+  for (int64_t i = start; i < end; ++i) {
+    // every kDoneCheck Gaussians: stop the tile once all its pixels have stopped
+    if ((i - start) % kDoneCheck == kDoneCheck - 1) {
+      int64_t ndone = 0;
+      for (int64_t p = 0; p < P; ++p) ndone += done[p] != 0;
+      if (ndone == npix) break;
+    }
     prefetch_row(a.tab, a.stride, a.ids, std::min(i + kAhead, end - 1));
     const T* r = a.tab + static_cast<int64_t>(a.ids[i]) * a.stride;
     int64_t x0, x1, y0, y1;
@@ -580,16 +615,19 @@ S3_INLINE void forward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
     const T gx = r[0], gy = r[1], ga = r[2], gb = r[3], gc = r[4], go = r[5], gtau = r[6];
     const T* f = r + kCols;
     const I kv = splat<I>(static_cast<IT>(i - start));
-    // the vectors of each row that cover [x0, x1]
+    // the vectors (columns of kL pixels) that cover [x0, x1], then the rows; what depends only
+    // on the column is computed once per column
     const int64_t c0 = (x0 - tg.x0) / kL, c1 = (x1 - tg.x0) / kL;
-    for (int64_t py = y0; py <= y1; ++py) {
-      const T dy = gy - (static_cast<T>(py) + T(0.5));
-      for (int64_t c = c0; c <= c1; ++c) {
-        const int64_t cx = tg.x0 + c * kL;  // image x of lane 0
+    for (int64_t c = c0; c <= c1; ++c) {
+      const int64_t cx = tg.x0 + c * kL;  // image x of lane 0
+      const I inbox = (lane >= static_cast<IT>(x0 - cx)) & (lane <= static_cast<IT>(x1 - cx));
+      const V dx = gx - (lanef + static_cast<T>(cx));
+      const V adxx = ga * dx * dx, bdx = gb * dx;
+      for (int64_t py = y0; py <= y1; ++py) {
+        const T dy = gy - (static_cast<T>(py) + T(0.5));
         const int64_t q = (py - tg.y0) * RW + c * kL;
-        const I inbox = (lane >= static_cast<IT>(x0 - cx)) & (lane <= static_cast<IT>(x1 - cx));
-        const V dx = gx - (lanef + static_cast<T>(cx));
-        const V sigma = T(0.5) * (ga * dx * dx + gc * dy * dy) + gb * dx * dy;
+        // sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, in the reference's order of operations
+        const V sigma = T(0.5) * (adxx + gc * dy * dy) + bdx * dy;
         const I dn = vload<I>(done + q);
         I m = inbox & ~dn & (sigma <= gtau);  // alpha >= 1/255 possible, pixel not stopped
         if (!any(m)) continue;
@@ -599,11 +637,8 @@ S3_INLINE void forward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
         const V Tp = vload<V>(Tt + q);
         const V nT = Tp * (one - al);
         const I stop = m & (nT <= tstop);  // exclusive early stop
-        if (any(stop)) {
-          vstore(done + q, dn | stop);
-          ndone += count(stop);
-          m &= ~stop;
-        }
+        vstore(done + q, dn | stop);
+        m &= ~stop;
         const V w = m ? al * Tp : zero;
         for (int64_t d = 0; d < D; ++d) {
           T* ac = acc + d * P + q;
@@ -629,15 +664,15 @@ S3_INLINE void forward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
 // One tile, back to front from each pixel's last blended Gaussian, with T recovered by
 // division; the tile's gradient of each of its Gaussians (summed over the tile's pixels) goes to
 // that intersection's row of `part` [M, kG + D]: mx, my, a, b, c, o, |mx|, |my|, features.
-constexpr int64_t kG = 8;
+constexpr int kG = 8;
 
-template <typename T>
+template <typename T, int DC>
 S3_INLINE void backward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
   using V = typename Simd<T>::V;
   using I = typename Simd<T>::I;
   using IT = typename Simd<T>::IT;
   const Layout& lay = a.lay;
-  const int64_t D = a.D, P = lay.P, RW = lay.RW, RS = kG + D;
+  const int64_t D = DC > 0 ? DC : a.D, P = lay.P, RW = lay.RW, RS = kG + D;
   const int64_t start = a.toff[t], end = a.toff[t + 1];
   if (start == end) return;
   const TileGeom tg = tile_geom(t, a.n_tiles, a.tiles_x, lay.tile, a.W, a.H);
@@ -689,25 +724,26 @@ S3_INLINE void backward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
     const T gx = r[0], gy = r[1], ga = r[2], gb = r[3], gc = r[4], go = r[5], gtau = r[6];
     const T* f = r + kCols;
     const I kv = splat<I>(static_cast<IT>(k));
-    V sx = zero, sy = zero, sa = zero, sb = zero, scc = zero, so = zero, ax = zero, ay = zero;
+    // per-lane sums over the tile's pixels: dL/d(mx, my, a, b, c, o), |dL/dmx|, |dL/dmy|
+    V acc8[kG] = {zero, zero, zero, zero, zero, zero, zero, zero};
     std::fill(sc.sf.begin(), sc.sf.end(), T(0));
     bool touched = false;
     const int64_t c0 = (x0 - tg.x0) / kL, c1 = (x1 - tg.x0) / kL;
-    for (int64_t py = y0; py <= y1; ++py) {
-      const T dy = gy - (static_cast<T>(py) + T(0.5));
-      for (int64_t c = c0; c <= c1; ++c) {
-        const int64_t cx = tg.x0 + c * kL;
+    for (int64_t c = c0; c <= c1; ++c) {
+      const int64_t cx = tg.x0 + c * kL;
+      const I inbox = (lane >= static_cast<IT>(x0 - cx)) & (lane <= static_cast<IT>(x1 - cx));
+      const V dx = gx - (lanef + static_cast<T>(cx));
+      const V adx = ga * dx, bdx = gb * dx, adxx = adx * dx;
+      for (int64_t py = y0; py <= y1; ++py) {
+        const T dy = gy - (static_cast<T>(py) + T(0.5));
         const int64_t q = (py - tg.y0) * RW + c * kL;
-        const I inbox = (lane >= static_cast<IT>(x0 - cx)) & (lane <= static_cast<IT>(x1 - cx));
-        const V dx = gx - (lanef + static_cast<T>(cx));
-        const V sigma = T(0.5) * (ga * dx * dx + gc * dy * dy) + gb * dx * dy;
+        const V sigma = T(0.5) * (adxx + gc * dy * dy) + bdx * dy;  // as in the forward
         I m = inbox & (vload<I>(L + q) >= kv) & (sigma <= gtau);
         if (!any(m)) continue;
         const V vis = vexp(-sigma);
         const V ao = go * vis;
         const V al = ao > amax ? amax : ao;
-        m &= (al >= amin);
-        if (!any(m)) continue;
+        m &= (al >= amin);  // (no test for an empty m here: rare, and cheaper to blend zeros)
         touched = true;
         const V ra = one / (one - al);
         const V Tcur = vload<V>(Tc + q);
@@ -726,32 +762,33 @@ S3_INLINE void backward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
         const V v_al = vsum + vload<V>(Tf + q) * ra * vload<V>(GA + q);
         const I mg = m & (ao <= amax);  // not clamped: alpha depends on o, mean and conic
         const V v_sig = mg ? -ao * v_al : zero;
-        const V lx = v_sig * (ga * dx + gb * dy);
-        const V ly = v_sig * (gb * dx + gc * dy);
-        sx += lx;
-        sy += ly;
-        ax += lx < zero ? -lx : lx;
-        ay += ly < zero ? -ly : ly;
-        sa += T(0.5) * v_sig * dx * dx;
-        sb += v_sig * dx * dy;
-        scc += T(0.5) * v_sig * dy * dy;
-        so += mg ? vis * v_al : zero;
+        const V lx = v_sig * (adx + gb * dy);
+        const V ly = v_sig * (bdx + gc * dy);
+        acc8[0] += lx;
+        acc8[1] += ly;
+        acc8[2] += T(0.5) * v_sig * dx * dx;
+        acc8[3] += v_sig * dx * dy;
+        acc8[4] += T(0.5) * v_sig * dy * dy;
+        acc8[5] += mg ? vis * v_al : zero;
+        acc8[6] += lx < zero ? -lx : lx;
+        acc8[7] += ly < zero ? -ly : ly;
       }
     }
     if (!touched) continue;
-    out[0] = hsum(sx);
-    out[1] = hsum(sy);
-    out[2] = hsum(sa);
-    out[3] = hsum(sb);
-    out[4] = hsum(scc);
-    out[5] = hsum(so);
-    out[6] = hsum(ax);
-    out[7] = hsum(ay);
-    for (int64_t d = 0; d < D; ++d) out[kG + d] = hsum(vload<V>(sf + d * kL));
+    hsum8(acc8, out);
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+      V fv[8];
+      for (int j = 0; j < 8; ++j) fv[j] = vload<V>(sf + (d + j) * kL);
+      hsum8(fv, out + kG + d);
+    }
+    for (; d < D; ++d) out[kG + d] = hsum(vload<V>(sf + d * kL));
   }
 }
 
 // The tile kernels once per instruction set (see SIMD above), as plain functions of one tile.
+// For float, the channel counts of training renders (8: RGB, 4 semantic channels, depth; 4: RGB
+// and depth) get kernels with the count known at compile time (unrolled channel loops).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define S3_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -759,16 +796,24 @@ S3_INLINE void backward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
 #endif
 
 S3_CLONES void forward_tile_f32(const Args<float>& a, Scratch<float>& sc, int64_t t) {
-  forward_tile<float>(a, sc, t);
+  switch (a.D) {
+    case 8: forward_tile<float, 8>(a, sc, t); break;
+    case 4: forward_tile<float, 4>(a, sc, t); break;
+    default: forward_tile<float, 0>(a, sc, t);
+  }
 }
 S3_CLONES void forward_tile_f64(const Args<double>& a, Scratch<double>& sc, int64_t t) {
-  forward_tile<double>(a, sc, t);
+  forward_tile<double, 0>(a, sc, t);
 }
 S3_CLONES void backward_tile_f32(const Args<float>& a, Scratch<float>& sc, int64_t t) {
-  backward_tile<float>(a, sc, t);
+  switch (a.D) {
+    case 8: backward_tile<float, 8>(a, sc, t); break;
+    case 4: backward_tile<float, 4>(a, sc, t); break;
+    default: backward_tile<float, 0>(a, sc, t);
+  }
 }
 S3_CLONES void backward_tile_f64(const Args<double>& a, Scratch<double>& sc, int64_t t) {
-  backward_tile<double>(a, sc, t);
+  backward_tile<double, 0>(a, sc, t);
 }
 inline void run_forward_tile(const Args<float>& a, Scratch<float>& sc, int64_t t) { forward_tile_f32(a, sc, t); }
 inline void run_forward_tile(const Args<double>& a, Scratch<double>& sc, int64_t t) { forward_tile_f64(a, sc, t); }
