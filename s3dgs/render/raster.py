@@ -1,10 +1,13 @@
-"""Tiled front-to-back rasteriser in plain torch, with a hand-written backward.
+"""Tiled front-to-back rasteriser in plain torch, with a hand-written backward: the ``torch``
+backend, the readable version of what the C++ kernels of :mod:`s3dgs.render.native` do, and their
+fallback where those cannot be built (it also runs on any torch device).
 
-Why hand-written: gsplat's rasteriser is CUDA-only (its pure-torch variant still calls CUDA
-kernels for tile intersection), so on a CPU nothing in the ecosystem can render a Gaussian
-splat with gradients. Plain autograd over the blending would keep a ``[pixels, Gaussians]``
-graph per tile alive until backward (gigabytes for 100k Gaussians); instead the forward keeps
-only the final transmittance per pixel and the backward recomputes each chunk of tiles.
+Why hand-written: gsplat's rasteriser is CUDA-only (its pure-torch functions run on a CPU but its
+tile intersection does not), and plain autograd over the blending would keep a
+``[pixels, Gaussians]`` graph per tile alive until backward (gigabytes for 100k Gaussians);
+instead the forward keeps only the final transmittance per pixel and the backward recomputes each
+chunk of tiles. Being dense batches of torch operations, it evaluates every pixel of a tile
+against every Gaussian of the tile and cannot stop a pixel early; the native kernels can.
 
 Layout. The image is cut into ``tile x tile`` tiles; every (camera, tile) gets the list of
 Gaussians whose extents touch it, sorted front to back. Tiles with similar list lengths are
