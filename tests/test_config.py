@@ -85,14 +85,18 @@ def test_every_train_option_is_reachable_by_the_same_name(command, monkeypatch, 
     cls = {"train": TrainCommand, "run": P.RunConfig, "demo": P.DemoConfig}[command]
     pos = {"train": [str(tmp_path)], "run": [str(tmp_path / "in"), str(tmp_path / "out")], "demo": []}[command]
     base = TrainConfig()
-    for flat, path in flat_names().items():
+    args, expect = list(pos), {}
+    for flat, path in flat_names().items():  # every option at once: one parse per command
         value, text = _example_value(path, base)
-        cfg = tyro.cli(cls, args=pos + _cli_args(flat, value, text))
-        train = cfg.train if command == "train" else cfg.stages.train
+        args += _cli_args(flat, value, text)
+        expect[path] = value
+    cfg = tyro.cli(cls, args=args)
+    train = cfg.train if command == "train" else cfg.stages.train
+    for path, value in expect.items():
         got = train
         for part in path.split("."):
             got = getattr(got, part)
-        assert got == value, (command, flat, got, value)
+        assert got == value, (command, path, got, value)
 
 
 def test_config_round_trips_through_json():
