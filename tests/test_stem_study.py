@@ -45,9 +45,9 @@ def test_promises_combine_their_parts():
     assert c(["shown", "worse"]) == "not shown"  # mixed
     summary = {
         "rgb": {"stem_cover": _sp([0.5, 0.55, 0.6]), "stem_breaks": _sp([4, 5, 6]), "floaters": _sp([0.4, 0.42, 0.44]),
-                "cover_P": _sp([0.2, 0.3, 0.4]), "psnr": _sp([30.0, 30.1, 30.2])},
+                "cover_peduncle": _sp([0.2, 0.3, 0.4]), "psnr": _sp([30.0, 30.1, 30.2])},
         "prior": {"stem_cover": _sp([0.7, 0.75, 0.8]), "stem_breaks": _sp([1, 2, 2]), "floaters": _sp([0.3, 0.35, 0.43]),
-                  "cover_P": _sp([0.1, 0.12, 0.15]), "psnr": _sp([30.3, 30.4, 30.5])},
+                  "cover_peduncle": _sp([0.1, 0.12, 0.15]), "psnr": _sp([30.3, 30.4, 30.5])},
     }
     got = {p["promise"]: p["verdict"] for p in study.verdicts(summary, {"rgb": None, "prior": None})["promises"]}
     assert got == {"fewer broken stems": "shown", "fewer floaters": "not shown",
@@ -77,6 +77,7 @@ def test_score_and_targets():
     assert t["best_combo"] == ["met", "met", "not met", "met"]  # floaters 0.2 <= 0.4 / 2, mIoU 0.575 < 0.6
     assert t["prior"] == ["not met", "met", "met", "not met"]  # two breaks; PSNR below rgb
     assert study.targets(summary)["best_combo"][2]["figure"] == "0.575"
+    assert t["rgb"] == ["not met", "reference", "not met", "reference"]
 
 
 def test_combination_of_methods():
@@ -97,6 +98,27 @@ def test_combination_of_methods():
     assert cfg == {"lambda_depth": 0.0, "no_depth": True, "grow_grad2d_stem": 2e-4}
     cfg, used, _ = study.combine_methods({m: 0.0 for m in gains}, bases, "rgb", own)
     assert used == [] and cfg == study.BASE_ROWS["rgb"]
+
+
+def test_class_coverage_per_class_and_part(tiny_scene, tmp_path):
+    """Coverage by any Gaussian, per class and per part: opaque Gaussians on every true centreline
+    but the pedicels' cover all of them and little of the pedicels."""
+    from test_evaluate import _fake_run, _stem_gaussians
+
+    from s3dgs.evaluate import geometry_tolerances
+    from s3dgs.scene.groundtruth import load_ground_truth
+
+    gt = load_ground_truth(tiny_scene)
+    pedicels = {i for i, s in enumerate(gt.stems) if s["part"] == "pedicel"}
+    assert pedicels and len(pedicels) < sum(s["class"] == "P" for s in gt.stems)
+    run = _fake_run(tmp_path, tiny_scene, _stem_gaussians(gt, drop=lambda i, t: i in pedicels))
+    c = study.class_coverage(run, gt, {**geometry_tolerances(gt), "opaque_threshold": 0.5})
+    # a pedicel's start lies within reach of the peduncle's Gaussians it springs from
+    assert c["cover_part_pedicel"] < 0.5 and c["cover_part_peduncle"] > 0.99 and c["cover_part_petiole"] > 0.99
+    for k in ("U", "N", "D"):
+        assert c[f"cover_{k}"] > 0.99 and c[f"breaks_{k}"] == 0
+    assert 0.05 < c["cover_P"] < 0.95 and 0.05 < c["cover_peduncle"] < 0.95
+    assert c["cover_peduncle"] < c["cover_P"]  # the stalks lose a larger share than the whole class
 
 
 def test_stem_study_tiny_end_to_end(tiny_scene, tmp_path, monkeypatch, capsys):
@@ -120,6 +142,7 @@ def test_stem_study_tiny_end_to_end(tiny_scene, tmp_path, monkeypatch, capsys):
         for run in row["runs"]:
             assert run["psnr"] > 5 and run["floaters"] is not None and run["stem_cover"] is not None
             assert run["wall_s"] > 0 and run["score"] is not None and run["cover_P"] is not None
+            assert run["cover_peduncle"] is not None and run["cover_part_petiole"] is not None
         s = row["summary"]["psnr"]
         assert s["min"] <= s["mean"] <= s["max"] and s["n"] == 2
     rows = {row["name"]: row for row in p["rows"]}
