@@ -6,7 +6,7 @@ For each case and backend: median forward, backward and fwd+bwd wall seconds of 
 call (``render`` + a loss over every output + ``backward``), the fastest fwd+bwd, process CPU
 seconds, the no-grad forward, the same without the depth channel (depth cost = median time ratio
 of interleaved pairs), the rasteriser alone (projection and SH done once beforehand: what the
-backends differ in), and the peak RSS of a fresh process running that case's forward + backward
+backends differ in), for the native backend the time of each of its ops, and the peak RSS of a fresh process running that case's forward + backward
 with that backend. Runs of the backends alternate, so that a change of machine load hits both;
 the speed-ups are medians of per-repetition ratios.
 
@@ -143,6 +143,37 @@ def _raster_run(p, feats, W, H, backend: str, absgrad: bool):
     return t1 - t0, time.perf_counter() - t1
 
 
+def native_phases(p, feats, W, H, repeats: int, absgrad: bool) -> dict:
+    """Median wall seconds of each native op on this case: binning, the per-Gaussian table, the
+    forward tiles, the backward tiles, and the per-Gaussian reduction of the backward."""
+    from s3dgs.render.native import bin_tiles
+
+    ops = torch.ops.s3dgs_native
+    nt = torch.get_num_threads()
+    m2, con, op = p.means2d.contiguous(), p.conics.contiguous(), p.opacities.contiguous()
+    C, N = op.shape
+    g = torch.Generator().manual_seed(0)
+    v_img = torch.randn(C, H, W, feats.shape[-1], generator=g)
+    v_alpha = torch.randn(C, H, W, 1, generator=g)
+    rec: dict[str, list] = {k: [] for k in ("bin", "table", "forward", "backward", "reduce")}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        rec[name].append(time.perf_counter() - t0)
+        return out
+
+    for _ in range(repeats + 1):
+        plan = timed("bin", lambda: bin_tiles(m2, p.radii, p.depths, con, op, W, H, 8))
+        tab = timed("table", lambda: ops.make_table(m2, con, op, feats, plan.table_ids, W, H, nt))
+        _, _, tfin, last = timed("forward", lambda: ops.rasterize_fwd(tab, plan.tile_offsets, plan.isect_ids, C, W, H, 8, nt))
+        part = timed("backward", lambda: ops.rasterize_bwd(tab, plan.tile_offsets, plan.isect_ids, tfin, last,
+                                                            v_img, v_alpha, W, H, 8, nt))
+        timed("reduce", lambda: ops.reduce_grads(part, plan.vis_ids, plan.gauss_offsets, plan.gauss_isects, C, N,
+                                                 absgrad, nt))
+    return {k: _med(v[1:]) for k, v in rec.items()}
+
+
 def _med(x):
     return round(statistics.median(x), 4)
 
@@ -200,6 +231,8 @@ def time_case(key: str, backends: list[str], repeats: int, absgrad: bool):
         res[b]["raster_fwd_s"] = _med(f)
         res[b]["raster_bwd_s"] = _med(bw)
         res[b]["raster_fwd_bwd_s"] = _med([x + y for x, y in rr[b]])
+    if "native" in backends:
+        res["native"]["phases_s"] = native_phases(p, feats, W, H, repeats, absgrad)
     if "torch" in backends and "native" in backends:
         t, n = runs[("torch", True)], runs[("native", True)]
         res["speedup_native_fwd_bwd"] = round(statistics.median([(x[0] + x[1]) / (y[0] + y[1]) for x, y in zip(t, n)]), 2)
@@ -243,6 +276,13 @@ def markdown(result: dict) -> str:
                 f"{x['raster_fwd_bwd_s']:.3f} | {x['depth_overhead']:+.1%} | {x['peak_rss_gb']:.2f} | "
                 f"{x['n_isects']} |"
             )
+    if "native" in result["backends"]:
+        lines += ["", "Native rasteriser phases (median wall ms; raster-only fwd+bwd above includes them):", "",
+                  "| case | bin | table | forward | backward | reduce |", "|---|---|---|---|---|---|"]
+        for key, r in result["cases"].items():
+            ph = r["native"]["phases_s"]
+            lines.append(f"| ({key}) | " + " | ".join(f"{1e3 * ph[k]:.1f}" for k in
+                                                    ("bin", "table", "forward", "backward", "reduce")) + " |")
     if all("speedup_native_fwd_bwd" in r for r in result["cases"].values()):
         lines += ["", "| case | native speed-up, fwd+bwd (wall) | (CPU) | rasteriser alone (wall) |", "|---|---|---|---|"]
         for key, r in result["cases"].items():

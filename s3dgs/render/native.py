@@ -3,27 +3,32 @@
 Why hand-written: gsplat's rasteriser is CUDA-only, and the plain-torch one in
 :mod:`s3dgs.render.raster` cannot stop a pixel early or skip the pixels a Gaussian does not
 reach, so it evaluates every pixel of a tile against every Gaussian of that tile in dense
-batches. ``csrc/rasterize_cpu.cpp`` does what gsplat's CUDA kernels do, per pixel and front to
-back, with OpenMP threads over tiles: binning (Gaussian-tile pairs by the same exact ellipse test
-as :func:`s3dgs.render.raster.build_plan`, sorted by camera, tile and depth), a forward pass that
-keeps per pixel only the final transmittance and the last blended Gaussian, and a backward pass
-that replays each pixel back to front, recovering the transmittance by division. Its results are
-bitwise identical run to run and for any thread count (see the .cpp). Projection and SH stay in
-torch (:mod:`s3dgs.render.projection`).
+batches. ``csrc/rasterize_cpu.cpp`` does what gsplat's CUDA kernels do, pixel by pixel and front
+to back, with OpenMP threads over tiles and SIMD over the pixels of a tile row: binning
+(Gaussian-tile pairs by the same exact ellipse test as :func:`s3dgs.render.raster.build_plan`,
+sorted by camera, tile and depth), a forward pass that keeps per pixel only the final
+transmittance and the last blended Gaussian, and a backward pass that replays each pixel back to
+front, recovering the transmittance by division. Its results are bitwise identical run to run
+and for any thread count (see the .cpp). Projection and SH stay in torch
+(:mod:`s3dgs.render.projection`).
 
 Build route: :func:`torch.utils.cpp_extension.load` on first use, as gsplat compiles its CUDA
 kernels, into torch's extension cache under a name that carries a hash of the source, the flags
 and the torch version, so an edited source or another torch builds afresh and a cached build loads
 without invoking the compiler. The ops are registered with ``TORCH_LIBRARY`` and called as
 ``torch.ops.s3dgs_native.*``; the source includes only light ATen headers, not
-``<torch/extension.h>`` (pybind11), which cuts the one-off compile from about 60 s to about 20 s.
+``<torch/extension.h>`` (pybind11), which measured 16 s instead of 60 s for a minimal op (the
+whole rasteriser compiles in about 30 s on the 2-core machine this was written on).
 Flags: ``-O3 -fopenmp``; ``-ffp-contract=off`` so that the forward and the backward compute every
 alpha to the same bit (they must agree on which Gaussians were blended); no ``-ffast-math`` (NaN
-and inf semantics); no ``-march=native`` (a cached binary may move to another machine).
+and inf semantics); no ``-march=native`` (a cached binary may move to another machine): on
+x86-64 the tile kernels are compiled for AVX2 and for the baseline and the loader picks one at
+run time (GCC ``target_clones``); both give the same bits.
 
 Without a compiler, when the build fails, for dtypes other than float32/float64, or with
 ``S3DGS_NO_NATIVE=1`` in the environment, :func:`native_available` is False and
-:func:`s3dgs.render.render` uses the torch rasteriser; the reason is logged once.
+:func:`s3dgs.render.render` uses the torch rasteriser; the reason is logged once (the full build
+log at debug level).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ def _build() -> None:
         except OSError:  # e.g. half written by a concurrent build: let torch's locked build decide
             pass
     build_dir.mkdir(parents=True, exist_ok=True)
-    logger.warning("s3dgs: compiling the native CPU rasteriser (once, about 20 s) ...")
+    logger.warning("s3dgs: compiling the native CPU rasteriser (once, about 30 s) ...")
     cpp_extension.load(
         name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
         build_directory=str(build_dir), is_python_module=False, verbose=False,
@@ -94,8 +99,10 @@ def native_available() -> bool:
                         _load()
                     except Exception as e:  # no compiler, failed build, missing ninja, ...
                         logger.debug("s3dgs: building the native CPU rasteriser failed", exc_info=True)
-                        first = str(e).strip().splitlines()
-                        reason = f"{type(e).__name__}: {first[0] if first else ''}".strip()
+                        first = (str(e).strip().splitlines() or [""])[0]
+                        if len(first) > 300:
+                            first = first[:300] + " ..."
+                        reason = f"{type(e).__name__}: {first}".strip()
                 if reason is not None:
                     logger.warning("s3dgs: native CPU rasteriser unavailable (%s); using the torch rasteriser", reason)
                 _state["reason"] = reason

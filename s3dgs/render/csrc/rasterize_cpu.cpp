@@ -16,6 +16,7 @@
 //   rasterize_bwd  -> per intersection, the gradient summed over the tile's pixels [M, 8 + D].
 //   reduce_grads   -> gradients of means2d [C,N,2], conics [C,N,3], opacities [C,N], features
 //                  [C,N,D] and the AbsGS sums of |per-pixel dL/dmeans2d| [C,N,2].
+//   vexp           the kernels' vectorised exp on its own, for tests.
 //
 // Blending (identical to raster.py and the dense reference): sigma = 0.5 (a dx^2 + c dy^2) + b dx dy
 // with d = mean - pixel centre; alpha = min(0.999, o exp(-sigma)); alpha < 1/255 is skipped; a pixel
@@ -30,8 +31,6 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
