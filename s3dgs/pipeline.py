@@ -47,7 +47,7 @@ __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "ru
 
 log = logging.getLogger("s3dgs")
 
-STAGES = ("prepare", "align", "depth", "heatmaps", "train", "eval", "export", "report")
+STAGES = ("prepare", "align", "depth", "heatmaps", "train", "eval", "export", "phenotype", "report")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
@@ -73,9 +73,13 @@ class StageOptions:
     """Class probability a Gaussian needs to go into its class's point cloud."""
     export_min_opacity: Annotated[float, _arg("export-min-opacity")] = 0.1
     """Opacity a Gaussian needs to be exported."""
+    phenotype_scale: Annotated[Optional[str], opt("SCALE", "from known poses, else model units",
+                                                  name="phenotype-scale", flat=True)] = None
+    """Metric scale for the phenotypes when the poses are not metric: as `s3dgs phenotype --scale`
+    (a factor in metres per model unit, SIZE=LENGTH of a known object, or SIZE=x1,y1,z1,x2,y2,z2)."""
     redo: Annotated[tuple[str, ...], _arg("redo", metavar="STAGE ...")] = ()
-    """Stages to redo even when finished (prepare, align, depth, heatmaps, train, eval, export, report);
-    the stages after them are redone too."""
+    """Stages to redo even when finished (prepare, align, depth, heatmaps, train, eval, export,
+    phenotype, report); the stages after them are redone too."""
 
     def validate(self) -> None:
         from s3dgs.validate import fraction
@@ -463,6 +467,14 @@ def do_export(cfg: RunConfig, run: Path) -> dict:
     return {"note": ", ".join(f"{c} {n}" for c, n in counts.items()) + " points", "counts": counts}
 
 
+def do_phenotype(cfg: RunConfig, run: Path) -> dict:
+    """Plant height, nodes, internodes, stem diameters, peduncles -> RUN/phenotypes.{json,csv,png}."""
+    from s3dgs.phenotype import run_phenotype
+
+    res = run_phenotype(run, scale=cfg.stages.phenotype_scale)
+    return {"note": res["summary"]}
+
+
 def do_report(run: Path, scene: Path) -> dict:
     from s3dgs.report import write_report
 
@@ -522,8 +534,10 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
                {"reference": str(cfg.reference) if cfg.reference else None})
     export = Stage("export", lambda: do_export(cfg, run), lambda: [run / "classes" / "counts.json"],
                    {"threshold": cfg.stages.export_threshold, "min_opacity": cfg.stages.export_min_opacity})
+    pheno = Stage("phenotype", lambda: do_phenotype(cfg, run), lambda: [run / "phenotypes.json"],
+                  {"scale": cfg.stages.phenotype_scale})
     report = Stage("report", lambda: do_report(run, scene), lambda: [run / "report.html"], {})
-    return [prepare, align, depth_stage, heat, train, ev, export, report], ctx
+    return [prepare, align, depth_stage, heat, train, ev, export, pheno, report], ctx
 
 
 def _print_summary(records: list[dict], total: float, say=print) -> None:

@@ -119,7 +119,12 @@ def test_run_pipeline_resumes_with_fake_rooms(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "do_prepare", fake_prepare)
     monkeypatch.setattr(P, "do_heatmaps", fake_heatmaps)
     monkeypatch.setattr(P, "do_train", fake_train)
+    def fake_phenotype(cfg, run):
+        calls.append("phenotype")
+        (run / "phenotypes.json").write_text("{}")
+
     monkeypatch.setattr(P, "do_export", fake_export)
+    monkeypatch.setattr(P, "do_phenotype", fake_phenotype)
     monkeypatch.setattr(P, "do_report", fake_report)
     def fake_eval(cfg, scene, run):
         calls.append("eval")
@@ -135,10 +140,10 @@ def test_run_pipeline_resumes_with_fake_rooms(tmp_path, monkeypatch):
     calls.clear()
     state["crash_train"] = False
     res = P.run_pipeline(cfg, say=lambda m: None)
-    assert calls == ["train", "eval", "export", "report"]  # align and depth skipped with a reason
+    assert calls == ["train", "eval", "export", "phenotype", "report"]  # align and depth skipped with a reason
     status = {r["stage"]: r["status"] for r in res["stages"]}
     assert status == {"prepare": "done", "align": "skipped", "depth": "skipped", "heatmaps": "done",
-                      "train": "ran", "eval": "ran", "export": "ran", "report": "ran"}
+                      "train": "ran", "eval": "ran", "export": "ran", "phenotype": "ran", "report": "ran"}
     assert res["report"] == tmp_path / "out" / "run" / "report.html"
     calls.clear()
     P.run_pipeline(cfg, say=lambda m: None)
@@ -147,4 +152,4 @@ def test_run_pipeline_resumes_with_fake_rooms(tmp_path, monkeypatch):
     longer = P.StageOptions(train=P.TrainConfig(num_iterations=10, progress=False))
     P.run_pipeline(P.RunConfig(input=frames, out=tmp_path / "out", keypoints=kp, depth_backend="none",
                                stages=longer), say=lambda m: None)
-    assert calls == ["train", "eval", "export", "report"]
+    assert calls == ["train", "eval", "export", "phenotype", "report"]
