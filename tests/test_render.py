@@ -433,23 +433,28 @@ def test_native_rasteriser_is_bitwise_independent_of_thread_count():
     render need not: torch's own kernels in projection and SH may split sums by thread.)"""
     if not native_available():
         pytest.skip(f"native rasteriser unavailable: {native.native_unavailable_reason()}")
-    s = make_scene(N=400, W=64, H=48, C=2, dtype=torch.float32, seed=21)
+    # enough Gaussians (2 x 5000) that the binning's counting sort runs in several parts
+    s = make_scene(N=5000, W=64, H=48, C=2, dtype=torch.float32, seed=21, scale_range=(0.01, 0.05))
     p = project_gaussians(s["means"], s["quats"], s["scales"], s["opacities"], s["viewmats"],
                           s["Ks"], s["W"], s["H"])
-    feats = torch.rand(2, 400, 9)
+    feats = torch.rand(2, 5000, 9)
     wi = torch.randn(2, s["H"], s["W"], 9)
     old = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
+            plan = native.bin_tiles(p.means2d, p.radii, p.depths, p.conics, p.opacities, s["W"], s["H"])
             ins = [t.detach().clone().requires_grad_(True) for t in (p.means2d, p.conics, p.opacities, feats)]
             img, alpha = rasterize_with("native", *ins, p.radii, p.depths, s["W"], s["H"], absgrad=True)
             ((img * wi).sum() + alpha.sum()).backward()
-            results.append([img, alpha, ins[0].absgrad] + [t.grad for t in ins])
+            results.append([plan.tile_offsets, plan.isect_ids, plan.gauss_isects, plan.table_ids, img, alpha,
+                            ins[0].absgrad] + [t.grad for t in ins])
+            n_visible = plan.vis_ids.numel()
     finally:
         torch.set_num_threads(old)
-    assert results[0][1].max() > 0.5
+    assert n_visible > 2 * 4096  # the sort then splits into one part per thread (bin_tiles in the .cpp)
+    assert results[0][5].max() > 0.5
     for other in results[1:]:
         for x, y in zip(results[0], other):
             assert torch.equal(x, y)

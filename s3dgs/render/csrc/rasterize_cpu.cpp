@@ -247,25 +247,52 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles_impl(
     }
   }
 
-  // stable counting sort by key: depth order is kept inside every tile
-  Tensor tile_offsets = at::zeros({C * n_tiles + 1}, at::TensorOptions().dtype(at::kLong));
+  // Stable counting sort of the intersections by (camera, tile), visiting the Gaussians front to
+  // back, so depth order is kept inside every tile. In parallel: each thread takes a contiguous
+  // range of the depth order, counts its keys per tile, and writes from its own cursor (after the
+  // ranges of the threads before it): the same positions for any number of threads.
+  const int64_t K = C * n_tiles;
+  Tensor tile_offsets = at::empty({K + 1}, at::TensorOptions().dtype(at::kLong));
   int64_t* toff = tile_offsets.data_ptr<int64_t>();
-  for (int64_t g = 0; g < CN; ++g)
-    for (int64_t i = 0; i < cnt[g]; ++i) toff[kbuf[boff[g] + i] + 1]++;
-  for (int64_t t = 0; t < C * n_tiles; ++t) toff[t + 1] += toff[t];
   Tensor isect_ids = at::empty({M}, at::TensorOptions().dtype(at::kInt));
   Tensor gauss_isects = at::empty({M}, at::TensorOptions().dtype(at::kInt));
   int32_t* ids = isect_ids.data_ptr<int32_t>();
   int32_t* gi = gauss_isects.data_ptr<int32_t>();
   {
-    std::vector<int64_t> cursor(toff, toff + C * n_tiles);
-    for (int64_t v = 0; v < V; ++v) {
-      const int32_t g = vis[v], row = tindex[g];
-      const int32_t* keys = kbuf.data() + boff[g];
-      for (int64_t i = 0, j = goff[v]; i < cnt[g]; ++i, ++j) {
-        const int64_t pos = cursor[keys[i]]++;
-        ids[pos] = row;
-        gi[j] = static_cast<int32_t>(pos);
+    const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(nt, V / 4096 + 1));
+    std::vector<int64_t> hist(static_cast<size_t>(nparts * K), 0);
+    auto part_begin = [&](int64_t t) { return V * t / nparts; };
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+    for (int64_t t = 0; t < nparts; ++t) {
+      int64_t* h = hist.data() + t * K;
+      for (int64_t v = part_begin(t); v < part_begin(t + 1); ++v) {
+        const int32_t g = vis[v];
+        const int32_t* keys = kbuf.data() + boff[g];
+        for (int64_t i = 0; i < cnt[g]; ++i) h[keys[i]]++;
+      }
+    }
+    // cursors: tile-major, then part: hist becomes each part's first position in each tile
+    int64_t pos = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      toff[k] = pos;
+      for (int64_t t = 0; t < nparts; ++t) {
+        const int64_t n = hist[t * K + k];
+        hist[t * K + k] = pos;
+        pos += n;
+      }
+    }
+    toff[K] = pos;
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+    for (int64_t t = 0; t < nparts; ++t) {
+      int64_t* cursor = hist.data() + t * K;
+      for (int64_t v = part_begin(t); v < part_begin(t + 1); ++v) {
+        const int32_t g = vis[v], row = tindex[g];
+        const int32_t* keys = kbuf.data() + boff[g];
+        for (int64_t i = 0, j = goff[v]; i < cnt[g]; ++i, ++j) {
+          const int64_t at = cursor[keys[i]]++;
+          ids[at] = row;
+          gi[j] = static_cast<int32_t>(at);
+        }
       }
     }
   }
