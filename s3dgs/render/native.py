@@ -23,7 +23,8 @@ Flags: ``-O3 -fopenmp``; ``-ffp-contract=off`` so that the forward and the backw
 alpha to the same bit (they must agree on which Gaussians were blended); no ``-ffast-math`` (NaN
 and inf semantics); no ``-march=native`` (a cached binary may move to another machine): on
 x86-64 the tile kernels are compiled for AVX2 and for the baseline and the loader picks one at
-run time (GCC ``target_clones``); both give the same bits.
+run time (GCC ``target_clones``); both give the same bits (checked once; the baseline one is
+about 8x slower).
 
 Without a compiler, when the build fails, for dtypes other than float32/float64, or with
 ``S3DGS_NO_NATIVE=1`` in the environment, :func:`native_available` is False and

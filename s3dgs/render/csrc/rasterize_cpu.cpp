@@ -316,8 +316,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> bin_tiles(
 // The tile kernels work on kL pixels of a tile row at once with GCC/Clang vector extensions:
 // 8 floats (one AVX register, two SSE ones) or 8 doubles. On x86-64 the per-tile kernels are
 // compiled twice, for AVX2 and for the baseline, and the loader picks one (target_clones), so the
-// cached binary runs on any x86-64. Both give the same bits: no FMA contraction
-// (-ffp-contract=off), the same operations lane by lane.
+// cached binary runs on any x86-64. Both do the same IEEE operations lane by lane in the same
+// order (no FMA contraction: -ffp-contract=off), so they give the same bits (checked on the render
+// benchmark's 20k-Gaussian scene, forward image and backward rows, with a build that defines
+// S3DGS_NO_CLONES). The baseline one is much slower (8x on that scene): 8-lane vectors on SSE2.
 constexpr int kL = 8;
 
 template <typename T>
@@ -815,7 +817,7 @@ S3_INLINE void backward_tile(const Args<T>& a, Scratch<T>& sc, int64_t t) {
 // The tile kernels once per instruction set (see SIMD above), as plain functions of one tile.
 // For float, the channel counts of training renders (8: RGB, 4 semantic channels, depth; 4: RGB
 // and depth) get kernels with the count known at compile time (unrolled channel loops).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(S3DGS_NO_CLONES)
 #define S3_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define S3_CLONES
