@@ -390,8 +390,10 @@ class Trainer:
         lr = self.cfg.lr
         lrs = {"means": lr.means * self.sscale, "scales": lr.scales, "quats": lr.quats,
                "opacities": lr.opacities, "sh0": lr.sh0, "shN": lr.shN, "semantics": lr.semantics}
-        # One Adam per parameter: gsplat's strategies expect exactly one param group each.
-        return {k: torch.optim.Adam([{"params": self.params[k], "lr": lrs[k], "name": k}], eps=1e-15)
+        # One Adam per parameter: gsplat's strategies expect exactly one param group each. The fused
+        # kernel (one pass over each tensor) is the same update, 3x faster on a CPU than the default
+        # per-op one (profile in BENCHMARKS.md).
+        return {k: torch.optim.Adam([{"params": self.params[k], "lr": lrs[k], "name": k}], eps=1e-15, fused=True)
                 for k in self.params}
 
     def _resume(self) -> None:
