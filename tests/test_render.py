@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from s3dgs import extension
 from s3dgs.errors import UsageError
 from s3dgs.render import RenderOutput, eval_sh, native, native_available, project_gaussians, render
 from s3dgs.render import api as render_api
@@ -615,26 +616,26 @@ def test_fallback_when_the_extension_cannot_be_built(monkeypatch, caplog):
     def no_compiler():
         raise RuntimeError("Error building extension 's3dgs_raster_cpu': c++: command not found")
 
-    monkeypatch.setattr(native, "_state", {"ok": None, "reason": None})
-    monkeypatch.setattr(native, "_load", no_compiler)
-    monkeypatch.delenv(native.ENV_OFF, raising=False)
+    monkeypatch.setattr(extension, "_state", {"ok": None, "reason": None})
+    monkeypatch.setattr(extension, "_load", no_compiler)
+    monkeypatch.delenv(extension.ENV_OFF, raising=False)
     s = make_scene(dtype=torch.float64, C=1)
-    with caplog.at_level(logging.INFO, logger="s3dgs.render"):
+    with caplog.at_level(logging.INFO, logger="s3dgs"):
         outs = [run_render(s, backend=b) for b in ("native", "auto", "native")]
     assert [o.meta["backend"] for o in outs] == ["torch"] * 3
-    lines = [r.getMessage() for r in caplog.records if "native CPU rasteriser unavailable" in r.getMessage()]
-    assert len(lines) == 1 and "c++: command not found" in lines[0] and "torch rasteriser" in lines[0]
+    lines = [r.getMessage() for r in caplog.records if "native CPU kernels unavailable" in r.getMessage()]
+    assert len(lines) == 1 and "c++: command not found" in lines[0] and "torch code" in lines[0]
     assert "command not found" in native.native_unavailable_reason()
     torch.testing.assert_close(outs[0].colors, run_render(s, backend="torch").colors, rtol=0, atol=0)
 
 
 def test_environment_variable_forces_the_fallback(monkeypatch, caplog):
-    monkeypatch.setattr(native, "_state", {"ok": None, "reason": None})
-    monkeypatch.setenv(native.ENV_OFF, "1")
-    with caplog.at_level(logging.INFO, logger="s3dgs.render"):
+    monkeypatch.setattr(extension, "_state", {"ok": None, "reason": None})
+    monkeypatch.setenv(extension.ENV_OFF, "1")
+    with caplog.at_level(logging.INFO, logger="s3dgs"):
         assert not native_available()
-    assert native.native_unavailable_reason() == f"{native.ENV_OFF}=1 is set"
-    assert sum("native CPU rasteriser unavailable" in r.getMessage() for r in caplog.records) == 1
+    assert native.native_unavailable_reason() == f"{extension.ENV_OFF}=1 is set"
+    assert sum("native CPU kernels unavailable" in r.getMessage() for r in caplog.records) == 1
     s = make_scene(dtype=torch.float32, C=1)
     assert run_render(s, backend="native").meta["backend"] == "torch"
 

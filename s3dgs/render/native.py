@@ -12,109 +12,25 @@ front, recovering the transmittance by division. Its results are bitwise identic
 and for any thread count (see the .cpp). Projection and SH stay in torch
 (:mod:`s3dgs.render.projection`).
 
-Build route: :func:`torch.utils.cpp_extension.load` on first use, as gsplat compiles its CUDA
-kernels, into torch's extension cache under a name that carries a hash of the source, the flags
-and the torch version, so an edited source or another torch builds afresh and a cached build loads
-without invoking the compiler. The ops are registered with ``TORCH_LIBRARY`` and called as
-``torch.ops.s3dgs_native.*``; the source includes only light ATen headers, not
-``<torch/extension.h>`` (pybind11), which measured 16 s instead of 60 s for a minimal op (the
-whole rasteriser compiles in about 30 s on the 2-core machine this was written on).
-Flags: ``-O3 -fopenmp``; ``-ffp-contract=off`` so that the forward and the backward compute every
-alpha to the same bit (they must agree on which Gaussians were blended); no ``-ffast-math`` (NaN
-and inf semantics); no ``-march=native`` (a cached binary may move to another machine): on
-x86-64 the tile kernels are compiled for AVX2 and for the baseline and the loader picks one at
-run time (GCC ``target_clones``); both give the same bits (checked once; the baseline one is
-about 8x slower).
-
-Without a compiler, when the build fails, for dtypes other than float32/float64, or with
-``S3DGS_NO_NATIVE=1`` in the environment, :func:`native_available` is False and
-:func:`s3dgs.render.render` uses the torch rasteriser; the reason is logged once (the full build
-log at debug level).
+Build route, flags and the fallback: :mod:`s3dgs.extension` (one C++ extension for every native
+kernel of the project, ``s3dgs/csrc/*.cpp``). Without it, :func:`s3dgs.render.render` uses the
+torch rasteriser.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from s3dgs.extension import native_available, native_unavailable_reason
+
 __all__ = ["NativePlan", "bin_tiles", "native_available", "native_unavailable_reason", "rasterize_native"]
 
 logger = logging.getLogger("s3dgs.render")
-
-SOURCE = Path(__file__).with_name("csrc") / "rasterize_cpu.cpp"
-CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-psabi"]
-LDFLAGS = ["-fopenmp"]
-ENV_OFF = "S3DGS_NO_NATIVE"
-
-_lock = threading.Lock()
-_state: dict = {"ok": None, "reason": None}
-
-
-def _build() -> None:
-    """Compile (or load the cached build of) the extension; raises on any failure."""
-    from torch.utils import cpp_extension
-
-    src = SOURCE.read_bytes()
-    tag = hashlib.sha256(src + repr((CFLAGS, LDFLAGS, torch.__version__)).encode()).hexdigest()[:12]
-    name = f"s3dgs_raster_cpu_{tag}"
-    build_dir = Path(cpp_extension.get_default_build_root()) / name
-    lib = build_dir / f"{name}.so"
-    if lib.is_file():
-        try:
-            torch.ops.load_library(str(lib))
-            return
-        except OSError:  # e.g. half written by a concurrent build: let torch's locked build decide
-            pass
-    build_dir.mkdir(parents=True, exist_ok=True)
-    logger.warning("s3dgs: compiling the native CPU rasteriser (once, about 30 s) ...")
-    cpp_extension.load(
-        name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-        build_directory=str(build_dir), is_python_module=False, verbose=False,
-    )
-
-
-def _load() -> None:
-    """What :func:`native_available` calls once; tests monkeypatch it to simulate a failed build."""
-    _build()
-
-
-def native_available() -> bool:
-    """True when the native CPU rasteriser is built and loaded (tried once per process; the reason
-    for a failure is logged once and kept in :func:`native_unavailable_reason`)."""
-    if _state["ok"] is None:
-        with _lock:
-            if _state["ok"] is None:
-                reason = None
-                if os.environ.get(ENV_OFF, "") not in ("", "0"):
-                    reason = f"{ENV_OFF}={os.environ[ENV_OFF]} is set"
-                else:
-                    try:
-                        _load()
-                    except Exception as e:  # no compiler, failed build, missing ninja, ...
-                        logger.debug("s3dgs: building the native CPU rasteriser failed", exc_info=True)
-                        first = (str(e).strip().splitlines() or [""])[0]
-                        if len(first) > 300:
-                            first = first[:300] + " ..."
-                        reason = f"{type(e).__name__}: {first}".strip()
-                if reason is not None:
-                    logger.warning("s3dgs: native CPU rasteriser unavailable (%s); using the torch rasteriser", reason)
-                _state["reason"] = reason
-                _state["ok"] = reason is None
-    return bool(_state["ok"])
-
-
-def native_unavailable_reason() -> str | None:
-    """Why the native rasteriser is unavailable (None when it is, or when not tried yet)."""
-    return _state["reason"]
-
 
 @dataclass
 class NativePlan:
