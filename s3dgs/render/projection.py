@@ -172,7 +172,12 @@ def project_gaussians(
     else:
         opac = opacities[None, :].expand(C, N)
     if antialiased:
-        comp = torch.sqrt(torch.clamp(det_orig / det_s, min=0.0))
+        # sqrt(max(ratio, 0)), with no gradient where the ratio is 0 (a footprint of zero area:
+        # sqrt's gradient there is infinite, and times the zero gradient of the ratio it was NaN)
+        ratio = det_orig / det_s
+        pos = ratio > 0
+        comp = torch.sqrt(torch.where(pos, ratio, torch.ones_like(ratio)))
+        comp = torch.where(pos, comp, torch.zeros_like(comp))
         opac = opac * comp
 
     with torch.no_grad():
