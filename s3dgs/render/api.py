@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..errors import UsageError
 from .native import native_available, rasterize_native
+from .native_project import native_project_available, project_native
 from .projection import project_gaussians
 from .raster import build_plan, rasterize
 from .types import RenderOutput, color_features
@@ -116,9 +117,11 @@ def render(
         render_depth: also return the expected depth.
         backgrounds: ``[C, 3]`` background colours.
         near, far: depth culling planes (camera z).
-        backend: ``"native"`` (the C++ CPU rasteriser, :mod:`s3dgs.render.native`; falls back
+        backend: ``"native"`` (C++ on the CPU: projection, SH and feature rows in one pass,
+            :mod:`s3dgs.render.native_project`, unless ``viewmats`` or ``Ks`` require a gradient,
+            then the torch projection; the rasteriser :mod:`s3dgs.render.native`; falls back
             to ``"torch"`` when it cannot be built, with one log line), ``"torch"`` (the readable
-            plain-torch rasteriser, any device), ``"gsplat"`` (CUDA) or ``"auto"`` (gsplat on
+            plain-torch projection and rasteriser, any device), ``"gsplat"`` (CUDA) or ``"auto"`` (gsplat on
             CUDA, else native, else torch).
         absgrad: also compute ``meta["means2d"].absgrad`` ``[C, N, 2]``, the sum over pixels of
             the absolute per-pixel gradient (AbsGS), during backward.
@@ -146,15 +149,25 @@ def render(
             tile_size=tile_size,
         )
 
-    proj = project_gaussians(
-        means, quats, scales, opacities, viewmats, Ks, width, height,
-        eps2d=eps2d, near=near, far=far, antialiased=antialiased,
-    )
-    feats = color_features(means, colors, viewmats, sh_degree, extra)  # [C, N, 3 + E]
     E = 0 if extra is None else extra.shape[-1]
-    if render_depth:
-        feats = torch.cat([feats, proj.depths[..., None].to(feats.dtype)], dim=-1)
-    feats = feats.contiguous()
+    camera_grad = torch.is_grad_enabled() and (viewmats.requires_grad or Ks.requires_grad)
+    if chosen == "native" and not camera_grad and native_project_available():
+        # projection, SH, extra and depth channels in one C++ pass (no camera gradients there)
+        proj = project_native(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+            sh_degree=sh_degree, extra=extra, render_depth=render_depth, eps2d=eps2d, near=near,
+            far=far, antialiased=antialiased,
+        )
+        feats = proj.feats
+    else:
+        proj = project_gaussians(
+            means, quats, scales, opacities, viewmats, Ks, width, height,
+            eps2d=eps2d, near=near, far=far, antialiased=antialiased,
+        )
+        feats = color_features(means, colors, viewmats, sh_degree, extra)  # [C, N, 3 + E]
+        if render_depth:
+            feats = torch.cat([feats, proj.depths[..., None].to(feats.dtype)], dim=-1)
+        feats = feats.contiguous()
 
     if chosen == "native":
         img, alphas, n_isects = rasterize_native(
