@@ -153,3 +153,18 @@ def test_run_pipeline_resumes_with_fake_rooms(tmp_path, monkeypatch):
     P.run_pipeline(P.RunConfig(input=frames, out=tmp_path / "out", keypoints=kp, depth_backend="none",
                                stages=longer), say=lambda m: None)
     assert calls == ["train", "eval", "export", "phenotype", "report"]
+
+
+def test_a_broken_import_inside_eval_fails_loudly(tmp_path, monkeypatch):
+    """No import guard hides a failure: the eval stage raises the ImportError, it is not skipped."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "s3dgs.evaluate", None)  # importing it now raises ImportError
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = P.RunConfig(input=tmp_path / "in", out=tmp_path, depth_backend="none")
+    with pytest.raises(ImportError):
+        P.do_eval(cfg, tmp_path / "scene", run)
+    stages, _ = P.build_stages(cfg)
+    ev = next(s for s in stages if s.name == "eval")
+    assert ev.skip_reason is None  # nothing decides to skip evaluation quietly
