@@ -383,8 +383,11 @@ def _geometry(scene: Path, params: dict, classes, activation: str, opaque_thresh
     samples = sample_plant_surface(gt)
     ch = M.chamfer_to_surface(opaque, gt.distance_to_surface, samples)
     per_class: dict = {}
+    names = tuple(classes) or M.CLASS_NAMES
     for s in st["stems"]:
-        c = per_class.setdefault(str(s["class"]), [0.0, 0.0])
+        k = s["class"]  # stem_continuity reports the class as its index into the class names
+        c = per_class.setdefault(names[k] if isinstance(k, (int, np.integer)) and 0 <= k < len(names) else str(k),
+                                 [0.0, 0.0])
         c[0] += s["covered_length"]
         c[1] += s["length"]
     return {

@@ -65,12 +65,14 @@ def psnr(pred, gt, max_val: float = 1.0, mask=None) -> float:
 
 
 def ssim(pred, gt) -> float:
-    """Mean SSIM (11x11 Gaussian window, as 3DGS), via :func:`s3dgs.losses.ssim` in float64.
+    """Mean SSIM (11x11 Gaussian window, as 3DGS), via :func:`s3dgs.losses.ssim` in float32 (the
+    fused kernel where it is built; float64 took 0.8 s per 400x300 view, and float32 differs from it
+    by about 3e-8 on 400x300 images).
 
     ``pred``, ``gt``: ``[H, W, 3]`` or ``[C, H, W, 3]`` in [0, 1]. Identical images give 1.
     """
-    p = torch.as_tensor(_np(pred))
-    g = torch.as_tensor(_np(gt))
+    p = torch.as_tensor(_np(pred), dtype=torch.float32)
+    g = torch.as_tensor(_np(gt), dtype=torch.float32)
     with torch.no_grad():
         return float(_ssim_torch(p, g))
 
