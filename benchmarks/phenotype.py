@@ -17,9 +17,8 @@
    - plant height: model minus truth (m and %); truth = the main stem's top above the ground z = 0;
    - stem diameter: absolute percentage error per matched internode against twice the true radius
      averaged over the internode's middle half (the part the model's diameter is measured on);
-   - peduncles: the model's count against the true number of side branches labelled P that leave
-     the main stem (petioles and peduncles: the synthetic plant's P class and its keypoints mark
-     every side branch's base, petioles included; true peduncles alone are listed too).
+   - peduncles: the model's count against the true number of peduncles (the fruit trusses' stalks,
+     class P; the synthetic plant's petioles are leaf tissue, and only peduncles carry a P keypoint).
 
 Prints one JSON object (also OUT/phenotype_benchmark.json): per run the figures and the model's
 notes, and over runs the exact-match rate, mean MAPE, mean absolute height error, mean diameter
@@ -79,7 +78,7 @@ def ground_truth_phenotypes(scene: Path) -> dict:
         L = b - a
         mid = np.linspace(a + 0.25 * L, b - 0.25 * L, 50)
         inter.append({"length": float(L), "diameter": float(2 * np.interp(mid, s, rad).mean())})
-    branches = [st for st in gt.stems if st["part"] in ("petiole", "peduncle")]
+    branches = [st for st in gt.stems if st["class"] == "P" and st["part"] == "peduncle"]
     return {
         "plant_height": float(pts[:, 2].max() - 0.0),
         "stem_length": float(s[-1]),

@@ -29,8 +29,8 @@ their mean score over seeds.
 overlap in the promised direction, "worse" when they do not overlap in the other, "not shown"
 otherwise (touching ranges overlap). The seed's promises (``prior`` and ``best_combo`` against
 ``rgb``): fewer broken stems (coverage up and breaks down, both needed), fewer floaters, thin
-structures kept (centreline coverage of the peduncles and pedicels, the fruit stalks, by any
-Gaussian: the class P also holds the petioles, three times their length), RGB quality not lower (PSNR);
+structures kept (centreline coverage of the peduncles and pedicels, the fruit stalks and the
+class P, by any Gaussian), RGB quality not lower (PSNR);
 and every method against its base (score and each figure). The issue's targets (set for the
 closeup preset, the mean of three seeds): stem coverage >= 0.9 with at most one break (one plant),
 plant-region floaters at most half of rgb's, mIoU of U, N, D, P >= 0.6, held-out PSNR not below

@@ -376,14 +376,17 @@ def _geometry(scene: Path, params: dict, classes, activation: str, opaque_thresh
     fl_all = M.floater_fraction(means, opac, gt.distance_to_surface, tol["floater_tol_m"])
     stem_kw = {"tol": tol["stem_cover_tol_m"], "min_opacity": opaque_threshold,
                "break_factor": tol["break_factor"]}
-    st = M.stem_continuity(gt.stems, means, cls, opac, class_names=tuple(classes) or M.CLASS_NAMES, **stem_kw)
+    names = tuple(classes) or M.CLASS_NAMES
+    # right-class coverage on the stems of a trained class; any-class coverage on every thin stem
+    # (petioles, leaf tissue in the ground truth, included)
+    st = M.stem_continuity([s for s in gt.stems if s["class"] in names], means, cls, opac, class_names=names,
+                           **stem_kw)
     any_cls = M.stem_continuity([{**s, "class": None} for s in gt.stems], means, np.zeros(len(means)), opac,
                                 **stem_kw)
     opaque = means[(opac >= opaque_threshold) & inside]
     samples = sample_plant_surface(gt)
     ch = M.chamfer_to_surface(opaque, gt.distance_to_surface, samples)
     per_class: dict = {}
-    names = tuple(classes) or M.CLASS_NAMES
     for s in st["stems"]:
         k = s["class"]  # stem_continuity reports the class as its index into the class names
         c = per_class.setdefault(names[k] if isinstance(k, (int, np.integer)) and 0 <= k < len(names) else str(k),

@@ -152,7 +152,7 @@ def test_ground_truth_distances_known_answers(tiny):
     d = gt.plant_distance(probe)
     assert np.all(d <= 0.003 + 1e-4) and np.all(d > 0.002)  # 3 mm off the stem surface
     assert gt.stem_distance(c[None])[0] < 1e-9
-    assert len(gt.stems) > 10 and {s["class"] for s in gt.stems} == set("UNDP")
+    assert len(gt.stems) > 10 and {s["class"] for s in gt.stems} == {"U", "N", "D", "P", "leaf"}  # leaf: petioles
 
 
 def test_projected_centrelines_land_on_their_class(scene):
@@ -165,7 +165,7 @@ def test_projected_centrelines_land_on_their_class(scene):
     gt = load_ground_truth(out)
     cams = gt.cameras()
     checked = hits = 0
-    per_class = {c: 0 for c in "UDP"}
+    per_class = {c: 0 for c in ("U", "D", "P", "leaf")}  # leaf: the petioles
     for v in cams["views"]:
         depth = gt.depth(v["name"])
         mask = gt.mask(v["name"])
@@ -312,6 +312,8 @@ def test_closeup_stems_are_several_pixels_wide(closeup, tiny):
         # every seen centreline point is at least that wide (the full 60-view preset: main stem
         # 6.4 px at the least, 9.3 px median; petioles 3.1 / 4.9; peduncles 3.5 / 4.6; pedicels 2.9 / 3.5)
         assert proj.min() >= MIN_WIDTH_PX[part], (part, proj.min())
+        if part == "petiole":
+            continue  # leaf tissue in the masks, like the blades around it: no cross-section to measure
         # the class masks agree: measured across the stem, the median width is the projected one
         m = msk[np.isfinite(msk)]
         assert len(m) >= 0.7 * len(proj), part

@@ -251,8 +251,8 @@ def load_ground_truth(scene_dir: str | Path) -> GroundTruth:
     tris = [np.asarray(m["vertices"], np.float64)[np.asarray(m["faces"], np.int64)] for m in prim["meshes"]]
     stems = [{**s, "points": np.asarray(s["points"], np.float64), "radius": np.asarray(s["radius"], np.float64)}
              for s in st["stems"]]
-    nodes = [{k: (np.asarray(v, np.float64) if k != "radius" else float(v)) for k, v in n.items()}
-             for n in st.get("nodes", [])]
+    nodes = [{k: (float(v) if k == "radius" else None if v is None else np.asarray(v, np.float64))
+              for k, v in n.items()} for n in st.get("nodes", [])]
     arr = lambda x, shape: np.asarray(x, np.float64).reshape(shape)  # noqa: E731
     return GroundTruth(
         scene_dir=scene_dir,

@@ -274,10 +274,11 @@ def make_keypoints(cfg, plant: Plant, K, viewmat, depth, rng) -> dict:
     s = W / 320.0
     preds = []
     for node in plant.nodes:
-        X = np.stack([node[c] for c in CLASSES])
+        present = [c for c in CLASSES if node[c] is not None]  # no P keypoint at a node without a truss
+        X = np.stack([node[c] for c in present])
         tol = 2.5 * node["radius"] + 0.004
         vis, uv, z = visible(K, viewmat, X, depth, tol)
-        n = CLASSES.index("N")
+        n = present.index("N")
         if z[n] <= 0 or not (0 <= uv[n, 0] < W and 0 <= uv[n, 1] < H):
             continue
         if rng.uniform() > (0.95 if vis[n] else 0.35):
@@ -286,14 +287,14 @@ def make_keypoints(cfg, plant: Plant, K, viewmat, depth, rng) -> dict:
         pad = 0.15 * (hi - lo) + 3.0 * s
         lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, [W, H])
         kps = []
-        for c_i, c in enumerate(CLASSES):
+        for c_i, c in enumerate(present):
             if rng.uniform() < cfg.kp_miss or z[c_i] <= 0:
                 continue
             conf = rng.uniform(0.65, 0.98) if vis[c_i] else rng.uniform(0.3, 0.7)
             if rng.uniform() < cfg.kp_low_conf:
                 conf = rng.uniform(0.1, 0.45)
             xy = uv[c_i] + rng.normal(0, cfg.kp_noise_px * s, 2)
-            kps.append({"class": c, "class_id": c_i, "x": round(float(xy[0]), 2), "y": round(float(xy[1]), 2),
+            kps.append({"class": c, "class_id": CLASSES.index(c), "x": round(float(xy[0]), 2), "y": round(float(xy[1]), 2),
                         "confidence": round(float(conf), 3)})
         if not kps:
             continue
@@ -406,7 +407,8 @@ def stems_dict(plant: Plant) -> dict:
             "note": "centrelines as polylines; radius per vertex; node = index of the node it belongs to",
             "stems": [{"class": s["class"], "node": int(s["node"]), "part": s["part"],
                        "points": _r(s["points"]), "radius": _r(s["radius"], 7)} for s in plant.stems],
-            "nodes": [{c: _r(n[c]) for c in CLASSES} | {"radius": round(float(n["radius"]), 7)}
+            "nodes": [{c: (_r(n[c]) if n[c] is not None else None) for c in CLASSES}
+                      | {"radius": round(float(n["radius"]), 7)}
                       for n in plant.nodes]}
 
 

@@ -11,8 +11,10 @@ Every surface is one of:
   camera ray hits some surface: no pixel is sky.
 
 Labels (the class ids of gt/masks): 0 background (ground and backdrop), 1 U (main stem above a node),
-2 N (node), 3 D (main stem below a node), 4 P (side branches: peduncles, petioles, pedicels),
-5 leaf, 6 fruit. The main stem between nodes k and k+1 is U of node k up to the midpoint, D of node
+2 N (node), 3 D (main stem below a node), 4 P (the fruit truss's stalks: peduncles and pedicels),
+5 leaf (blades, petiolules, and the petiole/rachis that carries them), 6 fruit. P is the class
+table's "peduncle": a petiole is a leaf stalk, not a peduncle (earlier versions labelled petioles P
+and put the P keypoint on the petiole, so no peduncle ever got a P heatmap). The main stem between nodes k and k+1 is U of node k up to the midpoint, D of node
 k+1 above it; below the first node it is D of node 0, above the last node U of the last node.
 """
 
@@ -64,7 +66,8 @@ class Plant:
     sph_color: np.ndarray  # [Q, 3] albedo
     meshes: list[dict]  # leaflets: {"vertices" [V,3], "faces" [F,3], "uv" [V,2], "color" [3]}
     stems: list[dict]  # {"class", "node", "points" [K,3], "radius" [K]}
-    nodes: list[dict]  # {"N", "U", "D", "P": [3] world points of the node's keypoints, "radius"}
+    nodes: list[dict]  # {"N", "U", "D", "P": [3] world points of the node's keypoints (P None
+    #                     at a node without a truss), "radius"}
     bg_radius: float = 1.6
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -73,6 +76,16 @@ class Plant:
 def _normalize(v):
     v = np.asarray(v, np.float64)
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _point_at_arc_fraction(poly: np.ndarray, frac: float) -> np.ndarray:
+    """The point at ``frac`` of the arc length along the polyline ``poly [K, 3]``."""
+    seglen = np.linalg.norm(np.diff(poly, axis=0), axis=1)
+    cum = np.concatenate([[0], np.cumsum(seglen)])
+    s = frac * cum[-1]
+    i = min(max(int(np.searchsorted(cum, s)) - 1, 0), len(seglen) - 1)
+    f = (s - cum[i]) / max(seglen[i], 1e-12)
+    return poly[i] + f * (poly[i + 1] - poly[i])
 
 
 def _polyline_capsules(points, radius, label, caps):
@@ -197,21 +210,14 @@ def make_plant(params: PlantParams, seed: int = 0, bg_radius: float = 1.6) -> Pl
         p2 = c + L * (0.92 * out + (0.05 - 0.25 * rng.uniform(0.5, 1.0)) * up)
         pet = ((1 - t) ** 2)[:, None] * p0 + (2 * (1 - t) * t)[:, None] * p1 + (t ** 2)[:, None] * p2
         prad = params.branch_radius * (1.0 - 0.4 * t)
-        _polyline_capsules(pet, prad, LABEL_OF["P"], caps)
-        stems.append({"class": "P", "node": k, "part": "petiole", "points": pet, "radius": prad})
+        _polyline_capsules(pet, prad, LABEL_OF["leaf"], caps)
+        stems.append({"class": "leaf", "node": k, "part": "petiole", "points": pet, "radius": prad})
 
-        # keypoints of this node: U above, D below, P along the petiole
+        # keypoints of this node: U above, D below; P on the truss's peduncle (nodes with a truss)
         z_up = (zs[k + 1] if k + 1 < nn else H)
         z_dn = (zs[k - 1] if k > 0 else 0.0)
-        # arc-length position ~ 0.3 L along the petiole
-        seglen = np.linalg.norm(np.diff(pet, axis=0), axis=1)
-        cum = np.concatenate([[0], np.cumsum(seglen)])
-        sP = 0.3 * cum[-1]
-        iP = min(np.searchsorted(cum, sP) - 1, len(seglen) - 1)
-        fP = (sP - cum[iP]) / seglen[iP]
-        Pk = pet[iP] + fP * (pet[iP + 1] - pet[iP])
         nodes.append({"N": c, "U": centre(zc + 0.45 * (z_up - zc)), "D": centre(zc - 0.45 * (zc - z_dn)),
-                      "P": Pk, "radius": rN})
+                      "P": None, "radius": rN})
 
         # leaflets along the rachis: pairs + a terminal one
         dens = max(params.leaf_density, 0.0)
@@ -261,6 +267,7 @@ def make_plant(params: PlantParams, seed: int = 0, bg_radius: float = 1.6) -> Pl
             prr = 0.9 * params.branch_radius * (1.0 - 0.3 * t2)
             _polyline_capsules(ped, prr, LABEL_OF["P"], caps)
             stems.append({"class": "P", "node": k, "part": "peduncle", "points": ped, "radius": prr})
+            nodes[-1]["P"] = _point_at_arc_fraction(ped, 0.3)  # the P keypoint: ~0.3 along the peduncle
             nf = int(rng.integers(2, 5))
             for f_i in range(nf):
                 s = 0.45 + 0.55 * f_i / max(nf - 1, 1)
