@@ -93,6 +93,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     result = {
         "benchmark": "ssim fwd+bwd, torch reference vs fused native kernel",
+        "command": " ".join([".venv/bin/python", "benchmarks/ssim.py", *sys.argv[1:]]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
         "torch": torch.__version__,
