@@ -30,9 +30,21 @@
 // (torch: 0/0 = NaN; projection.py now guards this too), and a camera whose output gradients are
 // all zero for a Gaussian adds nothing (torch adds 0 * inf = NaN there, if anything non-finite).
 //
-// Determinism: OpenMP threads over Gaussians; each Gaussian's outputs (forward) and the gradients
-// of its own inputs (backward, summed over the cameras in camera order) are written by the one
-// thread that owns it. No atomics, no shared sums: bitwise the same for any thread count.
+// SIMD: the passes take 8 Gaussians at a time, one per lane of a GCC vector (8 floats: one AVX
+// register, two SSE ones; 8 doubles), so that the per-Gaussian arithmetic is 8 times fewer
+// instructions; the branches of the maths (culling, clamps) are per-lane selects. Each lane does
+// the IEEE operations the scalar formula does, in the same order (no FMA: -ffp-contract=off;
+// sqrt is correctly rounded, log and ceil are the C library's, lane by lane), so a Gaussian's
+// results do not depend on its neighbours in the block. Inputs and outputs are moved between
+// their row layouts ([N, 3], [N, K, 3], [C, N, D] ...) and one vector per field by 8x8
+// transposes. On x86-64 the passes are compiled for AVX2 and for the baseline (target_clones).
+// Measured (callgrind, 20k Gaussians, SH degree 3, 4 extra channels, depth, one camera,
+// float32, AVX2 clone): forward 290 instructions per Gaussian (+ 33 in logf), backward 635,
+// against 1065 and 2440 for the same maths written one Gaussian at a time.
+//
+// Determinism: OpenMP threads over blocks of Gaussians; each Gaussian's outputs (forward) and the
+// gradients of its own inputs (backward, summed over the cameras in camera order) are written by
+// the one thread that owns it. No atomics, no shared sums: bitwise the same for any thread count.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -41,10 +53,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <tuple>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace {
 
@@ -69,6 +86,162 @@ constexpr double kC4[9] = {2.5033429417967046,  -1.7701307697799304, 0.946174695
                            0.47308734787878004, -1.7701307697799304, 0.6258357354491761};
 
 int threads_of(int64_t n) { return n < 1 ? 1 : static_cast<int>(n); }
+
+// ---------------------------------------------------------------------------------- SIMD
+constexpr int kL = 8;  // Gaussians per block, one per lane
+
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef int32_t M __attribute__((vector_size(32)));  // comparison results: 0 or -1 per lane
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t M __attribute__((vector_size(64)));
+};
+
+#define S3P_INLINE inline __attribute__((always_inline))
+
+template <typename V>
+S3P_INLINE V vload(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+S3P_INLINE void vstore(void* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename T>
+S3P_INLINE typename Simd<T>::V splat(T x) {
+  typename Simd<T>::V v;
+  for (int i = 0; i < kL; ++i) v[i] = x;
+  return v;
+}
+template <typename M>
+S3P_INLINE bool any(const M& m) {  // any lane set: OR the 16-byte parts
+  typedef uint64_t H __attribute__((vector_size(16)));
+  H h[sizeof(M) / 16];
+  std::memcpy(h, &m, sizeof(M));
+  H o = h[0];
+  for (size_t i = 1; i < sizeof(M) / 16; ++i) o |= h[i];
+  return (o[0] | o[1]) != 0;
+}
+
+// Correctly rounded square roots (SSE on x86-64, whose baseline has SSE2; std::sqrt elsewhere).
+S3P_INLINE Simd<float>::V vsqrt(Simd<float>::V x) {
+#if defined(__SSE2__)
+  __m128 h[2];
+  std::memcpy(h, &x, sizeof(x));
+  h[0] = _mm_sqrt_ps(h[0]);
+  h[1] = _mm_sqrt_ps(h[1]);
+  std::memcpy(&x, h, sizeof(x));
+#else
+  for (int i = 0; i < kL; ++i) x[i] = std::sqrt(x[i]);
+#endif
+  return x;
+}
+S3P_INLINE Simd<double>::V vsqrt(Simd<double>::V x) {
+#if defined(__SSE2__)
+  __m128d h[4];
+  std::memcpy(h, &x, sizeof(x));
+  for (int i = 0; i < 4; ++i) h[i] = _mm_sqrt_pd(h[i]);
+  std::memcpy(&x, h, sizeof(x));
+#else
+  for (int i = 0; i < kL; ++i) x[i] = std::sqrt(x[i]);
+#endif
+  return x;
+}
+template <typename V>
+S3P_INLINE V vlog(V x) {
+  for (int i = 0; i < kL; ++i) x[i] = std::log(x[i]);
+  return x;
+}
+template <typename V>
+S3P_INLINE V vceil(V x) {
+  for (int i = 0; i < kL; ++i) x[i] = std::ceil(x[i]);
+  return x;
+}
+
+// In place: r[i][l] becomes r[l][i] (8 vectors of 8 lanes), by three rounds of shuffles.
+template <typename V>
+S3P_INLINE void transpose8(V* r) {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+  V t[8], u[8];
+  for (int i = 0; i < 4; ++i) {  // interleave row pairs: (r0[0], r1[0], r0[1], r1[1] | r0[4], ...)
+    t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 4h..4h+3: columns (0|4), (1|5), (2|6), (3|7)
+    const V* a = t + 4 * h;
+    u[4 * h] = __builtin_shufflevector(a[0], a[2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[4 * h + 1] = __builtin_shufflevector(a[0], a[2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[4 * h + 2] = __builtin_shufflevector(a[1], a[3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[4 * h + 3] = __builtin_shufflevector(a[1], a[3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shufflevector(u[i], u[4 + i], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[4 + i] = __builtin_shufflevector(u[i], u[4 + i], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+#else
+  V o[8];
+  for (int i = 0; i < kL; ++i)
+    for (int l = 0; l < kL; ++l) o[i][l] = r[l][i];
+  for (int i = 0; i < kL; ++i) r[i] = o[i];
+#endif
+}
+
+// A block's rows <-> one vector per column: cols[k][l] = base[l * stride + k] for k < ncols (the
+// rows are contiguous in k). Lanes from `lanes` on repeat row 0 when loading (finite values to
+// compute with) and are not stored.
+template <typename T>
+S3P_INLINE void load_rows(const T* base, int64_t stride, int64_t ncols, int lanes,
+                          typename Simd<T>::V* cols) {
+  using V = typename Simd<T>::V;
+  for (int64_t k0 = 0; k0 < ncols; k0 += kL) {
+    const int64_t w = std::min<int64_t>(kL, ncols - k0);
+    V r[kL];
+    for (int l = 0; l < kL; ++l) {
+      const T* src = base + (l < lanes ? l : 0) * stride + k0;
+      if (w == kL) {
+        r[l] = vload<V>(src);
+      } else {
+        T buf[kL] = {};
+        std::memcpy(buf, src, sizeof(T) * w);
+        r[l] = vload<V>(buf);
+      }
+    }
+    transpose8(r);
+    for (int64_t i = 0; i < w; ++i) cols[k0 + i] = r[i];
+  }
+}
+template <typename T>
+S3P_INLINE void store_rows(T* base, int64_t stride, int64_t ncols, int lanes,
+                           const typename Simd<T>::V* cols) {
+  using V = typename Simd<T>::V;
+  for (int64_t k0 = 0; k0 < ncols; k0 += kL) {
+    const int64_t w = std::min<int64_t>(kL, ncols - k0);
+    V r[kL];
+    for (int i = 0; i < kL; ++i) r[i] = i < w ? cols[k0 + i] : V{};
+    transpose8(r);
+    for (int l = 0; l < lanes; ++l) {
+      T* dst = base + l * stride + k0;
+      if (w == kL)
+        vstore(dst, r[l]);
+      else
+        std::memcpy(dst, &r[l], sizeof(T) * w);
+    }
+  }
+}
+template <typename T>
+S3P_INLINE typename Simd<T>::V gather(const T* base, int64_t stride, int lanes) {
+  typename Simd<T>::V v;
+  for (int l = 0; l < kL; ++l) v[l] = base[(l < lanes ? l : 0) * stride];
+  return v;
+}
 
 // -------------------------------------------------------------------------------- settings
 // Python scalars meet float32 tensors in projection.py as float32 values: every constant below is
@@ -118,23 +291,28 @@ Camera<T> camera_of(const T* V, const T* K, const T* cp, const Settings<T>& st) 
 // ------------------------------------------------------------------ camera-independent shape
 template <typename T>
 struct Shape {
-  T q[4];      // unit quaternion (w, x, y, z)
-  T n;         // the norm it was divided by (clamped)
-  bool n_ok;   // the norm was not clamped: the gradient goes through it
-  T r[9];      // rotation, row-major
-  T s[3];
-  T M[9];      // R S, row-major
+  using V = typename Simd<T>::V;
+  using M = typename Simd<T>::M;
+  V q[4];      // unit quaternion (w, x, y, z)
+  V n;         // the norm it was divided by (clamped)
+  M n_ok;      // the norm was not clamped: the gradient goes through it
+  V r[9];      // rotation, row-major
+  V s[3];
+  V M9[9];     // R S, row-major
 };
 
 template <typename T>
-inline void shape_of(const T* quat, const T* scale, const Settings<T>& st, Shape<T>& g) {
-  const T n = std::sqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
-  g.n_ok = !(n < st.norm_min);  // NaN stays NaN, as torch's clamp_min
-  g.n = g.n_ok ? n : st.norm_min;
+S3P_INLINE void shape_of(const typename Simd<T>::V* quat, const typename Simd<T>::V* scale,
+                         const Settings<T>& st, Shape<T>& g) {
+  using V = typename Simd<T>::V;
+  const V n = vsqrt(quat[0] * quat[0] + quat[1] * quat[1] + quat[2] * quat[2] + quat[3] * quat[3]);
+  const V nmin = splat(st.norm_min);
+  g.n_ok = ~(n < nmin);  // NaN stays NaN, as torch's clamp_min
+  g.n = g.n_ok ? n : nmin;
   for (int i = 0; i < 4; ++i) g.q[i] = quat[i] / g.n;
-  const T w = g.q[0], x = g.q[1], y = g.q[2], z = g.q[3];
-  const T xx = x * x, yy = y * y, zz = z * z, xy = x * y, xz = x * z, yz = y * z;
-  const T wx = w * x, wy = w * y, wz = w * z;
+  const V w = g.q[0], x = g.q[1], y = g.q[2], z = g.q[3];
+  const V xx = x * x, yy = y * y, zz = z * z, xy = x * y, xz = x * z, yz = y * z;
+  const V wx = w * x, wy = w * y, wz = w * z;
   const T one(1), two(2);
   g.r[0] = one - two * (yy + zz);
   g.r[1] = two * (xy - wz);
@@ -147,74 +325,80 @@ inline void shape_of(const T* quat, const T* scale, const Settings<T>& st, Shape
   g.r[8] = one - two * (xx + yy);
   for (int j = 0; j < 3; ++j) g.s[j] = scale[j];
   for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) g.M[3 * i + j] = g.r[3 * i + j] * g.s[j];
+    for (int j = 0; j < 3; ++j) g.M9[3 * i + j] = g.r[3 * i + j] * g.s[j];
 }
 
 // Gradient of R S w.r.t. the quaternion (before normalisation) and the scales, from that of M.
 template <typename T>
-inline void shape_vjp(const Shape<T>& g, const T* vM, T* v_quat, T* v_scale) {
-  T vr[9];
+S3P_INLINE void shape_vjp(const Shape<T>& g, const typename Simd<T>::V* vM, typename Simd<T>::V* v_quat,
+                          typename Simd<T>::V* v_scale) {
+  using V = typename Simd<T>::V;
+  V vr[9];
   for (int j = 0; j < 3; ++j) v_scale[j] = vM[j] * g.r[j] + vM[3 + j] * g.r[3 + j] + vM[6 + j] * g.r[6 + j];
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j) vr[3 * i + j] = vM[3 * i + j] * g.s[j];
-  const T w = g.q[0], x = g.q[1], y = g.q[2], z = g.q[3];
+  const V w = g.q[0], x = g.q[1], y = g.q[2], z = g.q[3];
   const T two(2), four(4);
   // d r / d (w, x, y, z), entry by entry (see shape_of)
-  const T vw = two * (-vr[1] * z + vr[2] * y + vr[3] * z - vr[5] * x - vr[6] * y + vr[7] * x);
-  const T vx = -four * x * (vr[4] + vr[8]) +
+  const V vw = two * (-vr[1] * z + vr[2] * y + vr[3] * z - vr[5] * x - vr[6] * y + vr[7] * x);
+  const V vx = -four * x * (vr[4] + vr[8]) +
                two * (vr[1] * y + vr[2] * z + vr[3] * y - vr[5] * w + vr[6] * z + vr[7] * w);
-  const T vy = -four * y * (vr[0] + vr[8]) +
+  const V vy = -four * y * (vr[0] + vr[8]) +
                two * (vr[1] * x + vr[2] * w + vr[3] * x + vr[5] * z - vr[6] * w + vr[7] * z);
-  const T vz = -four * z * (vr[0] + vr[4]) +
+  const V vz = -four * z * (vr[0] + vr[4]) +
                two * (-vr[1] * w + vr[2] * x + vr[3] * w + vr[5] * y + vr[6] * x + vr[7] * y);
-  const T vq[4] = {vw, vx, vy, vz};
+  const V vq[4] = {vw, vx, vy, vz};
   // q = Q / n: dq/dQ = (I - q q^T) / n, or 1 / n where the norm was clamped
-  T dot = T(0);
-  if (g.n_ok) dot = vq[0] * g.q[0] + vq[1] * g.q[1] + vq[2] * g.q[2] + vq[3] * g.q[3];
+  const V dot = g.n_ok ? vq[0] * g.q[0] + vq[1] * g.q[1] + vq[2] * g.q[2] + vq[3] * g.q[3] : V{};
   for (int i = 0; i < 4; ++i) v_quat[i] = (vq[i] - g.q[i] * dot) / g.n;
 }
 
 // ------------------------------------------------------------------------- projection
-// Everything the forward computes for one Gaussian in one camera, kept for the backward.
+// Everything the forward computes for a block of Gaussians in one camera, kept for the backward.
 template <typename T>
 struct Proj {
-  T x, y, z, zs;
-  bool in_depth;
-  T qx, qy, u, v;
-  T gu, gv;             // d u / d qx, d v / d qy: 1 inside the clamp, 0 outside, 1/2 on it
-  T ax, bx, ay, by;
-  T T0[3], T1[3], A0[3], A1[3];
-  T cov00, c01, cov11, c00, c11;
-  T m01, m02, m12, det_orig, det, det_s;
-  bool det_ok;
-  T con[3], m2[2];
-  T ratio, comp;        // antialiasing: det_orig / det_s and its clamped square root
+  using V = typename Simd<T>::V;
+  using M = typename Simd<T>::M;
+  V x, y, z, zs;
+  M in_depth;
+  V qx, qy, u, v;
+  V gu, gv;             // d u / d qx, d v / d qy: 1 inside the clamp, 0 outside, 1/2 on it
+  V ax, bx, ay, by;
+  V T0[3], T1[3], A0[3], A1[3];
+  V cov00, c01, cov11, c00, c11;
+  V m01, m02, m12, det_orig, det, det_s;
+  M det_ok;
+  V con[3], m2[2];
+  V comp;               // antialiasing compensation (1 without)
 };
 
-// torch.minimum(torch.maximum(a, lo), hi) and the factor its gradient passes to a
+// torch.minimum(torch.maximum(a, lo), hi), and in g the factor its gradient passes to a
 template <typename T>
-inline T clamp_grad(T a, T lo, T hi, T& g) {
-  if (a != a) {  // NaN propagates, as in torch
-    g = T(1);
-    return a;
-  }
-  const T m = a > lo ? a : (a == lo ? a : lo);
-  const T g1 = a > lo ? T(1) : (a == lo ? T(0.5) : T(0));
-  const T r = m < hi ? m : (m == hi ? m : hi);
-  const T g2 = m < hi ? T(1) : (m == hi ? T(0.5) : T(0));
-  g = g1 * g2;
-  return r;
+S3P_INLINE typename Simd<T>::V clamp_grad(typename Simd<T>::V a, T lo_, T hi_, typename Simd<T>::V& g) {
+  using V = typename Simd<T>::V;
+  using M = typename Simd<T>::M;
+  const V lo = splat(lo_), hi = splat(hi_), one = splat(T(1)), half = splat(T(0.5)), zero{};
+  const M nan = a != a;  // NaN propagates, as in torch
+  const M gt = a > lo, eq = a == lo;
+  const V m = (gt | eq) ? a : lo;
+  const V g1 = gt ? one : (eq ? half : zero);
+  const M lt = m < hi, eq2 = m == hi;
+  const V r = (lt | eq2) ? m : hi;
+  const V g2 = lt ? one : (eq2 ? half : zero);
+  g = nan ? one : g1 * g2;
+  return nan ? a : r;
 }
 
 template <typename T>
-inline void project_one(const Camera<T>& c, const Shape<T>& g, const T* mean, const Settings<T>& st,
-                        Proj<T>& p) {
-  const T mx = mean[0], my = mean[1], mz = mean[2];
+S3P_INLINE void project_one(const Camera<T>& c, const Shape<T>& g, const typename Simd<T>::V* mean,
+                            const Settings<T>& st, Proj<T>& p) {
+  using V = typename Simd<T>::V;
+  const V mx = mean[0], my = mean[1], mz = mean[2];
   p.x = c.w[0][0] * mx + c.w[0][1] * my + c.w[0][2] * mz + c.t[0];
   p.y = c.w[1][0] * mx + c.w[1][1] * my + c.w[1][2] * mz + c.t[1];
   p.z = c.w[2][0] * mx + c.w[2][1] * my + c.w[2][2] * mz + c.t[2];
-  p.in_depth = p.z > st.near && p.z < st.far;
-  p.zs = p.in_depth ? p.z : T(1);
+  p.in_depth = (p.z > splat(st.near)) & (p.z < splat(st.far));
+  p.zs = p.in_depth ? p.z : splat(T(1));
   p.qx = p.x / p.zs;
   p.qy = p.y / p.zs;
   p.u = clamp_grad(p.qx, -c.lim_xn, c.lim_xp, p.gu);
@@ -227,13 +411,13 @@ inline void project_one(const Camera<T>& c, const Shape<T>& g, const T* mean, co
     p.T0[k] = p.ax * c.w[0][k] - p.bx * c.w[2][k];
     p.T1[k] = p.ay * c.w[1][k] - p.by * c.w[2][k];
   }
-  const T* M = g.M;
+  const V* M = g.M9;
   for (int k = 0; k < 3; ++k) {
     p.A0[k] = p.T0[0] * M[k] + p.T0[1] * M[3 + k] + p.T0[2] * M[6 + k];
     p.A1[k] = p.T1[0] * M[k] + p.T1[1] * M[3 + k] + p.T1[2] * M[6 + k];
   }
-  const T* A0 = p.A0;
-  const T* A1 = p.A1;
+  const V* A0 = p.A0;
+  const V* A1 = p.A1;
   p.cov00 = A0[0] * A0[0] + A0[1] * A0[1] + A0[2] * A0[2];
   p.c01 = A0[0] * A1[0] + A0[1] * A1[1] + A0[2] * A1[2];
   p.cov11 = A1[0] * A1[0] + A1[1] * A1[1] + A1[2] * A1[2];
@@ -244,75 +428,81 @@ inline void project_one(const Camera<T>& c, const Shape<T>& g, const T* mean, co
   p.m12 = A0[1] * A1[2] - A0[2] * A1[1];
   p.det_orig = p.m01 * p.m01 + p.m02 * p.m02 + p.m12 * p.m12;
   p.det = p.det_orig + st.eps * (p.cov00 + p.cov11) + st.eps_sq;
-  p.det_ok = p.det > T(0);
-  p.det_s = p.det_ok ? p.det : T(1);
+  p.det_ok = p.det > V{};
+  p.det_s = p.det_ok ? p.det : splat(T(1));
   p.con[0] = p.c11 / p.det_s;
   p.con[1] = -p.c01 / p.det_s;
   p.con[2] = p.c00 / p.det_s;
   p.m2[0] = (c.k[0][0] * p.x + c.k[0][1] * p.y + c.k[0][2] * p.z) / p.zs;
   p.m2[1] = (c.k[1][0] * p.x + c.k[1][1] * p.y + c.k[1][2] * p.z) / p.zs;
   if (st.antialiased) {
-    p.ratio = p.det_orig / p.det_s;
-    p.comp = p.ratio > T(0) ? std::sqrt(p.ratio) : T(0);
+    const V ratio = p.det_orig / p.det_s;
+    const auto pos = ratio > V{};
+    p.comp = pos ? vsqrt(pos ? ratio : splat(T(1))) : V{};
   } else {
-    p.ratio = T(0);
-    p.comp = T(1);
+    p.comp = splat(T(1));
   }
 }
 
-// The opacity-aware extents and the culling rules of projection.py (no gradient).
+// The opacity-aware extents and the culling rules of projection.py (no gradient): the radii,
+// 0 where culled.
 template <typename T>
-inline void radii_of(const Proj<T>& p, T opac, const Settings<T>& st, int32_t* rad) {
-  bool valid = p.in_depth && p.det_ok && opac >= st.alpha_min;
-  if (valid) {
-    T extend = std::sqrt(T(2) * std::log((opac > st.alpha_min ? opac : st.alpha_min) / st.alpha_min));
-    extend = extend < st.sigmas ? extend : st.sigmas;
-    const T rx = std::ceil(extend * std::sqrt(p.c00 > T(0) ? p.c00 : T(0)));
-    const T ry = std::ceil(extend * std::sqrt(p.c11 > T(0) ? p.c11 : T(0)));
-    valid = p.m2[0] + rx > T(0) && p.m2[0] - rx < st.width && p.m2[1] + ry > T(0) &&
-            p.m2[1] - ry < st.height && rx > T(0) && ry > T(0);
-    if (valid) {
-      // (a radius past int32 is kept as the largest int32: the rasteriser clamps it to the image)
-      const T big = static_cast<T>(std::numeric_limits<int32_t>::max());
-      rad[0] = rx < big ? static_cast<int32_t>(rx) : std::numeric_limits<int32_t>::max();
-      rad[1] = ry < big ? static_cast<int32_t>(ry) : std::numeric_limits<int32_t>::max();
-      return;
-    }
+S3P_INLINE void radii_of(const Proj<T>& p, typename Simd<T>::V opac, const Settings<T>& st,
+                         typename Simd<T>::V& rx, typename Simd<T>::V& ry) {
+  using V = typename Simd<T>::V;
+  using M = typename Simd<T>::M;
+  const V amin = splat(st.alpha_min);
+  M valid = p.in_depth & p.det_ok & (opac >= amin);
+  if (!any(valid)) {
+    rx = ry = V{};
+    return;
   }
-  rad[0] = rad[1] = 0;
+  V extend = vsqrt(T(2) * vlog((opac > amin ? opac : amin) / amin));
+  extend = extend < splat(st.sigmas) ? extend : splat(st.sigmas);
+  rx = vceil(extend * vsqrt(p.c00 > V{} ? p.c00 : V{}));
+  ry = vceil(extend * vsqrt(p.c11 > V{} ? p.c11 : V{}));
+  valid = valid & (p.m2[0] + rx > V{}) & (p.m2[0] - rx < splat(st.width)) & (p.m2[1] + ry > V{}) &
+          (p.m2[1] - ry < splat(st.height)) & (rx > V{}) & (ry > V{});
+  rx = valid ? rx : V{};
+  ry = valid ? ry : V{};
 }
 
-// Upstream gradients of one Gaussian in one camera -> gradients of its camera coordinates (then
-// of the mean) and of M = R S (accumulated), and of its opacity.
+// Upstream gradients of a block in one camera -> gradients of the means, of M = R S and of the
+// opacities, added where `active` (the lanes with a nonzero upstream gradient).
 template <typename T>
-inline void project_vjp(const Camera<T>& c, const Shape<T>& g, const Proj<T>& p, const Settings<T>& st,
-                        T opac_in, const T* v_m2, const T* v_con, T v_z, T v_op, T* v_mean, T* vM,
-                        T& v_opac) {
-  T v_det_orig(0), v_det_s(0);
+S3P_INLINE void project_vjp(const Camera<T>& c, const Shape<T>& g, const Proj<T>& p,
+                            const Settings<T>& st, typename Simd<T>::V opac_in,
+                            const typename Simd<T>::V* v_m2, const typename Simd<T>::V* v_con,
+                            typename Simd<T>::V v_z, typename Simd<T>::V v_op,
+                            typename Simd<T>::M active, typename Simd<T>::V* v_mean,
+                            typename Simd<T>::V* vM, typename Simd<T>::V& v_opac) {
+  using V = typename Simd<T>::V;
+  const V zero{};
+  V v_det_orig{}, v_det_s{};
   if (st.antialiased) {
-    v_opac += v_op * p.comp;
-    const T v_comp = v_op * opac_in;
-    const T v_ratio = p.comp > T(0) ? v_comp / (T(2) * p.comp) : T(0);
+    v_opac += active ? v_op * p.comp : zero;
+    const V v_comp = v_op * opac_in;
+    const V v_ratio = p.comp > zero ? v_comp / (T(2) * p.comp) : zero;
     v_det_orig += v_ratio / p.det_s;
     v_det_s -= v_ratio * p.det_orig / (p.det_s * p.det_s);
   } else {
-    v_opac += v_op;
+    v_opac += active ? v_op : zero;
   }
   // conics = (c11, -c01, c00) / det_s
-  const T v_c11 = v_con[0] / p.det_s;
-  const T v_c01 = -v_con[1] / p.det_s;
-  const T v_c00 = v_con[2] / p.det_s;
+  const V v_c11 = v_con[0] / p.det_s;
+  const V v_c01 = -v_con[1] / p.det_s;
+  const V v_c00 = v_con[2] / p.det_s;
   v_det_s -= (v_con[0] * p.c11 - v_con[1] * p.c01 + v_con[2] * p.c00) / (p.det_s * p.det_s);
-  const T v_det = p.det_ok ? v_det_s : T(0);
+  const V v_det = p.det_ok ? v_det_s : zero;
   v_det_orig += v_det;
-  const T v_cov00 = v_c00 + st.eps * v_det;
-  const T v_cov11 = v_c11 + st.eps * v_det;
-  const T v_m01 = T(2) * p.m01 * v_det_orig;
-  const T v_m02 = T(2) * p.m02 * v_det_orig;
-  const T v_m12 = T(2) * p.m12 * v_det_orig;
-  const T* A0 = p.A0;
-  const T* A1 = p.A1;
-  T vA0[3], vA1[3];
+  const V v_cov00 = v_c00 + st.eps * v_det;
+  const V v_cov11 = v_c11 + st.eps * v_det;
+  const V v_m01 = T(2) * p.m01 * v_det_orig;
+  const V v_m02 = T(2) * p.m02 * v_det_orig;
+  const V v_m12 = T(2) * p.m12 * v_det_orig;
+  const V* A0 = p.A0;
+  const V* A1 = p.A1;
+  V vA0[3], vA1[3];
   for (int k = 0; k < 3; ++k) {
     vA0[k] = T(2) * v_cov00 * A0[k] + v_c01 * A1[k];
     vA1[k] = T(2) * v_cov11 * A1[k] + v_c01 * A0[k];
@@ -324,44 +514,46 @@ inline void project_vjp(const Camera<T>& c, const Shape<T>& g, const Proj<T>& p,
   vA1[1] += v_m01 * A0[0] - v_m12 * A0[2];
   vA1[2] += v_m02 * A0[0] + v_m12 * A0[1];
   // A = T M
-  const T* M = g.M;
-  T vT0[3], vT1[3];
+  const V* M = g.M9;
+  V vT0[3], vT1[3];
   for (int i = 0; i < 3; ++i) {
     vT0[i] = vA0[0] * M[3 * i] + vA0[1] * M[3 * i + 1] + vA0[2] * M[3 * i + 2];
     vT1[i] = vA1[0] * M[3 * i] + vA1[1] * M[3 * i + 1] + vA1[2] * M[3 * i + 2];
-    for (int k = 0; k < 3; ++k) vM[3 * i + k] += vA0[k] * p.T0[i] + vA1[k] * p.T1[i];
+    for (int k = 0; k < 3; ++k) vM[3 * i + k] += active ? vA0[k] * p.T0[i] + vA1[k] * p.T1[i] : zero;
   }
   // T0 = ax W0 - bx W2, T1 = ay W1 - by W2
-  const T v_ax = vT0[0] * c.w[0][0] + vT0[1] * c.w[0][1] + vT0[2] * c.w[0][2];
-  const T v_bx = -(vT0[0] * c.w[2][0] + vT0[1] * c.w[2][1] + vT0[2] * c.w[2][2]);
-  const T v_ay = vT1[0] * c.w[1][0] + vT1[1] * c.w[1][1] + vT1[2] * c.w[1][2];
-  const T v_by = -(vT1[0] * c.w[2][0] + vT1[1] * c.w[2][1] + vT1[2] * c.w[2][2]);
+  const V v_ax = vT0[0] * c.w[0][0] + vT0[1] * c.w[0][1] + vT0[2] * c.w[0][2];
+  const V v_bx = -(vT0[0] * c.w[2][0] + vT0[1] * c.w[2][1] + vT0[2] * c.w[2][2]);
+  const V v_ay = vT1[0] * c.w[1][0] + vT1[1] * c.w[1][1] + vT1[2] * c.w[1][2];
+  const V v_by = -(vT1[0] * c.w[2][0] + vT1[1] * c.w[2][1] + vT1[2] * c.w[2][2]);
   // ax = fx / zs, bx = fx u / zs (u the clamped x / zs), likewise y
-  T v_zs = -(v_ax * p.ax + v_bx * p.bx + v_ay * p.ay + v_by * p.by) / p.zs;
-  const T v_qx = v_bx * c.fx / p.zs * p.gu;
-  const T v_qy = v_by * c.fy / p.zs * p.gv;
-  T v_x = v_qx / p.zs, v_y = v_qy / p.zs, vz = v_z;
+  V v_zs = -(v_ax * p.ax + v_bx * p.bx + v_ay * p.ay + v_by * p.by) / p.zs;
+  const V v_qx = v_bx * c.fx / p.zs * p.gu;
+  const V v_qy = v_by * c.fy / p.zs * p.gv;
+  V v_x = v_qx / p.zs, v_y = v_qy / p.zs, vz = v_z;
   v_zs -= (v_qx * p.qx + v_qy * p.qy) / p.zs;
   // means2d = K[:2] (x, y, z) / zs
   v_x += (v_m2[0] * c.k[0][0] + v_m2[1] * c.k[1][0]) / p.zs;
   v_y += (v_m2[0] * c.k[0][1] + v_m2[1] * c.k[1][1]) / p.zs;
   vz += (v_m2[0] * c.k[0][2] + v_m2[1] * c.k[1][2]) / p.zs;
   v_zs -= (v_m2[0] * p.m2[0] + v_m2[1] * p.m2[1]) / p.zs;
-  if (p.in_depth) vz += v_zs;
-  for (int j = 0; j < 3; ++j) v_mean[j] += c.w[0][j] * v_x + c.w[1][j] * v_y + c.w[2][j] * vz;
+  vz += p.in_depth ? v_zs : zero;
+  for (int j = 0; j < 3; ++j)
+    v_mean[j] += active ? c.w[0][j] * v_x + c.w[1][j] * v_y + c.w[2][j] * vz : zero;
 }
 
 // ------------------------------------------------------------------------------------ SH
-// The basis at a unit direction, as projection.py's _sh_terms writes it.
+// The basis at unit directions, as projection.py's _sh_terms writes it (degree >= 1).
 template <typename T>
-inline void sh_basis(int degree, T x, T y, T z, T* b) {
-  b[0] = static_cast<T>(kC0);
-  if (degree < 1) return;
+S3P_INLINE void sh_basis(int degree, typename Simd<T>::V x, typename Simd<T>::V y,
+                         typename Simd<T>::V z, typename Simd<T>::V* b) {
+  using V = typename Simd<T>::V;
+  b[0] = splat(static_cast<T>(kC0));
   b[1] = static_cast<T>(-kC1) * y;
   b[2] = static_cast<T>(kC1) * z;
   b[3] = static_cast<T>(-kC1) * x;
   if (degree < 2) return;
-  const T xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
+  const V xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
   b[4] = static_cast<T>(kC2[0]) * xy;
   b[5] = static_cast<T>(kC2[1]) * yz;
   b[6] = static_cast<T>(kC2[2]) * (T(2) * zz - xx - yy);
@@ -390,105 +582,126 @@ inline void sh_basis(int degree, T x, T y, T z, T* b) {
 // Gradient w.r.t. the direction components (x, y, z), each taken as independent, from that of
 // the basis values vb (degree >= 1).
 template <typename T>
-inline void sh_basis_vjp(int degree, T x, T y, T z, const T* vb, T& vx, T& vy, T& vz) {
+S3P_INLINE void sh_basis_vjp(int degree, typename Simd<T>::V x, typename Simd<T>::V y,
+                             typename Simd<T>::V z, const typename Simd<T>::V* vb,
+                             typename Simd<T>::V* v) {
+  using V = typename Simd<T>::V;
   const T C1 = static_cast<T>(kC1);
-  vx = -C1 * vb[3];
-  vy = -C1 * vb[1];
-  vz = C1 * vb[2];
-  if (degree < 2) return;
-  const T xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
-  T c;
-  c = static_cast<T>(kC2[0]);  // xy
-  vx += c * y * vb[4];
-  vy += c * x * vb[4];
-  c = static_cast<T>(kC2[1]);  // yz
-  vy += c * z * vb[5];
-  vz += c * y * vb[5];
-  c = static_cast<T>(kC2[2]);  // 2zz - xx - yy
-  vx += c * T(-2) * x * vb[6];
-  vy += c * T(-2) * y * vb[6];
-  vz += c * T(4) * z * vb[6];
-  c = static_cast<T>(kC2[3]);  // xz
-  vx += c * z * vb[7];
-  vz += c * x * vb[7];
-  c = static_cast<T>(kC2[4]);  // xx - yy
-  vx += c * T(2) * x * vb[8];
-  vy += c * T(-2) * y * vb[8];
-  if (degree < 3) return;
-  c = static_cast<T>(kC3[0]);  // y (3xx - yy)
-  vx += c * T(6) * xy * vb[9];
-  vy += c * T(3) * (xx - yy) * vb[9];
-  c = static_cast<T>(kC3[1]);  // xyz
-  vx += c * yz * vb[10];
-  vy += c * xz * vb[10];
-  vz += c * xy * vb[10];
-  c = static_cast<T>(kC3[2]);  // y (4zz - xx - yy)
-  vx += c * T(-2) * xy * vb[11];
-  vy += c * (T(4) * zz - xx - T(3) * yy) * vb[11];
-  vz += c * T(8) * yz * vb[11];
-  c = static_cast<T>(kC3[3]);  // z (2zz - 3xx - 3yy)
-  vx += c * T(-6) * xz * vb[12];
-  vy += c * T(-6) * yz * vb[12];
-  vz += c * (T(6) * zz - T(3) * xx - T(3) * yy) * vb[12];
-  c = static_cast<T>(kC3[4]);  // x (4zz - xx - yy)
-  vx += c * (T(4) * zz - T(3) * xx - yy) * vb[13];
-  vy += c * T(-2) * xy * vb[13];
-  vz += c * T(8) * xz * vb[13];
-  c = static_cast<T>(kC3[5]);  // z (xx - yy)
-  vx += c * T(2) * xz * vb[14];
-  vy += c * T(-2) * yz * vb[14];
-  vz += c * (xx - yy) * vb[14];
-  c = static_cast<T>(kC3[6]);  // x (xx - 3yy)
-  vx += c * T(3) * (xx - yy) * vb[15];
-  vy += c * T(-6) * xy * vb[15];
-  if (degree < 4) return;
-  c = static_cast<T>(kC4[0]);  // xy (xx - yy)
-  vx += c * y * (T(3) * xx - yy) * vb[16];
-  vy += c * x * (xx - T(3) * yy) * vb[16];
-  c = static_cast<T>(kC4[1]);  // yz (3xx - yy)
-  vx += c * T(6) * xy * z * vb[17];
-  vy += c * T(3) * z * (xx - yy) * vb[17];
-  vz += c * y * (T(3) * xx - yy) * vb[17];
-  c = static_cast<T>(kC4[2]);  // xy (7zz - 1)
-  vx += c * y * (T(7) * zz - T(1)) * vb[18];
-  vy += c * x * (T(7) * zz - T(1)) * vb[18];
-  vz += c * T(14) * xy * z * vb[18];
-  c = static_cast<T>(kC4[3]);  // yz (7zz - 3)
-  vy += c * z * (T(7) * zz - T(3)) * vb[19];
-  vz += c * y * (T(21) * zz - T(3)) * vb[19];
-  c = static_cast<T>(kC4[4]);  // zz (35zz - 30) + 3
-  vz += c * z * (T(140) * zz - T(60)) * vb[20];
-  c = static_cast<T>(kC4[5]);  // xz (7zz - 3)
-  vx += c * z * (T(7) * zz - T(3)) * vb[21];
-  vz += c * x * (T(21) * zz - T(3)) * vb[21];
-  c = static_cast<T>(kC4[6]);  // (xx - yy)(7zz - 1)
-  vx += c * T(2) * x * (T(7) * zz - T(1)) * vb[22];
-  vy += c * T(-2) * y * (T(7) * zz - T(1)) * vb[22];
-  vz += c * T(14) * z * (xx - yy) * vb[22];
-  c = static_cast<T>(kC4[7]);  // xz (xx - 3yy)
-  vx += c * T(3) * z * (xx - yy) * vb[23];
-  vy += c * T(-6) * xy * z * vb[23];
-  vz += c * x * (xx - T(3) * yy) * vb[23];
-  c = static_cast<T>(kC4[8]);  // xx (xx - 3yy) - yy (3xx - yy)
-  vx += c * T(4) * x * (xx - T(3) * yy) * vb[24];
-  vy += c * T(4) * y * (yy - T(3) * xx) * vb[24];
+  V vx = -C1 * vb[3], vy = -C1 * vb[1], vz = C1 * vb[2];
+  if (degree >= 2) {
+    const V xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
+    T c;
+    c = static_cast<T>(kC2[0]);  // xy
+    vx += c * y * vb[4];
+    vy += c * x * vb[4];
+    c = static_cast<T>(kC2[1]);  // yz
+    vy += c * z * vb[5];
+    vz += c * y * vb[5];
+    c = static_cast<T>(kC2[2]);  // 2zz - xx - yy
+    vx += c * T(-2) * x * vb[6];
+    vy += c * T(-2) * y * vb[6];
+    vz += c * T(4) * z * vb[6];
+    c = static_cast<T>(kC2[3]);  // xz
+    vx += c * z * vb[7];
+    vz += c * x * vb[7];
+    c = static_cast<T>(kC2[4]);  // xx - yy
+    vx += c * T(2) * x * vb[8];
+    vy += c * T(-2) * y * vb[8];
+    if (degree >= 3) {
+      c = static_cast<T>(kC3[0]);  // y (3xx - yy)
+      vx += c * T(6) * xy * vb[9];
+      vy += c * T(3) * (xx - yy) * vb[9];
+      c = static_cast<T>(kC3[1]);  // xyz
+      vx += c * yz * vb[10];
+      vy += c * xz * vb[10];
+      vz += c * xy * vb[10];
+      c = static_cast<T>(kC3[2]);  // y (4zz - xx - yy)
+      vx += c * T(-2) * xy * vb[11];
+      vy += c * (T(4) * zz - xx - T(3) * yy) * vb[11];
+      vz += c * T(8) * yz * vb[11];
+      c = static_cast<T>(kC3[3]);  // z (2zz - 3xx - 3yy)
+      vx += c * T(-6) * xz * vb[12];
+      vy += c * T(-6) * yz * vb[12];
+      vz += c * (T(6) * zz - T(3) * xx - T(3) * yy) * vb[12];
+      c = static_cast<T>(kC3[4]);  // x (4zz - xx - yy)
+      vx += c * (T(4) * zz - T(3) * xx - yy) * vb[13];
+      vy += c * T(-2) * xy * vb[13];
+      vz += c * T(8) * xz * vb[13];
+      c = static_cast<T>(kC3[5]);  // z (xx - yy)
+      vx += c * T(2) * xz * vb[14];
+      vy += c * T(-2) * yz * vb[14];
+      vz += c * (xx - yy) * vb[14];
+      c = static_cast<T>(kC3[6]);  // x (xx - 3yy)
+      vx += c * T(3) * (xx - yy) * vb[15];
+      vy += c * T(-6) * xy * vb[15];
+    }
+    if (degree >= 4) {
+      c = static_cast<T>(kC4[0]);  // xy (xx - yy)
+      vx += c * y * (T(3) * xx - yy) * vb[16];
+      vy += c * x * (xx - T(3) * yy) * vb[16];
+      c = static_cast<T>(kC4[1]);  // yz (3xx - yy)
+      vx += c * T(6) * xy * z * vb[17];
+      vy += c * T(3) * z * (xx - yy) * vb[17];
+      vz += c * y * (T(3) * xx - yy) * vb[17];
+      c = static_cast<T>(kC4[2]);  // xy (7zz - 1)
+      vx += c * y * (T(7) * zz - T(1)) * vb[18];
+      vy += c * x * (T(7) * zz - T(1)) * vb[18];
+      vz += c * T(14) * xy * z * vb[18];
+      c = static_cast<T>(kC4[3]);  // yz (7zz - 3)
+      vy += c * z * (T(7) * zz - T(3)) * vb[19];
+      vz += c * y * (T(21) * zz - T(3)) * vb[19];
+      c = static_cast<T>(kC4[4]);  // zz (35zz - 30) + 3
+      vz += c * z * (T(140) * zz - T(60)) * vb[20];
+      c = static_cast<T>(kC4[5]);  // xz (7zz - 3)
+      vx += c * z * (T(7) * zz - T(3)) * vb[21];
+      vz += c * x * (T(21) * zz - T(3)) * vb[21];
+      c = static_cast<T>(kC4[6]);  // (xx - yy)(7zz - 1)
+      vx += c * T(2) * x * (T(7) * zz - T(1)) * vb[22];
+      vy += c * T(-2) * y * (T(7) * zz - T(1)) * vb[22];
+      vz += c * T(14) * z * (xx - yy) * vb[22];
+      c = static_cast<T>(kC4[7]);  // xz (xx - 3yy)
+      vx += c * T(3) * z * (xx - yy) * vb[23];
+      vy += c * T(-6) * xy * z * vb[23];
+      vz += c * x * (xx - T(3) * yy) * vb[23];
+      c = static_cast<T>(kC4[8]);  // xx (xx - 3yy) - yy (3xx - yy)
+      vx += c * T(4) * x * (xx - T(3) * yy) * vb[24];
+      vy += c * T(4) * y * (yy - T(3) * xx) * vb[24];
+    }
+  }
+  v[0] = vx;
+  v[1] = vy;
+  v[2] = vz;
 }
 
 // Unit direction from the camera centre to the mean, as projection.py's sh_colors.
 template <typename T>
 struct Dir {
-  T d[3];     // mean - camera centre
-  T s2;       // its squared length
-  T inv;      // 1 / sqrt(max(s2, 1e-24))
-  T u[3];     // d * inv
+  using V = typename Simd<T>::V;
+  V d[3];     // mean - camera centre
+  V s2;       // its squared length
+  V inv;      // 1 / sqrt(max(s2, 1e-24)): torch.rsqrt on the CPU
+  V u[3];     // d * inv
 };
 
 template <typename T>
-inline void dir_of(const Camera<T>& c, const T* mean, const Settings<T>& st, Dir<T>& r) {
+S3P_INLINE void dir_of(const Camera<T>& c, const typename Simd<T>::V* mean, const Settings<T>& st,
+                       Dir<T>& r) {
   for (int i = 0; i < 3; ++i) r.d[i] = mean[i] - c.cam[i];
   r.s2 = r.d[0] * r.d[0] + r.d[1] * r.d[1] + r.d[2] * r.d[2];
-  r.inv = T(1) / std::sqrt(r.s2 < st.dir_min ? st.dir_min : r.s2);  // torch.rsqrt on the CPU
+  const auto dmin = splat(st.dir_min);
+  r.inv = T(1) / vsqrt(r.s2 < dmin ? dmin : r.s2);
   for (int i = 0; i < 3; ++i) r.u[i] = r.d[i] * r.inv;
+}
+
+// The raw SH sum (before + 0.5 and the clamp) of coefficients cf[3 k + j] along unit directions
+// u, basis values in b.
+template <typename T>
+S3P_INLINE void sh_rgb(const Settings<T>& st, const typename Simd<T>::V* cf, const typename Simd<T>::V* u,
+                       typename Simd<T>::V* b, typename Simd<T>::V* rgb) {
+  sh_basis<T>(st.degree, u[0], u[1], u[2], b);
+  for (int j = 0; j < 3; ++j) rgb[j] = typename Simd<T>::V{};
+  for (int64_t k = 0; k < st.nb; ++k)
+    for (int j = 0; j < 3; ++j) rgb[j] += b[k] * cf[3 * k + j];
 }
 
 // ------------------------------------------------------------------------------- the passes
@@ -497,7 +710,6 @@ struct Io {
   // inputs
   const T *means, *quats, *scales, *opac, *colors, *extra;
   int64_t cs0, cs1, cs2;  // strides of colors (elements)
-  int64_t es0, es1;       // strides of extra
   const Camera<T>* cams;
   int64_t C, N, K;        // K: rows of SH coefficients per Gaussian (or 1 for RGB)
   // forward outputs
@@ -509,142 +721,184 @@ struct Io {
   T *v_means, *v_quats, *v_scales, *v_opac, *v_colors, *v_extra;
 };
 
+// The colour coefficients of a block, cf[3 k + j] (SH), or the RGB (cf[j]).
 template <typename T>
-inline const T* coef(const Io<T>& io, int64_t n, int64_t k) {
-  return io.colors + n * io.cs0 + k * io.cs1;
-}
-
-// RGB of Gaussian n seen along unit direction u: the raw SH sum (before +0.5 and the clamp),
-// basis values in b.
-template <typename T>
-inline void sh_rgb(const Io<T>& io, const Settings<T>& st, int64_t n, const T* u, T* b, T* rgb) {
-  sh_basis(st.degree, u[0], u[1], u[2], b);
-  for (int j = 0; j < 3; ++j) rgb[j] = T(0);
-  for (int64_t k = 0; k < st.nb; ++k) {
-    const T* cf = coef(io, n, k);
-    for (int j = 0; j < 3; ++j) rgb[j] += b[k] * cf[j * io.cs2];
+S3P_INLINE void load_colors(const Io<T>& io, const Settings<T>& st, int64_t n0, int lanes,
+                            typename Simd<T>::V* cf) {
+  const T* base = io.colors + n0 * io.cs0;
+  const int64_t rows = st.degree < 0 ? 1 : st.nb;
+  const bool packed = st.degree < 0 ? io.cs1 == 1 : (io.cs2 == 1 && io.cs1 == 3);
+  if (packed) {
+    load_rows(base, io.cs0, rows * 3, lanes, cf);
+  } else if (st.degree < 0) {
+    for (int j = 0; j < 3; ++j) cf[j] = gather(base + j * io.cs1, io.cs0, lanes);
+  } else {
+    for (int64_t k = 0; k < rows; ++k)
+      for (int j = 0; j < 3; ++j) cf[3 * k + j] = gather(base + k * io.cs1 + j * io.cs2, io.cs0, lanes);
   }
 }
 
 template <typename T>
-void forward_range(const Io<T>& io, const Settings<T>& st, int64_t n0, int64_t n1) {
-  const int64_t C = io.C, N = io.N, D = st.D;
-  for (int64_t n = n0; n < n1; ++n) {
+S3P_INLINE void load_shape_inputs(const Io<T>& io, int64_t n0, int lanes, typename Simd<T>::V* mean,
+                                  typename Simd<T>::V* quat, typename Simd<T>::V* scale,
+                                  typename Simd<T>::V& o) {
+  load_rows(io.means + 3 * n0, 3, 3, lanes, mean);
+  load_rows(io.quats + 4 * n0, 4, 4, lanes, quat);
+  load_rows(io.scales + 3 * n0, 3, 3, lanes, scale);
+  o = gather(io.opac + n0, 1, lanes);
+}
+
+// The clamped colour + 0.5 (torch.clamp_min: NaN stays NaN), and its gradient mask.
+template <typename T>
+S3P_INLINE typename Simd<T>::V clamp_color(typename Simd<T>::V r) {
+  using V = typename Simd<T>::V;
+  return ((r >= V{}) | (r != r)) ? r : V{};
+}
+
+template <typename T>
+S3P_INLINE void forward_range(const Io<T>& io, const Settings<T>& st, int64_t n0, int64_t n1) {
+  using V = typename Simd<T>::V;
+  const int64_t C = io.C, N = io.N, D = st.D, E = st.E;
+  V cols[3];  // the block's RGB, one vector per channel
+  V cf[kMaxBasis * 3];
+  for (int64_t b0 = n0; b0 < n1; b0 += kL) {
+    const int lanes = static_cast<int>(std::min<int64_t>(kL, n1 - b0));
+    V mean[3], quat[4], scale[3], o;
+    load_shape_inputs(io, b0, lanes, mean, quat, scale, o);
     Shape<T> g;
-    shape_of(io.quats + 4 * n, io.scales + 3 * n, st, g);
-    const T* mean = io.means + 3 * n;
-    const T o = io.opac[n];
-    // the SH colour is the same for every camera at degree 0
-    T rgb0[3] = {T(0), T(0), T(0)};
+    shape_of<T>(quat, scale, st, g);
+    load_colors(io, st, b0, lanes, cf);
+    // the colour is the same for every camera without SH or at degree 0
     if (st.degree == 0) {
-      for (int j = 0; j < 3; ++j) {
-        const T r = static_cast<T>(kC0) * coef(io, n, 0)[j * io.cs2] + T(0.5);
-        rgb0[j] = (r >= T(0) || r != r) ? r : T(0);  // torch.clamp_min (NaN stays NaN)
-      }
+      for (int j = 0; j < 3; ++j) cols[j] = clamp_color<T>(static_cast<T>(kC0) * cf[j] + T(0.5));
     } else if (st.degree < 0) {
-      for (int j = 0; j < 3; ++j) rgb0[j] = io.colors[n * io.cs0 + j * io.cs1];
+      for (int j = 0; j < 3; ++j) cols[j] = cf[j];
     }
     for (int64_t c = 0; c < C; ++c) {
       const Camera<T>& cam = io.cams[c];
       Proj<T> p;
       project_one(cam, g, mean, st, p);
-      const int64_t cn = c * N + n;
-      io.m2[2 * cn] = p.m2[0];
-      io.m2[2 * cn + 1] = p.m2[1];
-      for (int k = 0; k < 3; ++k) io.con[3 * cn + k] = p.con[k];
-      io.dep[cn] = p.z;
-      const T opac = st.antialiased ? o * p.comp : o;
-      io.op_out[cn] = opac;
-      radii_of(p, opac, st, io.radii + 2 * cn);
-      T* f = io.feats + cn * D;
+      const int64_t cn = c * N + b0;
+      const V opac = st.antialiased ? o * p.comp : o;
+      V rx, ry;
+      radii_of(p, opac, st, rx, ry);
+      for (int l = 0; l < lanes; ++l) {
+        T* m2 = io.m2 + 2 * (cn + l);
+        m2[0] = p.m2[0][l];
+        m2[1] = p.m2[1][l];
+        T* con = io.con + 3 * (cn + l);
+        for (int k = 0; k < 3; ++k) con[k] = p.con[k][l];
+        io.dep[cn + l] = p.z[l];
+        io.op_out[cn + l] = opac[l];
+        // (a radius past int32 is kept as the largest int32: the rasteriser clamps it to the image)
+        const T big = static_cast<T>(std::numeric_limits<int32_t>::max());
+        int32_t* rad = io.radii + 2 * (cn + l);
+        rad[0] = rx[l] < big ? static_cast<int32_t>(rx[l]) : std::numeric_limits<int32_t>::max();
+        rad[1] = ry[l] < big ? static_cast<int32_t>(ry[l]) : std::numeric_limits<int32_t>::max();
+      }
       if (st.degree >= 1) {
         Dir<T> d;
         dir_of(cam, mean, st, d);
-        T b[kMaxBasis], rgb[3];
-        sh_rgb(io, st, n, d.u, b, rgb);
-        for (int j = 0; j < 3; ++j) {
-          const T r = rgb[j] + T(0.5);
-          f[j] = (r >= T(0) || r != r) ? r : T(0);
-        }
-      } else {
-        for (int j = 0; j < 3; ++j) f[j] = rgb0[j];
+        V b[kMaxBasis], rgb[3];
+        sh_rgb(st, cf, d.u, b, rgb);
+        for (int j = 0; j < 3; ++j) cols[j] = clamp_color<T>(rgb[j] + T(0.5));
       }
-      for (int64_t e = 0; e < st.E; ++e) f[3 + e] = io.extra[n * io.es0 + e * io.es1];
-      if (st.depth) f[3 + st.E] = p.z;
+      store_rows(io.feats + cn * D, D, 3, lanes, cols);
+      for (int l = 0; l < lanes; ++l) {  // the extra channels are copied, the depth appended
+        T* f = io.feats + (cn + l) * D;
+        if (E) std::memcpy(f + 3, io.extra + (b0 + l) * E, sizeof(T) * E);
+        if (st.depth) f[3 + E] = p.z[l];
+      }
     }
   }
 }
 
 template <typename T>
-void backward_range(const Io<T>& io, const Settings<T>& st, int64_t n0, int64_t n1) {
+S3P_INLINE void backward_range(const Io<T>& io, const Settings<T>& st, int64_t n0, int64_t n1) {
+  using V = typename Simd<T>::V;
+  using M = typename Simd<T>::M;
   const int64_t C = io.C, N = io.N, D = st.D, E = st.E;
-  const int64_t nb = st.degree >= 0 ? st.nb : 1;
-  T v_coef[kMaxBasis * 3];
-  for (int64_t n = n0; n < n1; ++n) {
+  const int64_t ncf = 3 * (st.degree >= 0 ? st.nb : 1);
+  V cf[kMaxBasis * 3], v_cf[kMaxBasis * 3];
+  const V zero{};
+  for (int64_t b0 = n0; b0 < n1; b0 += kL) {
+    const int lanes = static_cast<int>(std::min<int64_t>(kL, n1 - b0));
+    V mean[3], quat[4], scale[3], o;
+    load_shape_inputs(io, b0, lanes, mean, quat, scale, o);
     Shape<T> g;
-    shape_of(io.quats + 4 * n, io.scales + 3 * n, st, g);
-    const T* mean = io.means + 3 * n;
-    const T o = io.opac[n];
-    T vM[9] = {}, v_mean[3] = {}, v_o = T(0);
-    for (int64_t i = 0; i < nb * 3; ++i) v_coef[i] = T(0);
-    T* v_ex = io.v_extra ? io.v_extra + n * E : nullptr;
-    for (int64_t e = 0; e < E; ++e) v_ex[e] = T(0);
+    shape_of<T>(quat, scale, st, g);
+    load_colors(io, st, b0, lanes, cf);
+    V vM[9] = {}, v_mean[3] = {}, v_o{};
+    for (int64_t i = 0; i < ncf; ++i) v_cf[i] = zero;
     for (int64_t c = 0; c < C; ++c) {
       const Camera<T>& cam = io.cams[c];
-      const int64_t cn = c * N + n;
-      const T zero2[3] = {T(0), T(0), T(0)};
-      const T* vm2 = io.g_m2 ? io.g_m2 + 2 * cn : zero2;
-      const T* vcon = io.g_con ? io.g_con + 3 * cn : zero2;
-      const T* vf = io.g_feats ? io.g_feats + cn * D : nullptr;
-      T vz = io.g_dep ? io.g_dep[cn] : T(0);
-      if (vf && st.depth) vz += vf[3 + E];
-      const T vop = io.g_op ? io.g_op[cn] : T(0);
-      if (vm2[0] != T(0) || vm2[1] != T(0) || vcon[0] != T(0) || vcon[1] != T(0) ||
-          vcon[2] != T(0) || vz != T(0) || vop != T(0)) {
+      const int64_t cn = c * N + b0;
+      V vm2[2] = {}, vcon[3] = {}, vz{}, vop{};
+      if (io.g_m2) load_rows(io.g_m2 + 2 * cn, 2, 2, lanes, vm2);
+      if (io.g_con) load_rows(io.g_con + 3 * cn, 3, 3, lanes, vcon);
+      if (io.g_dep) vz = gather(io.g_dep + cn, 1, lanes);
+      if (io.g_op) vop = gather(io.g_op + cn, 1, lanes);
+      V vf[3] = {};
+      if (io.g_feats) {
+        load_rows(io.g_feats + cn * D, D, 3, lanes, vf);
+        if (st.depth) vz += gather(io.g_feats + cn * D + 3 + E, D, lanes);
+      }
+      M active = (vm2[0] != zero) | (vm2[1] != zero) | (vcon[0] != zero) | (vcon[1] != zero) |
+                 (vcon[2] != zero) | (vz != zero) | (vop != zero);
+      if (lanes < kL) {  // padding lanes add nothing (they are not stored either)
+        for (int l = lanes; l < kL; ++l) active[l] = 0;
+      }
+      if (any(active)) {
         Proj<T> p;
         project_one(cam, g, mean, st, p);
-        project_vjp(cam, g, p, st, o, vm2, vcon, vz, vop, v_mean, vM, v_o);
+        project_vjp(cam, g, p, st, o, vm2, vcon, vz, vop, active, v_mean, vM, v_o);
       }
-      if (!vf) continue;
-      for (int64_t e = 0; e < E; ++e) v_ex[e] += vf[3 + e];
-      const T vr[3] = {vf[0], vf[1], vf[2]};
-      if (vr[0] == T(0) && vr[1] == T(0) && vr[2] == T(0)) continue;
+      if (!io.g_feats) continue;
+      M act = (vf[0] != zero) | (vf[1] != zero) | (vf[2] != zero);
+      if (!any(act)) continue;
       if (st.degree < 0) {
-        for (int j = 0; j < 3; ++j) v_coef[j] += vr[j];
+        for (int j = 0; j < 3; ++j) v_cf[j] += vf[j];
       } else if (st.degree == 0) {
         for (int j = 0; j < 3; ++j) {
-          const T r = static_cast<T>(kC0) * coef(io, n, 0)[j * io.cs2] + T(0.5);
-          if (r >= T(0)) v_coef[j] += static_cast<T>(kC0) * vr[j];
+          const V r = static_cast<T>(kC0) * cf[j] + T(0.5);
+          v_cf[j] += r >= zero ? static_cast<T>(kC0) * vf[j] : zero;
         }
       } else {
         Dir<T> d;
         dir_of(cam, mean, st, d);
-        T b[kMaxBasis], rgb[3], gr[3];
-        sh_rgb(io, st, n, d.u, b, rgb);
-        for (int j = 0; j < 3; ++j) gr[j] = rgb[j] + T(0.5) >= T(0) ? vr[j] : T(0);
-        T vb[kMaxBasis];
+        V b[kMaxBasis], rgb[3], gr[3];
+        sh_rgb(st, cf, d.u, b, rgb);
+        for (int j = 0; j < 3; ++j) gr[j] = rgb[j] + T(0.5) >= zero ? vf[j] : zero;
+        V vb[kMaxBasis];
         for (int64_t k = 0; k < st.nb; ++k) {
-          const T* cf = coef(io, n, k);
-          vb[k] = cf[0] * gr[0] + cf[io.cs2] * gr[1] + cf[2 * io.cs2] * gr[2];
-          for (int j = 0; j < 3; ++j) v_coef[3 * k + j] += b[k] * gr[j];
+          vb[k] = cf[3 * k] * gr[0] + cf[3 * k + 1] * gr[1] + cf[3 * k + 2] * gr[2];
+          for (int j = 0; j < 3; ++j) v_cf[3 * k + j] += b[k] * gr[j];
         }
-        T vu[3];
-        sh_basis_vjp(st.degree, d.u[0], d.u[1], d.u[2], vb, vu[0], vu[1], vu[2]);
+        V vu[3];
+        sh_basis_vjp<T>(st.degree, d.u[0], d.u[1], d.u[2], vb, vu);
         // u = d * inv, inv = rsqrt(max(s2, 1e-24))
-        const T v_inv = vu[0] * d.d[0] + vu[1] * d.d[1] + vu[2] * d.d[2];
-        const T v_s2 = d.s2 < st.dir_min ? T(0) : T(-0.5) * v_inv * (d.inv * d.inv * d.inv);
-        for (int i = 0; i < 3; ++i) v_mean[i] += vu[i] * d.inv + T(2) * d.d[i] * v_s2;
+        const V v_inv = vu[0] * d.d[0] + vu[1] * d.d[1] + vu[2] * d.d[2];
+        const V v_s2 = d.s2 < splat(st.dir_min) ? zero : T(-0.5) * v_inv * (d.inv * d.inv * d.inv);
+        for (int i = 0; i < 3; ++i) v_mean[i] += act ? vu[i] * d.inv + T(2) * d.d[i] * v_s2 : zero;
       }
     }
-    shape_vjp(g, vM, io.v_quats + 4 * n, io.v_scales + 3 * n);
-    for (int i = 0; i < 3; ++i) io.v_means[3 * n + i] = v_mean[i];
-    io.v_opac[n] = v_o;
-    if (st.degree < 0) {
-      for (int j = 0; j < 3; ++j) io.v_colors[3 * n + j] = v_coef[j];
-    } else {
-      T* out = io.v_colors + n * io.K * 3;
-      for (int64_t i = 0; i < nb * 3; ++i) out[i] = v_coef[i];
-      for (int64_t i = nb * 3; i < io.K * 3; ++i) out[i] = T(0);  // rows past the degree
+    V v_quat[4], v_scale[3];
+    shape_vjp<T>(g, vM, v_quat, v_scale);
+    store_rows(io.v_means + 3 * b0, 3, 3, lanes, v_mean);
+    store_rows(io.v_quats + 4 * b0, 4, 4, lanes, v_quat);
+    store_rows(io.v_scales + 3 * b0, 3, 3, lanes, v_scale);
+    for (int l = 0; l < lanes; ++l) io.v_opac[b0 + l] = v_o[l];
+    const int64_t row = st.degree < 0 ? 3 : io.K * 3;
+    store_rows(io.v_colors + b0 * row, row, ncf, lanes, v_cf);
+    for (int l = 0; l < lanes; ++l)  // rows past the degree
+      std::fill(io.v_colors + (b0 + l) * row + ncf, io.v_colors + (b0 + l + 1) * row, T(0));
+    for (int l = 0; l < lanes && E; ++l) {  // the extra channels: summed over the cameras
+      T* ve = io.v_extra + (b0 + l) * E;
+      std::fill(ve, ve + E, T(0));
+      for (int64_t c = 0; c < C && io.g_feats; ++c) {
+        const T* gf = io.g_feats + (c * N + b0 + l) * D + 3;
+        for (int64_t e = 0; e < E; ++e) ve[e] += gf[e];
+      }
     }
   }
 }
@@ -675,9 +929,9 @@ inline void run_forward(const Io<double>& io, const Settings<double>& st, int64_
 inline void run_backward(const Io<float>& io, const Settings<float>& st, int64_t a, int64_t b) { backward_f32(io, st, a, b); }
 inline void run_backward(const Io<double>& io, const Settings<double>& st, int64_t a, int64_t b) { backward_f64(io, st, a, b); }
 
-constexpr int64_t kChunk = 256;  // Gaussians per call of a pass
+constexpr int64_t kChunk = 256;  // Gaussians per call of a pass (a multiple of kL)
 
-template <typename T, typename F>
+template <typename F>
 void parallel_chunks(int64_t N, int nt, F&& fn) {
   const int64_t chunks = (N + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -718,7 +972,10 @@ void check(const Common& a) {
                     a.colors.size(1) >= (a.degree + 1) * (a.degree + 1),
                 "colors must be SH [N, >= (sh_degree + 1)^2, 3]");
   }
-  if (a.extra) TORCH_CHECK(a.extra->dim() == 2 && a.extra->size(0) == N, "extra must be [N, E]");
+  if (a.extra) {
+    TORCH_CHECK(a.extra->dim() == 2 && a.extra->size(0) == N, "extra must be [N, E]");
+    TORCH_CHECK(a.extra->is_contiguous() && a.extra->device().is_cpu(), "s3dgs native projection: extra must be contiguous, on the CPU");
+  }
 }
 
 template <typename T>
@@ -767,8 +1024,6 @@ Io<T> inputs_of(const Common& a, const std::vector<Camera<T>>& cams) {
   io.cs1 = a.colors.stride(1);
   io.cs2 = a.colors.dim() == 3 ? a.colors.stride(2) : 1;
   io.extra = a.extra ? a.extra->data_ptr<T>() : nullptr;
-  io.es0 = a.extra ? a.extra->stride(0) : 0;
-  io.es1 = a.extra ? a.extra->stride(1) : 0;
   io.cams = cams.data();
   io.C = a.viewmats.size(0);
   io.N = a.means.size(0);
@@ -788,7 +1043,7 @@ void forward_impl(const Common& a, int nt, Tensor& m2, Tensor& con, Tensor& dep,
   io.op_out = op.data_ptr<T>();
   io.radii = radii.data_ptr<int32_t>();
   io.feats = feats.data_ptr<T>();
-  parallel_chunks<T>(io.N, nt, [&](int64_t n0, int64_t n1) { run_forward(io, st, n0, n1); });
+  parallel_chunks(io.N, nt, [&](int64_t n0, int64_t n1) { run_forward(io, st, n0, n1); });
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> project_sh_fwd(
@@ -844,7 +1099,7 @@ void backward_impl(const Common& a, const std::optional<Tensor>& g_m2, const std
   io.v_opac = v_opac.data_ptr<T>();
   io.v_colors = v_colors.data_ptr<T>();
   io.v_extra = st.E ? v_extra.data_ptr<T>() : nullptr;
-  parallel_chunks<T>(N, nt, [&](int64_t n0, int64_t n1) { run_backward(io, st, n0, n1); });
+  parallel_chunks(N, nt, [&](int64_t n0, int64_t n1) { run_backward(io, st, n0, n1); });
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> project_sh_bwd(
