@@ -5,8 +5,11 @@ Cases (RGB from SH degree 3 + 4 semantic channels + depth, one camera):
 For each case and backend: median forward, backward and fwd+bwd wall seconds of a training-style
 call (``render`` + a loss over every output + ``backward``), the fastest fwd+bwd, process CPU
 seconds, the no-grad forward, the same without the depth channel (depth cost = median time ratio
-of interleaved pairs), the rasteriser alone (projection and SH done once beforehand: what the
-backends differ in), for the native backend the time of each of its ops, and the peak RSS of a fresh process running that case's forward + backward
+of interleaved pairs), the rasteriser alone (projection and SH done once beforehand), projection +
+colour features alone (forward + backward of what feeds the rasteriser: the fused C++ kernel of
+``s3dgs.render.native_project`` for the native backend, ``project_gaussians`` + ``color_features``
++ the depth channel in torch for the torch backend), for the native backend the time of each of
+its rasteriser's ops, and the peak RSS of a fresh process running that case's forward + backward
 with that backend. Runs of the backends alternate, so that a change of machine load hits both;
 the speed-ups are medians of per-repetition ratios.
 
@@ -122,6 +125,31 @@ def _raster_inputs(base):
     return p, feats
 
 
+def _project_run(base, backend: str):
+    """(fwd wall, bwd wall) of projection + colour features (+ depth channel) alone, with a fixed
+    upstream gradient on every output the rasteriser reads."""
+    s = {k: base[k].clone().requires_grad_(True) for k in PARAMS}
+    W, H = base["width"], base["height"]
+    t0 = time.perf_counter()
+    if backend == "native":
+        from s3dgs.render.native_project import project_native
+
+        p = project_native(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], base["viewmats"],
+                           base["Ks"], W, H, sh_degree=3, extra=s["extra"], render_depth=True)
+        outs = [p.means2d, p.conics, p.opacities, p.feats]
+    else:
+        from s3dgs.render.projection import project_gaussians
+        from s3dgs.render.types import color_features
+
+        p = project_gaussians(s["means"], s["quats"], s["scales"], s["opacities"], base["viewmats"], base["Ks"], W, H)
+        feats = color_features(s["means"], s["colors"], base["viewmats"], 3, s["extra"])
+        feats = torch.cat([feats, p.depths[..., None]], -1).contiguous()
+        outs = [p.means2d, p.conics, p.opacities, feats]
+    t1 = time.perf_counter()
+    torch.autograd.backward(outs, [torch.full_like(o, 0.01) for o in outs])
+    return t1 - t0, time.perf_counter() - t1
+
+
 def _raster_run(p, feats, W, H, backend: str, absgrad: bool):
     """(fwd wall, bwd wall) of the rasteriser alone, binning included."""
     ins = [t.detach().clone().requires_grad_(True) for t in (p.means2d, p.conics, p.opacities, feats)]
@@ -231,6 +259,18 @@ def time_case(key: str, backends: list[str], repeats: int, absgrad: bool):
         res[b]["raster_fwd_s"] = _med(f)
         res[b]["raster_bwd_s"] = _med(bw)
         res[b]["raster_fwd_bwd_s"] = _med([x + y for x, y in rr[b]])
+    # projection + colour features alone, backends interleaved
+    pr = {b: [] for b in backends}
+    for b in backends:
+        _project_run(base, b)
+    for _ in range(repeats):
+        for b in backends:
+            pr[b].append(_project_run(base, b))
+    for b in backends:
+        f, bw = zip(*pr[b])
+        res[b]["project_fwd_s"] = _med(f)
+        res[b]["project_bwd_s"] = _med(bw)
+        res[b]["project_fwd_bwd_s"] = _med([x + y for x, y in pr[b]])
     if "native" in backends:
         res["native"]["phases_s"] = native_phases(p, feats, W, H, repeats, absgrad)
     if "torch" in backends and "native" in backends:
@@ -238,6 +278,7 @@ def time_case(key: str, backends: list[str], repeats: int, absgrad: bool):
         res["speedup_native_fwd_bwd"] = round(statistics.median([(x[0] + x[1]) / (y[0] + y[1]) for x, y in zip(t, n)]), 2)
         res["speedup_native_fwd_bwd_cpu"] = round(statistics.median([x[2] / y[2] for x, y in zip(t, n)]), 2)
         res["speedup_native_raster_only"] = round(statistics.median([sum(x) / sum(y) for x, y in zip(rr["torch"], rr["native"])]), 2)
+        res["speedup_native_project_only"] = round(statistics.median([sum(x) / sum(y) for x, y in zip(pr["torch"], pr["native"])]), 2)
     return res
 
 
@@ -263,8 +304,8 @@ def markdown(result: dict) -> str:
         f"{result['machine']}, torch {result['torch']}.",
         "",
         "| case | backend | fwd s | bwd s | fwd+bwd s (median) | fwd+bwd s (min) | fwd+bwd CPU s | no-grad s "
-        "| raster only fwd+bwd s | depth cost | peak RSS GB | isects |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| raster only fwd+bwd s | proj+SH only fwd+bwd s | depth cost | peak RSS GB | isects |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in result["cases"].items():
         name = f"({key}) {r['N'] // 1000}k @ {r['width']}x{r['height']}"
@@ -273,7 +314,8 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {name} | {b} | {x['fwd_s']:.3f} | {x['bwd_s']:.3f} | **{x['fwd_bwd_s']:.3f}** | "
                 f"{x['fwd_bwd_min_s']:.3f} | {x['fwd_bwd_cpu_s']:.3f} | {x['nograd_s']:.3f} | "
-                f"{x['raster_fwd_bwd_s']:.3f} | {x['depth_overhead']:+.1%} | {x['peak_rss_gb']:.2f} | "
+                f"{x['raster_fwd_bwd_s']:.3f} | {x['project_fwd_bwd_s']:.3f} | {x['depth_overhead']:+.1%} | "
+                f"{x['peak_rss_gb']:.2f} | "
                 f"{x['n_isects']} |"
             )
     if "native" in result["backends"]:
@@ -284,10 +326,11 @@ def markdown(result: dict) -> str:
             lines.append(f"| ({key}) | " + " | ".join(f"{1e3 * ph[k]:.1f}" for k in
                                                     ("bin", "table", "forward", "backward", "reduce")) + " |")
     if all("speedup_native_fwd_bwd" in r for r in result["cases"].values()):
-        lines += ["", "| case | native speed-up, fwd+bwd (wall) | (CPU) | rasteriser alone (wall) |", "|---|---|---|---|"]
+        lines += ["", "| case | native speed-up, fwd+bwd (wall) | (CPU) | rasteriser alone (wall) "
+                  "| projection + SH alone (wall) |", "|---|---|---|---|---|"]
         for key, r in result["cases"].items():
             lines.append(f"| ({key}) | {r['speedup_native_fwd_bwd']}x | {r['speedup_native_fwd_bwd_cpu']}x | "
-                         f"{r['speedup_native_raster_only']}x |")
+                         f"{r['speedup_native_raster_only']}x | {r['speedup_native_project_only']}x |")
     return "\n".join(lines) + "\n"
 
 

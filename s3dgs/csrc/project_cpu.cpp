@@ -166,9 +166,9 @@ S3P_INLINE V vceil(V x) {
   return x;
 }
 
-// In place: r[i][l] becomes r[l][i] (8 vectors of 8 lanes), by three rounds of shuffles.
+// out[i][l] = in[l][i] (8 vectors of 8 lanes), by three rounds of shuffles.
 template <typename V>
-S3P_INLINE void transpose8(V* r) {
+S3P_INLINE void transpose8(const V* r, V* out) {
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
   V t[8], u[8];
   for (int i = 0; i < 4; ++i) {  // interleave row pairs: (r0[0], r1[0], r0[1], r1[1] | r0[4], ...)
@@ -183,20 +183,19 @@ S3P_INLINE void transpose8(V* r) {
     u[4 * h + 3] = __builtin_shufflevector(a[1], a[3], 2, 3, 10, 11, 6, 7, 14, 15);
   }
   for (int i = 0; i < 4; ++i) {
-    r[i] = __builtin_shufflevector(u[i], u[4 + i], 0, 1, 2, 3, 8, 9, 10, 11);
-    r[4 + i] = __builtin_shufflevector(u[i], u[4 + i], 4, 5, 6, 7, 12, 13, 14, 15);
+    out[i] = __builtin_shufflevector(u[i], u[4 + i], 0, 1, 2, 3, 8, 9, 10, 11);
+    out[4 + i] = __builtin_shufflevector(u[i], u[4 + i], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 #else
-  V o[8];
   for (int i = 0; i < kL; ++i)
-    for (int l = 0; l < kL; ++l) o[i][l] = r[l][i];
-  for (int i = 0; i < kL; ++i) r[i] = o[i];
+    for (int l = 0; l < kL; ++l) out[i][l] = r[l][i];
 #endif
 }
 
 // A block's rows <-> one vector per column: cols[k][l] = base[l * stride + k] for k < ncols (the
 // rows are contiguous in k). Lanes from `lanes` on repeat row 0 when loading (finite values to
-// compute with) and are not stored.
+// compute with) and are not stored. Full groups of 8 columns are transposed straight between
+// the rows and `cols` (no copy of the 8 vectors: GCC would make it a `rep movs`).
 template <typename T>
 S3P_INLINE void load_rows(const T* base, int64_t stride, int64_t ncols, int lanes,
                           typename Simd<T>::V* cols) {
@@ -214,8 +213,13 @@ S3P_INLINE void load_rows(const T* base, int64_t stride, int64_t ncols, int lane
         r[l] = vload<V>(buf);
       }
     }
-    transpose8(r);
-    for (int64_t i = 0; i < w; ++i) cols[k0 + i] = r[i];
+    if (w == kL) {
+      transpose8(r, cols + k0);
+    } else {
+      V o[kL];
+      transpose8(r, o);
+      for (int64_t i = 0; i < w; ++i) cols[k0 + i] = o[i];
+    }
   }
 }
 template <typename T>
@@ -225,8 +229,13 @@ S3P_INLINE void store_rows(T* base, int64_t stride, int64_t ncols, int lanes,
   for (int64_t k0 = 0; k0 < ncols; k0 += kL) {
     const int64_t w = std::min<int64_t>(kL, ncols - k0);
     V r[kL];
-    for (int i = 0; i < kL; ++i) r[i] = i < w ? cols[k0 + i] : V{};
-    transpose8(r);
+    if (w == kL) {
+      transpose8(cols + k0, r);
+    } else {
+      V c[kL];
+      for (int i = 0; i < kL; ++i) c[i] = i < w ? cols[k0 + i] : V{};
+      transpose8(c, r);
+    }
     for (int l = 0; l < lanes; ++l) {
       T* dst = base + l * stride + k0;
       if (w == kL)
