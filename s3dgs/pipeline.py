@@ -37,7 +37,7 @@ from typing import Annotated, Callable, Literal, Optional
 import tyro
 
 from s3dgs.atomic import atomic_write_text
-from s3dgs.config import DataConfig, TrainConfig, _arg, load_run_config
+from s3dgs.config import TrainConfig, _arg, load_run_config
 from s3dgs.errors import S3dgsError, UsageError
 from s3dgs.losses import SemanticConfig
 from s3dgs.options import opt
@@ -138,10 +138,9 @@ class RunConfig:
 
 
 def _demo_stage_defaults() -> StageOptions:
-    # 2,000 iterations, SH degree 1 and an 800-iteration warm-up (1,200 semantic iterations): the
-    # figures of this schedule are in BENCHMARKS.md ("make demo")
+    # 2,000 iterations at the plant's full resolution, SH degree 1 and an 800-iteration warm-up
+    # (1,200 semantic iterations): the figures of this schedule are in BENCHMARKS.md ("make demo")
     return StageOptions(train=TrainConfig(num_iterations=2000, sh_degree=1, ckpt_every=250,
-                                          data=DataConfig(resolution_scale=0.5),
                                           semantics=SemanticConfig(warmup_iterations=800)))
 
 
