@@ -81,6 +81,29 @@ def _sample_by_opacity(opacities: Tensor, n: int) -> Tensor:
     return torch.multinomial(opacities.float().clamp_min(0) + 1e-12, n, replacement=True)
 
 
+def _opacities(params) -> Tensor:
+    """Activated opacities [N] of ``params``."""
+    return torch.sigmoid(params["opacities"].detach().reshape(len(params["means"]), -1)[:, 0])
+
+
+def _shared_sources(params, opa: Tensor, src: Tensor, binoms: Tensor, min_opacity: float):
+    """The parameter update common to relocation and addition: each source Gaussian in ``src``
+    (indices, repeated once per copy made of it) gets the opacity and scale that keep its look once
+    shared with its copies (:func:`compute_relocation`). Returns ``fn(name, p) -> updated copy of p``."""
+    copies = torch.bincount(src, minlength=len(opa))[src] + 1  # the source itself and its copies
+    new_o, new_s = compute_relocation(opa[src], torch.exp(params["scales"].detach()[src]), copies, binoms)
+    new_o = new_o.clamp(min_opacity, 1.0 - torch.finfo(torch.float32).eps)
+
+    def fn(name: str, p: Tensor) -> Tensor:
+        q = p.detach().clone()
+        if name == "opacities":
+            q[src] = torch.logit(new_o).to(q.dtype).reshape(q[src].shape)
+        elif name == "scales":
+            q[src] = torch.log(new_s).to(q.dtype)
+        return q
+    return fn
+
+
 @torch.no_grad()
 def _relocate(params, optimizers, dead: Tensor, binoms: Tensor, min_opacity: float) -> int:
     """Move the ``dead`` Gaussians onto live ones drawn by opacity (in place). Returns how many."""
@@ -88,19 +111,12 @@ def _relocate(params, optimizers, dead: Tensor, binoms: Tensor, min_opacity: flo
     alive_idx = (~dead).nonzero(as_tuple=True)[0]
     if len(dead_idx) == 0 or len(alive_idx) == 0:
         return 0
-    opa = torch.sigmoid(params["opacities"].detach().reshape(len(dead), -1)[:, 0])
+    opa = _opacities(params)
     src = alive_idx[_sample_by_opacity(opa[alive_idx], len(dead_idx))]
-    copies = torch.bincount(src, minlength=len(dead))[src] + 1  # the source itself and its copies
-    new_o, new_s = compute_relocation(opa[src], torch.exp(params["scales"].detach()[src]), copies, binoms)
-    eps = torch.finfo(torch.float32).eps
-    new_o = new_o.clamp(min_opacity, 1.0 - eps)
+    shared = _shared_sources(params, opa, src, binoms, min_opacity)
 
     def param_fn(name: str, p: Tensor) -> Tensor:
-        q = p.detach().clone()
-        if name == "opacities":
-            q[src] = torch.logit(new_o).to(q.dtype).reshape(q[src].shape)
-        elif name == "scales":
-            q[src] = torch.log(new_s).to(q.dtype)
+        q = shared(name, p)
         q[dead_idx] = q[src]
         return torch.nn.Parameter(q, requires_grad=p.requires_grad)
 
@@ -119,20 +135,12 @@ def _add(params, optimizers, n: int, binoms: Tensor, min_opacity: float) -> int:
     """Append ``n`` copies of Gaussians drawn by opacity (Eq. 9 applied to source and copies)."""
     if n <= 0:
         return 0
-    N = len(params["means"])
-    opa = torch.sigmoid(params["opacities"].detach().reshape(N, -1)[:, 0])
+    opa = _opacities(params)
     src = _sample_by_opacity(opa, n)
-    copies = torch.bincount(src, minlength=N)[src] + 1
-    new_o, new_s = compute_relocation(opa[src], torch.exp(params["scales"].detach()[src]), copies, binoms)
-    eps = torch.finfo(torch.float32).eps
-    new_o = new_o.clamp(min_opacity, 1.0 - eps)
+    shared = _shared_sources(params, opa, src, binoms, min_opacity)
 
     def param_fn(name: str, p: Tensor) -> Tensor:
-        q = p.detach().clone()
-        if name == "opacities":
-            q[src] = torch.logit(new_o).to(q.dtype).reshape(q[src].shape)
-        elif name == "scales":
-            q[src] = torch.log(new_s).to(q.dtype)
+        q = shared(name, p)
         return torch.nn.Parameter(torch.cat([q, q[src]]), requires_grad=p.requires_grad)
 
     def optimizer_fn(key: str, v: Tensor) -> Tensor:
