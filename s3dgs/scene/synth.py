@@ -98,15 +98,15 @@ class SynthConfig:
     plant_height: float = 0.5
     """Main stem height (m)."""
     stem_radius: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
-    """Main stem radius at the base (m); tapers to 55 % (preset: 0.004 / 0.0016 / 0.005)."""
+    """Main stem radius at the base (m); tapers to 55 % (preset: 0.004 / 0.0016 / 0.005 / 0.005)."""
     branch_radius: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
-    """Petiole/peduncle radius (m) (preset: 0.0016 / 0.0008 / 0.002)."""
+    """Petiole/peduncle radius (m) (preset: 0.0016 / 0.0008 / 0.002 / 0.0025)."""
     n_nodes: Annotated[Optional[int], opt("INT", "from the preset")] = None
-    """Nodes on the main stem (preset: 6 / 6 / 4)."""
+    """Nodes on the main stem (preset: 6 / 6 / 4 / 6)."""
     leaf_density: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
-    """Leaflet count and size, 0 = bare petioles (preset: 1.0 / 1.2 / 0.8)."""
+    """Leaflet count and size, 0 = bare petioles (preset: 1.0 / 1.2 / 0.8 / 1.0)."""
     n_trusses: Annotated[Optional[int], opt("INT", "from the preset")] = None
-    """Fruit trusses (preset: 3 / 3 / 1)."""
+    """Fruit trusses (preset: 3 / 3 / 1 / 3)."""
     fruit_radius: float = 0.016
     """Mean fruit radius (m)."""
 
@@ -116,7 +116,7 @@ class SynthConfig:
 
     # SfM-like points
     n_points: Annotated[Optional[int], opt("INT", "from the preset")] = None
-    """Sparse points in sparse/0 and points3D.ply (preset: 4000 / 4000 / 800)."""
+    """Sparse points in sparse/0 and points3D.ply (preset: 4000 / 4000 / 800 / 6000)."""
     point_noise: float = 0.002
     """3D noise of the sparse points (m, at 0.75 m distance; grows with distance)."""
     outlier_fraction: float = 0.03
