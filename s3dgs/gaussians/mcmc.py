@@ -186,6 +186,9 @@ class MCMCStrategy(FloaterPruning, _GsplatMCMC):
     noise every step; optional depth-guided floater relocation (prune_floaters). state counts
     n_relocated, n_added, n_capped and n_floaters."""
 
+    cap_max: int = 200_000
+    """Most Gaussians the model may grow to (gsplat's own default is 1,000,000; 200,000 bounds a
+    CPU step)."""
     noise_unit_invariant: bool = True
     """Divide the position noise by scene_scale^2 (see initialize_state), so it does not depend on
     the scene's units; equal to gsplat's noise when scene_scale is 1."""

@@ -30,7 +30,7 @@ is how many there were at the last refinement. ``state["n_resets"]`` counts opac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import torch
 from gsplat.strategy import DefaultStrategy as _GsplatDefault
@@ -38,6 +38,7 @@ from gsplat.strategy.ops import remove, reset_opa
 
 from s3dgs.errors import UsageError
 from s3dgs.gaussians.floaters import FloaterPruning
+from s3dgs.options import opt
 
 __all__ = ["DefaultStrategy", "stem_hits"]
 
@@ -85,7 +86,7 @@ class DefaultStrategy(FloaterPruning, _GsplatDefault):
     the opacity reset that gsplat 1.5.3 never fires, a lower split/clone threshold for Gaussians on
     stem pixels (grow_grad2d_stem) and depth-guided floater pruning (prune_floaters)."""
 
-    grow_grad2d_stem: Optional[float] = None
+    grow_grad2d_stem: Annotated[Optional[float], opt("FLOAT", "off")] = None
     """Split/clone gradient threshold for Gaussians on stem pixels (None: off, every Gaussian uses
     grow_grad2d). Below grow_grad2d, thin stems are refined before the rest."""
     stem_min_fraction: float = 0.5
