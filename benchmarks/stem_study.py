@@ -61,8 +61,11 @@ method row; rows can be split over parallel processes with --only, one thread ea
 Cost, measured 2026-11-30 on the 2-core CPU (load average 2.5-5 from other jobs): one closeup run of
 3000 iterations (``prior``, one thread) trained in 55 min, ending with 349k Gaussians (6k until
 iteration 500, 43k at 1000, 157k at 1500, 276k at 2000), 0.45-1.9 s per iteration depending on the
-Gaussian count and the load, 1.3 GB peak memory; its evaluation took 2.5 min. A preset is 21-24 such
-runs: about 11-12 hours with two processes in parallel.
+Gaussian count and the load, 1.3 GB peak memory; its evaluation took 2.5 min. With the native
+projection and SSIM kernels (same day, two runs in parallel on the 2 cores, one thread each): 19-21
+min of training per closeup run (about 345k Gaussians at the end), so a preset of 21-24 runs is
+about 4-5 hours with two processes in parallel. The rows rgb, prior and +stem_one_sided of the
+closeup preset are in BENCHMARKS.md ("The stem study").
 """
 
 from __future__ import annotations
