@@ -359,11 +359,14 @@ def _curve_fit(hc, qc, se):
 
 
 def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, iterations: int = 4,
-                   gap_fraction: float = 0.35) -> tuple[Centreline, dict] | tuple[None, dict]:
+                   gap_fraction: float = 0.35, max_lean_deg: float = 45.0) -> tuple[Centreline, dict] | tuple[None, dict]:
     """Robust centreline of a stem through points [M, 3] with weights [M] (see the module docstring,
     step 3). Inliers are the points within 3 median residuals of the first fit (over all points: a
     50 % breakdown scale) of the curve; the threshold stays fixed while refitting, since a scale
     re-estimated on each shrinking inlier set shrinks further and cuts sparse stretches off.
+    The curve ends where it would lean more than ``max_lean_deg`` from up, going out from the
+    weighted median height of its inliers: a stem does not run sideways, a curve pulled towards a
+    stray cluster of stem-labelled Gaussians beside the plant does.
     Returns (Centreline, info) or (None, info with "reason")."""
     x = np.asarray(points, np.float64).reshape(-1, 3)
     w = np.asarray(weights, np.float64).reshape(-1)
@@ -398,6 +401,8 @@ def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, i
             break
         fn, nb = fn2, nb2
         res = np.linalg.norm(q - fn(h), axis=1)
+    if (inl & (res <= thr)).sum() >= 5:  # the inliers of the final curve, not of the one before it
+        inl = inl & (res <= thr)
     r_med = max(_wmedian(res[inl], w[inl]), 1e-12)
     # the stem's extent: the heaviest run of inliers without a gap over gap_fraction of the span
     order = np.argsort(h[inl])
@@ -412,12 +417,23 @@ def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, i
         return None, {"reason": "the stem Gaussians span no height"}
     hh = np.linspace(lo, hi, 1000)
     qq = fn(hh)
+    # trim where the curve leans over max_lean_deg, from the weighted median height of the inliers out
+    steep = np.linalg.norm(np.gradient(qq, hh, axis=0), axis=1) > math.tan(math.radians(max_lean_deg))
+    mid = int(np.clip(np.searchsorted(hh, _wmedian(hs[best], ws[best])), 0, len(hh) - 1))
+    a = mid - int(np.argmax(steep[mid::-1])) + 1 if steep[: mid + 1].any() else 0
+    b = mid + int(np.argmax(steep[mid:])) if steep[mid:].any() else len(hh)
+    trimmed = 0.0
+    if b - a >= 2 and (a > 0 or b < len(hh)):
+        trimmed = float(hh[a] - hh[0] + hh[-1] - hh[b - 1])
+        hh, qq = hh[a:b], qq[a:b]
     pts = qq[:, :1] * e1 + qq[:, 1:] * e2 + hh[:, None] * up
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
     keep = np.zeros(len(x), bool)
     keep[np.nonzero(inl)[0][order][best]] = True
+    keep &= (h >= hh[0] - 1e-12) & (h <= hh[-1] + 1e-12)
     info = {"gaussians": int(len(x)), "inliers": int(keep.sum()), "outliers": int(len(x) - inl.sum()),
-            "dropped_beyond_gap": int(dropped_gap), "residual_median": r_med, "outlier_threshold": thr,
+            "dropped_beyond_gap": int(dropped_gap), "trimmed_leaning": trimmed,
+            "residual_median": r_med, "outlier_threshold": thr,
             "bins": int(nb), "inlier_mask": keep}
     return Centreline(pts, s, (0.0, float(s[-1]))), info
 

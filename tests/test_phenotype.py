@@ -450,3 +450,23 @@ def test_report_section_with_and_without_phenotypes(plant, tmp_path):
     assert "not measured for this run" not in sec
     assert "data:image/png;base64," in sec and "Internodes" in sec and "plant height (m)" in sec
     assert sec.count("<tr><td>") >= 4 + 3  # the node and internode rows
+
+
+def test_stray_stem_gaussians_beyond_the_apex_do_not_bend_the_stem_away():
+    """Stem-labelled Gaussians far to the side above the apex (a stray cluster on the backdrop) must
+    not be joined to the main stem: a stem does not run sideways at a lean of over 45 degrees."""
+    pl = Plant(A=0.0, node_s=(0.2, 0.3), peduncles=())
+    X, S, Q, O, Pr = pl.arrays()
+    rng = np.random.default_rng(2)
+    n = 40
+    stray = np.stack([rng.normal(1.2, 0.01, n), rng.normal(0.0, 0.01, n), rng.uniform(pl.H + 0.1, pl.H + 0.25, n)], 1)
+    lab = np.zeros((n, 4))
+    lab[:, U] = 0.95
+    Xn = np.concatenate([X, stray])
+    Sn = np.concatenate([S, np.full((n, 3), 0.002)])
+    Qn = np.concatenate([Q, np.tile([1.0, 0, 0, 0], (n, 1))])
+    res = measure_plant(Xn, Sn, Qn, np.concatenate([O, np.full(n, 0.9)]), np.concatenate([Pr, lab]), up=(0, 0, 1),
+                        metres_per_unit=1.0)
+    assert res["plant"]["plant_height"] == pytest.approx(pl.H, abs=0.03)
+    assert res["plant"]["stem_length"] < 1.2 * pl.H
+    assert abs(res["stem"]["apex_model"][0]) < 0.05
