@@ -22,7 +22,9 @@ each written into ``phenotypes.json`` (``method``) with the thresholds it used:
    horizontal position against height through the weighted medians of the U, N and D Gaussians in
    height bins, refitted without the Gaussians farther than three median residuals of the first fit
    (robust to mislabelled leaf and floater Gaussians). A tomato main stem does not fold back on itself, so
-   height parametrises it; lengths are arc lengths along the curve, not chords. Past the labelled
+   height parametrises it; lengths are arc lengths along the curve, not chords. Nor does it run
+   sideways: the curve ends where it would lean more than 45 degrees from up (a curve pulled
+   towards a stray cluster of stem-labelled Gaussians beside the plant does). Past the labelled
    stretch the centreline is followed through Gaussians (not P) in a tube along its end tangent,
    not below the ground: the heatmaps label the stem only up to the U/D keypoints, not down to
    the soil or up to the tip; ``stem.extended`` says how far. Heights are measured from the ground
