@@ -420,7 +420,12 @@ def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, i
     hh = np.linspace(lo, hi, 1000)
     qq = fn(hh)
     # trim where the curve leans over max_lean_deg, from the weighted median height of the inliers out
-    steep = np.linalg.norm(np.gradient(qq, hh, axis=0), axis=1) > math.tan(math.radians(max_lean_deg))
+    # (the lean over a twentieth of the height span, so that a wiggle of a noisy fit does not count)
+    k = max(1, len(hh) // 40)
+    lean = np.linalg.norm(qq[np.minimum(np.arange(len(hh)) + k, len(hh) - 1)]
+                          - qq[np.maximum(np.arange(len(hh)) - k, 0)], axis=1)
+    rise = hh[np.minimum(np.arange(len(hh)) + k, len(hh) - 1)] - hh[np.maximum(np.arange(len(hh)) - k, 0)]
+    steep = lean > math.tan(math.radians(max_lean_deg)) * np.maximum(rise, 1e-12)
     mid = int(np.clip(np.searchsorted(hh, _wmedian(hs[best], ws[best])), 0, len(hh) - 1))
     a = mid - int(np.argmax(steep[mid::-1])) + 1 if steep[: mid + 1].any() else 0
     b = mid + int(np.argmax(steep[mid:])) if steep[mid:].any() else len(hh)
