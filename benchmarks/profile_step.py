@@ -189,9 +189,9 @@ def main(argv=None) -> int:
         scale, backend = a.one.split(":")
         print(json.dumps(profile_one(scale, backend, a.steps, a.threads, a.out)))
         return 0
-    for scale in a.scales.split(","):  # scenes and points built here, so no timed process pays for them
-        import s3dgs  # noqa: F401
+    import s3dgs  # noqa: F401  (OMP_WAIT_POLICY before torch)
 
+    for scale in a.scales.split(","):  # scenes and points built here, so no timed process pays for them
         grown_points(make_scene(a.out, scale), SCALES[scale]["gaussians"], a.out)
     rows = []
     for scale in a.scales.split(","):

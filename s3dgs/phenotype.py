@@ -422,10 +422,9 @@ def fit_centreline(points: np.ndarray, weights: np.ndarray, up: np.ndarray, *, i
     # trim where the curve leans over max_lean_deg, from the weighted median height of the inliers out
     # (the lean over a twentieth of the height span, so that a wiggle of a noisy fit does not count)
     k = max(1, len(hh) // 40)
-    lean = np.linalg.norm(qq[np.minimum(np.arange(len(hh)) + k, len(hh) - 1)]
-                          - qq[np.maximum(np.arange(len(hh)) - k, 0)], axis=1)
-    rise = hh[np.minimum(np.arange(len(hh)) + k, len(hh) - 1)] - hh[np.maximum(np.arange(len(hh)) - k, 0)]
-    steep = lean > math.tan(math.radians(max_lean_deg)) * np.maximum(rise, 1e-12)
+    i0, i1 = np.maximum(np.arange(len(hh)) - k, 0), np.minimum(np.arange(len(hh)) + k, len(hh) - 1)
+    lean = np.linalg.norm(qq[i1] - qq[i0], axis=1)
+    steep = lean > math.tan(math.radians(max_lean_deg)) * np.maximum(hh[i1] - hh[i0], 1e-12)
     mid = int(np.clip(np.searchsorted(hh, _wmedian(hs[best], ws[best])), 0, len(hh) - 1))
     a = mid - int(np.argmax(steep[mid::-1])) + 1 if steep[: mid + 1].any() else 0
     b = mid + int(np.argmax(steep[mid:])) if steep[mid:].any() else len(hh)
