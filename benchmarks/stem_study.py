@@ -324,6 +324,16 @@ class PresetStudy:
             keys = [k for k in row["runs"][0] if k not in ("seed", "run", "date", "load_average", "reused")]
             row["summary"] = {k: spread([r.get(k) for r in row["runs"]]) for k in keys}
 
+    def _budget_note(self) -> None:
+        """Say so in the +mcmc row's note when no seed's model grew to the budget: MCMC adds 5 % per
+        refinement, so from a few thousand SfM points a short run ends far below it, and the row then
+        compares fewer Gaussians, not another strategy at the same count."""
+        row = self.rows.get("+mcmc")
+        cap = row and row["config"].get("mcmc_cap_max")
+        if cap and row["summary"]["gaussians"]["max"] < cap:
+            row["note"] += (f"; the budget was not reached: at most {row['summary']['gaussians']['max']:,.0f} "
+                            "Gaussians at the end (MCMC adds 5 % per refinement)")
+
     def mean_score(self, name: str) -> float | None:
         s = self.rows[name]["summary"].get("score") if name in self.rows else None
         return None if s is None else s["mean"]
@@ -353,6 +363,7 @@ class PresetStudy:
                 self.row(name, {**BASE_ROWS[base], **opts}, base=base, note=note)
                 bases[name] = base
             self.rescore()
+            self._budget_note()
             for name in METHODS:
                 if self.complete(name):
                     gains[name] = self.mean_score(name) - self.mean_score(bases[name])

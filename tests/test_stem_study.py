@@ -180,3 +180,19 @@ def test_stem_study_tiny_end_to_end(tiny_scene, tmp_path, monkeypatch, capsys):
     # a finished run is never taken for a run of other options
     assert study.main([*args, "--iterations", "7"]) == 2
     assert "a finished run of other options" in capsys.readouterr().err
+
+
+def test_mcmc_row_says_when_its_budget_was_not_reached():
+    def fake(counts, cap):
+        runs = [{"gaussians": g} for g in counts]
+        row = {"config": {"strategy": "mcmc", "mcmc_cap_max": cap}, "note": "on rgb",
+               "summary": {"gaussians": study.spread([r["gaussians"] for r in runs])}, "runs": runs}
+        return type("S", (), {"rows": {"+mcmc": row}})()
+
+    short = fake([19000, 19332], 342000)
+    study.PresetStudy._budget_note(short)
+    assert "budget was not reached: at most 19,332 Gaussians" in short.rows["+mcmc"]["note"]
+    full = fake([342000, 342000], 342000)
+    study.PresetStudy._budget_note(full)
+    assert full.rows["+mcmc"]["note"] == "on rgb"
+    study.PresetStudy._budget_note(type("S", (), {"rows": {}})())  # no MCMC row: nothing to say
