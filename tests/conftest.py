@@ -34,3 +34,13 @@ def tiny_scene(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "scene"
     make_synthetic_scene(SynthConfig(out=out, preset="tiny", seed=0))
     return out
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -150,11 +150,9 @@ def test_eval_without_ground_truth_or_run(tmp_path, tiny_scene):
 def test_depth_study_tiny_end_to_end(tmp_path):
     """The study script in its tiny form: makes the scene, trains and evaluates rows (a subset here,
     to keep the suite fast; `--tiny` alone runs every row), writes the table, JSON and plots."""
-    import importlib.util
+    from conftest import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("depth_study", ROOT / "benchmarks" / "depth_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("depth_study")
     out = tmp_path / "study"
     rc = study.main([str(tmp_path / "scene"), "--tiny", "--iterations", "8", "--threads", "2", "--out", str(out),
                      "--only", "rgb,disparity,prior_worse", "--seeds", "1"])
@@ -181,11 +179,9 @@ def test_depth_study_tiny_end_to_end(tmp_path):
 def test_depth_study_addons_take_effect_on_the_seed_row(tmp_path):
     """When the seed's literal loss (which takes no options) is the best base row, the add-on rows
     use the same formula through the configurable loss, so the option really is switched on."""
-    import importlib.util
+    from conftest import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("depth_study", ROOT / "benchmarks" / "depth_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("depth_study")
     out = tmp_path / "study"
     assert study.main([str(tmp_path / "scene"), "--tiny", "--iterations", "4", "--threads", "2",
                        "--out", str(out), "--only", "seed,best+edge_aware"]) == 0

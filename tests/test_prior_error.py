@@ -1,21 +1,11 @@
 """benchmarks/prior_error.py (issue 12): the aligned prior's error per plant part is about zero for a
 perfect prior and large on the thin parts when the simulated prior blurs thin structures away."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("prior_error", ROOT / "benchmarks" / "prior_error.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pe = _load()
+pe = load_benchmark("prior_error")
 
 
 def test_a_perfect_prior_has_no_error_and_the_thin_blur_pushes_thin_parts_back(tiny_scene, tmp_path, capsys):

@@ -2,23 +2,12 @@
 rules on constructed numbers, and the whole study end to end in its tiny form (files, every row,
 finished runs reused, a combination of methods trained as its own row)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("stem_study", ROOT / "benchmarks" / "stem_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-study = _load()
+study = load_benchmark("stem_study")
 
 
 def test_verdict_on_constructed_ranges():
