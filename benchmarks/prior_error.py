@@ -115,8 +115,7 @@ def summarise(samples: dict, study: dict | None) -> dict:
 
 
 def markdown(rows: dict, scene: Path) -> str:
-    study_rows = sorted({n for r in rows.values() for n in r.get("cover", {})},
-                        key=lambda n: ["rgb", "prior"].index(n) if n in ("rgb", "prior") else 2)
+    study_rows = list(dict.fromkeys(n for r in rows.values() for n in r.get("cover", {})))  # the study's order
     head = ["part", "samples", "aligned prior: median depth error", f"share > {FAR:.0%} too far",
             "share on a stem heatmap pixel", *[f"cover {n}" for n in study_rows]]
     lines = [f"Scene `{scene}`.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
