@@ -99,6 +99,8 @@ def collect(scene: Path) -> dict[str, dict[str, list]]:
 
 
 def summarise(samples: dict, study: dict | None) -> dict:
+    """Per part of ``collect``'s samples: count, median relative error, share more than ``FAR`` too
+    far, share on stem heatmap pixels, and (with a study preset's result) each row's mean coverage."""
     rows = {}
     for part, s in samples.items():
         e = np.asarray(s["err"])
