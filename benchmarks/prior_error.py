@@ -18,7 +18,7 @@ of that part (any class), so the prior's error and the parts the prior run loses
         --study bench_out/stem_study/stem_study.json --md benchmarks/results/stem_study/prior_error.md
 
 Prints JSON (and writes the markdown table with ``--md``). Hand-written because no library reads
-this project's ground-truth files; the projection is the pinhole model of ``gt/cameras.json``.
+this project's ground-truth files; the projection is the synthetic plant's own (``s3dgs.scene.synth.project``).
 """
 
 from __future__ import annotations
@@ -48,22 +48,15 @@ def aligned_prior_depth(prior: np.ndarray, depth: np.ndarray) -> np.ndarray:
     return 1.0 / np.clip(disp, 1e-6, None)
 
 
-def project(points: np.ndarray, viewmat: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """``[N, 2]`` pixel coordinates (x, y) of world ``points [N, 3]``."""
-    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
-    uv = cam @ K.T
-    return uv[:, :2] / uv[:, 2:3]
-
-
 def collect(scene: Path) -> dict[str, dict[str, list]]:
     """Per part: the relative depth errors of the aligned prior and whether each sample lies on a
-    stem heatmap pixel, over every view of ``scene``."""
+    stem heatmap pixel, over every view of ``scene`` (lists of arrays, one per view and stem)."""
     from s3dgs.classes import GT_LABELS, stem_classes
     from s3dgs.depth.io import load_depth_png
     from s3dgs.scene.groundtruth import load_ground_truth
+    from s3dgs.scene.synth import project
 
     gt = load_ground_truth(scene)
-    stems = json.loads((scene / "gt" / "stems.json").read_text())["stems"]
     cams = gt.cameras()
     K = np.asarray(cams["K"], np.float64)
     vis = gt.visibility()
@@ -81,20 +74,19 @@ def collect(scene: Path) -> dict[str, dict[str, list]]:
         # the trainer's stem map: the max over the stem classes' channels (U, D, P)
         stem_map = np.load(hm_path)[..., stem_classes()].max(-1) > 0.5 if hm_path.exists() else np.zeros_like(depth, bool)
         H, W = depth.shape
-        for s, seen in zip(stems, vis[stem]):
-            pts = np.asarray(s["points"], np.float64)[seen]
-            if not len(pts):
+        for s, seen in zip(gt.stems, vis[stem]):
+            if not seen.any():
                 continue
-            xy = np.round(project(pts, np.asarray(view["viewmat"], np.float64), K)).astype(int)
-            ok = (xy[:, 0] >= 0) & (xy[:, 0] < W) & (xy[:, 1] >= 0) & (xy[:, 1] < H)
-            x, y = xy[ok, 0], xy[ok, 1]
-            out[s["part"]]["err"] += rel[y, x].tolist()
-            out[s["part"]]["on_stem_map"] += stem_map[y, x].tolist()
+            uv, _ = project(K, np.asarray(view["viewmat"], np.float64), s["points"][seen])
+            x, y = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)  # as gt/visibility.json
+            ok = (x >= 0) & (x < W) & (y >= 0) & (y < H)
+            out[s["part"]]["err"].append(rel[y[ok], x[ok]])
+            out[s["part"]]["on_stem_map"].append(stem_map[y[ok], x[ok]])
         mask = gt.mask(stem)
         for part, label in mask_parts.items():
             sel = mask == label
-            out[part]["err"] += rel[sel].tolist()
-            out[part]["on_stem_map"] += stem_map[sel].tolist()
+            out[part]["err"].append(rel[sel])
+            out[part]["on_stem_map"].append(stem_map[sel])
     return out
 
 
@@ -103,11 +95,13 @@ def summarise(samples: dict, study: dict | None) -> dict:
     far, share on stem heatmap pixels, and (with a study preset's result) each row's mean coverage."""
     rows = {}
     for part, s in samples.items():
-        e = np.asarray(s["err"])
+        if not s["err"]:
+            continue
+        e, on = np.concatenate(s["err"]), np.concatenate(s["on_stem_map"])
         if not e.size:
             continue
         rows[part] = {"samples": int(e.size), "median_rel_err": float(np.median(e)),
-                      "share_far": float((e > FAR).mean()), "share_on_stem_map": float(np.mean(s["on_stem_map"]))}
+                      "share_far": float((e > FAR).mean()), "share_on_stem_map": float(on.mean())}
         key = "cover_part_" + part.replace(" ", "_")
         for row in (study or {}).get("rows", []):
             vals = [r[key] for r in row["runs"] if r.get(key) is not None]

@@ -5,7 +5,6 @@ output and the gradient of every per-Gaussian input, culled Gaussians of every k
 SH degree and RGB, antialiased mode; gradcheck; render() taking the kernel exactly when it should
 (and its fallbacks); determinism for any thread count. Tiny scenes; one build of the extension."""
 
-
 import pytest
 import torch
 from test_render import make_scene
