@@ -41,8 +41,8 @@ from s3dgs.classes import GT_LABELS
 from s3dgs.config import load_run_config
 from s3dgs.options import opt
 
-__all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "plant_region",
-           "sample_plant_surface"]
+__all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "heatmap_iou",
+           "plant_region", "sample_plant_surface"]
 
 
 
@@ -75,6 +75,59 @@ def _resize_nearest(a: np.ndarray, h: int, w: int) -> np.ndarray:
     ys = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
     xs = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
     return a[ys][:, xs]
+
+
+def _class_ids(gmask: np.ndarray, classes) -> np.ndarray:
+    """A true mask (``gt/masks`` ids, `s3dgs.GT_LABEL_NAMES`) as ids of ``classes`` (``k + 1`` for
+    ``classes[k]``, 0 for everything else: background, leaf, fruit)."""
+    out = np.zeros_like(gmask)
+    for k, c in enumerate(classes):
+        if c in GT_LABELS:
+            out[gmask == GT_LABELS[c]] = k + 1
+    return out
+
+
+def heatmap_iou(scene_dir, stems, *, shape: tuple[int, int] | None = None, classes=None,
+                threshold: float = 0.5) -> dict:
+    """The scene's own training heatmaps scored as if they were a render of the held-out views.
+
+    ``SCENE/heatmaps/<stem>.npy`` ``[H, W, 4]`` (channels U, N, D, P) against
+    ``SCENE/gt/masks/<stem>.png``, with the rule of :func:`evaluate_run`'s semantics (argmax class
+    where its value is above ``threshold``, pooled over the views, true leaf/fruit = background).
+    The heatmaps are skeleton lines between detected keypoints, not masks; their IoU says how far
+    the supervision itself agrees with the true class masks, the reference for a trained run's
+    mIoU. ``shape (H, W)``: both resized (nearest) to the evaluated resolution; default the masks'.
+    ``classes``: the run's class order (default `s3dgs.CLASSES`).
+
+    Returns ``{"available": True, "iou": {class: float}, "miou", "n_views", "rule"}``, or
+    ``{"available": False, "reason"}`` when a view lacks its heatmap or mask.
+    """
+    from PIL import Image
+
+    from s3dgs import CLASSES
+
+    classes = list(classes or CLASSES)
+    scene = Path(scene_dir)
+    order = [CLASSES.index(c) if c in CLASSES else None for c in classes]
+    pred, gt = [], []
+    for stem in stems:
+        hp, mp = scene / "heatmaps" / f"{stem}.npy", scene / "gt" / "masks" / f"{stem}.png"
+        if not (hp.exists() and mp.exists()):
+            return {"available": False, "reason": f"{hp if not hp.exists() else mp} not found"}
+        with Image.open(mp) as im:
+            g = np.asarray(im, np.uint8)
+        h = np.load(hp).astype(np.float32)
+        H, W = shape or g.shape[:2]
+        h = _resize_nearest(h, H, W)
+        h = np.stack([h[..., i] if i is not None else np.zeros((H, W), np.float32) for i in order], -1)
+        pred.append(h.reshape(-1, len(classes)))
+        gt.append(_class_ids(_resize_nearest(g, H, W), classes).reshape(-1))
+    if not pred:
+        return {"available": False, "reason": "no views"}
+    s = M.semantic_iou(np.concatenate(pred), np.concatenate(gt), threshold=threshold, class_names=classes)
+    return {"available": True, "iou": s["iou"], "miou": s["miou"], "n_views": len(pred),
+            "rule": "the scene's training heatmaps in place of the render, same views and rule: how far the "
+                    "supervision (skeleton lines between keypoints) agrees with the true class masks"}
 
 
 def _lpips_model():
@@ -243,7 +296,7 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
 
     lp, lp_note = _lpips_model()
     per_view, preds_d, gts_d, masks_d, plant_d = [], [], [], [], []
-    sem_pred, sem_gt = [], []
+    sem_pred, sem_gt, sem_stems = [], [], []
     for item, r in render_dataset(params, ds, sh_degree=tc.sh_degree if rc["found"] else None, activation=activation,
                                   background=bg, backend=backend, render_semantics=has_sem,
                                   device=device):
@@ -271,12 +324,9 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
             masks_d.append(alpha_ok)
             plant_d.append(alpha_ok & (gmask > 0) & (gmask < 255) if gmask is not None else None)
         if has_sem and gmask is not None and r.extras is not None:
-            remap = np.zeros_like(gmask)
-            for k, c in enumerate(classes):
-                if c in GT_LABELS:
-                    remap[gmask == GT_LABELS[c]] = k + 1
             sem_pred.append(r.extras[0].cpu().numpy().reshape(-1, len(classes)))
-            sem_gt.append(remap.reshape(-1))
+            sem_gt.append(_class_ids(gmask, classes).reshape(-1))
+            sem_stems.append(stem)
 
     def mean(key):
         vals = [v[key] for v in per_view if key in v and math.isfinite(v[key])]
@@ -318,7 +368,9 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
         out["semantics"] = {"available": True, "iou": s["iou"], "miou": s["miou"],
                             "rule": f"argmax class where its probability > {class_threshold}, pooled "
                                     "over held-out pixels; true leaf/fruit = background; a class absent "
-                                    "from prediction and truth is null and left out of mIoU"}
+                                    "from prediction and truth is null and left out of mIoU",
+                            "heatmaps": heatmap_iou(scene, sem_stems, shape=(H, W), classes=classes,
+                                                    threshold=class_threshold)}
     else:
         why = "the run has no semantic logits" if not has_sem else "scene has no gt/masks"
         out["semantics"] = {"available": False, "reason": why}
@@ -471,6 +523,8 @@ def format_table(m: dict) -> str:
     if s.get("available"):
         rows += [(f"IoU {k}", _f(v, "{:.3f}")) for k, v in s["iou"].items()]
         rows.append(("mIoU", _f(s["miou"], "{:.3f}")))
+        if (s.get("heatmaps") or {}).get("available"):
+            rows.append(("mIoU of the training heatmaps", _f(s["heatmaps"]["miou"], "{:.3f}")))
     else:
         rows.append(("semantics", s["reason"]))
     g = m["geometry"]

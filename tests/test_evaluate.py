@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from s3dgs.evaluate import evaluate_run, format_table, geometry_tolerances, plant_region, sample_plant_surface
+from s3dgs.evaluate import (evaluate_run, format_table, geometry_tolerances, heatmap_iou, plant_region,
+                            sample_plant_surface)
 from s3dgs.gaussians.model import save_ply
 from s3dgs.scene.groundtruth import load_ground_truth
 
@@ -121,6 +122,9 @@ def test_eval_cli_on_short_synthetic_run(tiny_scene, tmp_path, capsys):
         assert m[group]["available"], group
     assert 0 <= m["depth"]["abs_rel"] and 0 <= m["depth"]["delta1"] <= 1 and m["depth"]["scale"] > 0
     assert set(m["semantics"]["iou"]) == set(CLASSES)
+    hm = m["semantics"]["heatmaps"]  # the supervision scored on the same views
+    assert hm["available"] and hm["n_views"] == 2 and 0 <= hm["miou"] <= 1
+    assert "mIoU of the training heatmaps" in format_table(m)
     assert 0 <= m["geometry"]["floaters"]["fraction"] <= 1
     assert m["cost"]["iterations"] == 30 and m["cost"]["gaussians"] > 0 and m["cost"]["train_time_s"] > 0
     assert "Gaussians" in format_table(m)
@@ -202,3 +206,34 @@ def test_real_scene_skips_when_absent(tmp_path, capsys):
     assert mod.main(["--scene", str(tmp_path / "absent"), "--out", str(tmp_path / "run")]) == 0
     assert "skipped" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
+
+
+def test_heatmap_iou_scores_the_supervision_against_the_true_masks(tmp_path):
+    """Heatmaps equal to the true masks score 1; a heatmap on half of a class's pixels scores 0.5
+    for that class; leaf pixels count as background; a missing heatmap says which file."""
+    from PIL import Image
+
+    from s3dgs.classes import GT_LABELS
+
+    (tmp_path / "heatmaps").mkdir()
+    (tmp_path / "gt" / "masks").mkdir(parents=True)
+    mask = np.zeros((8, 12), np.uint8)
+    for k, c in enumerate(CLASSES):
+        mask[2 * k:2 * k + 2, 2:10] = GT_LABELS[c]
+    mask[0, 0] = GT_LABELS["leaf"]
+    Image.fromarray(mask).save(tmp_path / "gt" / "masks" / "a.png")
+    heat = np.stack([(mask == GT_LABELS[c]).astype(np.float16) for c in CLASSES], -1)
+    np.save(tmp_path / "heatmaps" / "a.npy", heat)
+    r = heatmap_iou(tmp_path, ["a"])
+    assert r["available"] and r["n_views"] == 1
+    assert r["miou"] == pytest.approx(1.0) and all(v == pytest.approx(1.0) for v in r["iou"].values())
+    half = heat.copy()
+    half[:, 6:, 0] = 0  # U drawn on half its pixels
+    np.save(tmp_path / "heatmaps" / "a.npy", half)
+    r = heatmap_iou(tmp_path, ["a"])
+    assert r["iou"]["U"] == pytest.approx(0.5) and r["iou"]["N"] == pytest.approx(1.0)
+    # in the run's class order, and at the evaluated resolution (nearest)
+    r = heatmap_iou(tmp_path, ["a"], classes=["D", "U"], shape=(4, 6))
+    assert list(r["iou"]) == ["D", "U"] and r["iou"]["D"] == pytest.approx(1.0)
+    r = heatmap_iou(tmp_path, ["a", "b"])
+    assert not r["available"] and "b.npy" in r["reason"]

@@ -147,6 +147,9 @@ def test_stem_study_tiny_end_to_end(tiny_scene, tmp_path, monkeypatch, capsys):
     for name in study.ROWS:
         assert f"| {name} | 2 |" in md
     assert "## Preset `tiny`" in md and "The issue's targets" in md and "vs rgb" in md
+    hm = p["heatmaps"]  # the supervision's own mIoU on the runs' held-out views, beside the target
+    assert hm["available"] and hm["n_views"] == p["held_out_views"] and 0 <= hm["miou"] <= 1
+    assert f"reach mIoU {hm['miou']:.3f}" in md
     assert (out / "plots" / "tiny.png").stat().st_size > 0
 
     # a second invocation reuses every finished run; a combination of two methods (forced here) is a
