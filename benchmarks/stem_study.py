@@ -44,7 +44,8 @@ OUT/runs/<preset>/<row>/seed<k>; a run with metrics.json is reused, not trained 
 been trained with the row's options, else the study stops naming the folder).
 
 The full study (hours of CPU; the method rows need rgb and prior finished, best_combo needs every
-method row; rows can be split over parallel processes with --only, one thread each):
+method row; rows can be split over parallel processes with --only, one thread each, and one row's
+seeds with ``--seeds k --base-seeds 0,1,2``, so that every process picks the best base from all seeds):
 
     P=.venv/bin/python; S=benchmarks/stem_study.py; O=bench_out/stem_study
     $P $S --preset closeup --iterations 3000 --seeds 0,1,2 --threads 1 --out $O --only rgb &
@@ -276,11 +277,12 @@ def figures(m: dict, class_cov: dict) -> dict:
 
 class PresetStudy:
     def __init__(self, preset: str, scene: Path, out: Path, iterations: int, seeds: list[int], threads: int,
-                 max_views: int, only: set[str]):
+                 max_views: int, only: set[str], base_seeds: list[int] | None = None):
         from s3dgs.scene.groundtruth import load_ground_truth
 
         self.preset, self.scene, self.out = preset, scene, out
         self.iterations, self.seeds, self.threads, self.max_views, self.only = iterations, seeds, threads, max_views, only
+        self.base_seeds = sorted(base_seeds or seeds)
         self.gt = load_ground_truth(scene)
         self.rows: dict[str, dict] = {}
 
@@ -335,6 +337,25 @@ class PresetStudy:
             row["note"] += (f"; the budget was not reached: at most {row['summary']['gaussians']['max']:,.0f} "
                             "Gaussians at the end (MCMC adds 5 % per refinement)")
 
+    def choose_base(self) -> tuple[str, dict]:
+        """The best base (rgb or prior, by mean score) and each base's mean final Gaussian count (the
+        +mcmc budget), over ``base_seeds``: the same choice whichever subset of seeds this process
+        trains, so one row's seeds can be split over processes (each ``--seeds k`` with
+        ``--base-seeds`` the full list). Those base runs must be finished."""
+        study = self
+        if self.base_seeds != sorted(self.seeds):
+            study = PresetStudy(self.preset, self.scene, self.out, self.iterations, self.base_seeds, self.threads,
+                                self.max_views, only={"--base-seeds: read only"})
+            study.gt = self.gt
+            for name, opts in BASE_ROWS.items():
+                study.row(name, opts)
+            if not (study.complete("rgb") and study.complete("prior")):
+                raise StudyError(f"{self.preset}: --base-seeds {','.join(map(str, self.base_seeds))}: rgb and prior "
+                                 "must be finished for every one of them (run --only rgb,prior with those seeds)")
+            study.rescore()
+        best = max(BASE_ROWS, key=lambda n: study.mean_score(n))
+        return best, {n: study.rows[n]["summary"]["gaussians"]["mean"] for n in BASE_ROWS}
+
     def mean_score(self, name: str) -> float | None:
         s = self.rows[name]["summary"].get("score") if name in self.rows else None
         return None if s is None else s["mean"]
@@ -351,7 +372,7 @@ class PresetStudy:
         best, gains, bases = None, {}, {}
         if bases_done:
             self.rescore()
-            best = max(BASE_ROWS, key=lambda n: self.mean_score(n))
+            best, base_gaussians = self.choose_base()
             for name, (opts, needs_prior) in METHODS.items():
                 base = "prior" if needs_prior and best == "rgb" else best
                 opts = dict(opts)
@@ -359,7 +380,7 @@ class PresetStudy:
                 if base != best:
                     note += f" (acts through the depth prior; the best base {best} has none)"
                 if name == "+mcmc":
-                    opts["mcmc_cap_max"] = int(round(self.rows[base]["summary"]["gaussians"]["mean"]))
+                    opts["mcmc_cap_max"] = int(round(base_gaussians[base]))
                     note += f"; Gaussian budget = {base}'s mean final count"
                 self.row(name, {**BASE_ROWS[base], **opts}, base=base, note=note)
                 bases[name] = base
@@ -395,7 +416,7 @@ class PresetStudy:
             "preset": self.preset, "scene": str(self.scene), "iterations": self.iterations, "seeds": self.seeds,
             "threads": self.threads, "max_views": self.max_views,
             "held_out_views": rows[0]["runs"][0]["held_out_views"] if rows else None,
-            "score_rule": SCORE_RULE, "best_base": best,
+            "score_rule": SCORE_RULE, "best_base": best, "base_seeds": self.base_seeds,
             "base_scores": {n: self.rows[n]["summary"].get("score") for n in BASE_ROWS if n in self.rows},
             "gains": gains, "rows": rows, "verdicts": verdicts(summary, {r["name"]: r["base"] for r in rows}),
             "targets": targets(summary) if "rgb" in summary else {},
@@ -550,6 +571,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scene-seed", type=int, default=0, help="seed of the synthetic plant")
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds; every row runs with each")
+    ap.add_argument("--base-seeds", default="",
+                    help="seeds over which the best base and the +mcmc budget are chosen (default: --seeds); give "
+                         "the full list when one row's seeds are split over processes (--seeds 2 --base-seeds 0,1,2)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
     ap.add_argument("--max-views", type=int, default=0, help="evaluate only the first n held-out views (0: all)")
     ap.add_argument("--only", default="", help=f"comma-separated rows to train (default: all): {', '.join(ROWS)}; "
@@ -566,6 +590,7 @@ def main(argv=None) -> int:
     presets = [p.strip() for p in a.preset.split(",") if p.strip()]
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     only = {s.strip() for s in a.only.split(",") if s.strip()}
+    base_seeds = [int(x) for x in a.base_seeds.split(",") if x.strip()] or None
     bad = sorted(only - set(ROWS)) + [p for p in presets if p not in ("closeup", "default", "tiny")]
     if bad or not seeds or not presets or a.iterations < 1:
         print(f"stem_study: nothing to do or unknown rows/presets: {bad or 'check --seeds, --preset, --iterations'}",
@@ -584,7 +609,7 @@ def main(argv=None) -> int:
         for preset in presets:
             scene = ensure_scene((a.scenes or out / "scenes") / preset, preset, a.scene_seed)
             mach, date = machine(), now_iso()
-            r = PresetStudy(preset, scene, out, a.iterations, seeds, a.threads, a.max_views, only).run()
+            r = PresetStudy(preset, scene, out, a.iterations, seeds, a.threads, a.max_views, only, base_seeds).run()
             result["presets"][preset] = {**r, "machine": mach, "date": date, "command": command}
             if r["rows"]:
                 plot(r, out / "plots" / f"{preset}.png")

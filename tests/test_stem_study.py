@@ -152,6 +152,15 @@ def test_stem_study_tiny_end_to_end(tiny_scene, tmp_path, monkeypatch, capsys):
     assert f"reach mIoU {hm['miou']:.3f}" in md
     assert (out / "plots" / "tiny.png").stat().st_size > 0
 
+    # one seed of a method row in a process of its own, the base and the +mcmc budget chosen over every
+    # seed (--base-seeds): the same options as the full study's, so the finished runs are reused
+    assert study.main([*args, "--seeds", "1", "--base-seeds", "0,1", "--only", "+stem_densify,+mcmc"]) == 0
+    p1 = json.loads((out / "stem_study.json").read_text())["presets"]["tiny"]
+    assert p1["best_base"] == p["best_base"] and p1["base_seeds"] == [0, 1]
+    assert all(run["reused"] for row in p1["rows"] for run in row["runs"])
+    assert study.main([*args, "--seeds", "1", "--base-seeds", "0,1,5", "--only", "+stem_densify"]) == 2
+    assert "--base-seeds 0,1,5" in capsys.readouterr().err
+
     # a second invocation reuses every finished run; a combination of two methods (forced here) is a
     # row of its own, trained with both options
     ply = out / "runs/tiny/rgb/seed0/point_cloud.ply"
