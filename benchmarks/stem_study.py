@@ -65,9 +65,12 @@ iteration 500, 43k at 1000, 157k at 1500, 276k at 2000), 0.45-1.9 s per iteratio
 Gaussian count and the load, 1.3 GB peak memory; its evaluation took 2.5 min. With the native
 projection and SSIM kernels (same day, two runs in parallel on the 2 cores, one thread each): 19-21
 min of training per closeup run (about 345k Gaussians at the end), so a preset of 21-24 runs is
-about 4-5 hours with two processes in parallel (three in parallel: 25-33 min each). Every row of the
-closeup preset but +stem_aware is in BENCHMARKS.md ("The stem study"), with benchmarks/prior_error.py's
-diagnosis of why the prior breaks stems; the default preset at full resolution is not run.
+about 4-5 hours with two processes in parallel (three in parallel: 25-33 min each). A default-preset
+run (320x240, about 305-315k Gaussians at the end) trained in 14-17 min beside another, plus 2-3 min
+of evaluation; its +mcmc runs in about 5.5 min (13k Gaussians). Every row of the closeup preset but
++stem_aware, and rgb, prior, +stem_densify, +stem_one_sided and +mcmc of the default preset are in
+BENCHMARKS.md ("The stem study"), with benchmarks/prior_error.py's diagnosis of why the prior breaks
+stems.
 """
 
 from __future__ import annotations
