@@ -68,7 +68,7 @@ min of training per closeup run (about 345k Gaussians at the end), so a preset o
 about 4-5 hours with two processes in parallel (three in parallel: 25-33 min each). A default-preset
 run (320x240, about 305-315k Gaussians at the end) trained in 14-17 min beside another, plus 2-3 min
 of evaluation; its +mcmc runs in about 5.5 min (13k Gaussians). Every row of the closeup preset but
-+stem_aware, and rgb, prior, +stem_densify, +stem_one_sided and +mcmc of the default preset are in
++stem_aware, and every row of the default preset but +stem_aware (best_combo: rgb itself) are in
 BENCHMARKS.md ("The stem study"), with benchmarks/prior_error.py's diagnosis of why the prior breaks
 stems.
 """
