@@ -280,13 +280,13 @@ def figures(m: dict, class_cov: dict) -> dict:
 
 class PresetStudy:
     def __init__(self, preset: str, scene: Path, out: Path, iterations: int, seeds: list[int], threads: int,
-                 max_views: int, only: set[str], base_seeds: list[int] | None = None):
+                 max_views: int, only: set[str], base_seeds: list[int] | None = None, gt=None):
         from s3dgs.scene.groundtruth import load_ground_truth
 
         self.preset, self.scene, self.out = preset, scene, out
         self.iterations, self.seeds, self.threads, self.max_views, self.only = iterations, seeds, threads, max_views, only
         self.base_seeds = sorted(base_seeds or seeds)
-        self.gt = load_ground_truth(scene)
+        self.gt = gt if gt is not None else load_ground_truth(scene)
         self.rows: dict[str, dict] = {}
 
     def wanted(self, name: str) -> bool:
@@ -347,9 +347,9 @@ class PresetStudy:
         ``--base-seeds`` the full list). Those base runs must be finished."""
         study = self
         if self.base_seeds != sorted(self.seeds):
+            # a study of the base seeds that trains nothing: no row is in its `only`, finished runs are read
             study = PresetStudy(self.preset, self.scene, self.out, self.iterations, self.base_seeds, self.threads,
-                                self.max_views, only={"--base-seeds: read only"})
-            study.gt = self.gt
+                                self.max_views, only={"--base-seeds: read only"}, gt=self.gt)
             for name, opts in BASE_ROWS.items():
                 study.row(name, opts)
             if not (study.complete("rgb") and study.complete("prior")):

@@ -37,7 +37,7 @@ import torch
 import tyro
 
 from s3dgs import metrics as M
-from s3dgs.classes import GT_LABELS
+from s3dgs.classes import CLASSES, GT_LABELS
 from s3dgs.config import load_run_config
 from s3dgs.options import opt
 
@@ -103,8 +103,6 @@ def heatmap_iou(scene_dir, stems, *, shape: tuple[int, int] | None = None, class
     ``{"available": False, "reason"}`` when a view lacks its heatmap or mask.
     """
     from PIL import Image
-
-    from s3dgs import CLASSES
 
     classes = list(classes or CLASSES)
     scene = Path(scene_dir)
