@@ -12,6 +12,10 @@ prepare, stage by stage (each with a progress bar), everything through pycolmap:
 5. undistortion to PINHOLE into the scene layout of docs/ARCHITECTURE.md: OUT/images, OUT/sparse/0,
    OUT/points3D.ply. The SfM work (database, extracted frames, every model found) stays in
    OUT/colmap/, and OUT/prepare.json holds the summary.
+
+A ROMI scan folder (photos with their calibrated cameras) skips all of this: `s3dgs.scene.romi`
+reads it with its known poses (undistorted, black bars cropped, metric), its organ masks as class
+masks, and initial points by space carving.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from s3dgs.scene.colmap import (
 )
 from s3dgs.scene.frames import FrameSet, PrepareError, folder_frames, video_frames
 from s3dgs.scene.ply import read_points_ply, write_points_ply
+from s3dgs.scene.romi import RomiSummary
 
 __all__ = [
     "PrepareConfig",
@@ -107,7 +112,9 @@ class PrepareConfig:
     """Video or folder of frames -> scene directory (images, sparse/0 PINHOLE, points3D.ply)."""
 
     input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
-    """A video file (mp4, mov, ...) or a folder of frames (jpg/png)."""
+    """A video file (mp4, mov, ...), a folder of frames (jpg/png), or a ROMI scan folder (images/ and
+    metadata/images/*.json with each photo's camera: read with its known poses, no structure from
+    motion)."""
     out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """Scene directory to write (images/, sparse/0/, points3D.ply, prepare.json, colmap/)."""
     fps: float = 2.0
@@ -148,11 +155,21 @@ class PrepareConfig:
     """No progress bars."""
     verbose: bool = False
     """Show pycolmap's own log."""
+    units: Literal["auto", "mm", "cm", "m", "model"] = "auto"
+    """ROMI scans: the unit of the scan's poses. auto: mm for a real scan (ROMI's scanner is
+    calibrated in millimetres), model for a virtual scan (its mesh's units)."""
+    crop: Literal["auto", "none"] = "auto"
+    """ROMI scans: auto crops the rows and columns at the borders that are black in every photo (the
+    camera's black bars); none keeps the whole photo."""
+    exg_threshold: float = 0.1
+    """ROMI scans without masks: the plant's silhouette for space carving is excess green (2g - r - b
+    on chromatic coordinates) above this (ROMI's own plant segmentation)."""
 
     def validate(self) -> None:
         """Refuse nonsense options with one UsageError naming the option."""
         from s3dgs import validate as V
 
+        V.in_range("--exg-threshold", self.exg_threshold, -1.0, 2.0)
         V.positive("--fps", self.fps)
         V.at_least("--candidates", self.candidates, 1)
         V.at_least("--max-frames", self.max_frames, 3, hint="structure from motion needs 3 views")
@@ -565,8 +582,9 @@ def prepare_scene(
     out: str | Path,
     cfg: PrepareConfig | None = None,
     **overrides,
-) -> PrepareSummary:
-    """Video or folder of frames -> PINHOLE scene directory, through pycolmap.
+) -> PrepareSummary | RomiSummary:
+    """Video or folder of frames -> PINHOLE scene directory, through pycolmap; a ROMI scan folder ->
+    scene with the scan's known poses (`s3dgs.scene.romi.prepare_romi`, no structure from motion).
 
     Args:
         input: a video file or a folder of frames.
@@ -589,7 +607,14 @@ def prepare_scene(
     cfg.validate()
     progress = not cfg.quiet
     if not input.exists():
-        raise PrepareError(f"{input}: no such file or folder. Pass a video file or a folder of frames.")
+        raise PrepareError(f"{input}: no such file or folder. Pass a video file, a folder of frames or a "
+                           "ROMI scan folder.")
+    from s3dgs.scene.romi import is_romi_scan, prepare_romi
+
+    if is_romi_scan(input):
+        return prepare_romi(input, out, max_size=cfg.max_size, crop=cfg.crop, units=cfg.units,
+                            exg_threshold=cfg.exg_threshold, seed=cfg.seed, progress=progress,
+                            overwrite=cfg.overwrite)
     _check_out(out, cfg.overwrite, [input])
     work = out / "colmap"
     out.mkdir(parents=True, exist_ok=True)
