@@ -8,11 +8,21 @@ options that shape the model match the checkpoint's, and names those that differ
 Checkpoints ``RUN/ckpts/ckpt_<iteration>.pt`` are written atomically (:mod:`s3dgs.atomic`): a
 failed write (a full disk) says so in one line, leaves no temporary file and keeps the last good
 checkpoint. A checkpoint that cannot be read (truncated, empty) is named, set aside as
-``ckpt_<iteration>.pt.corrupt``, and resuming continues from the previous good one.
+``ckpt_<iteration>.pt.corrupt``, and resuming continues from the previous good one. The temporary
+file of a write that was killed half-way (``ckpts/.ckpt_<iteration>.pt.*.tmp``) is removed at the
+next start (:func:`remove_stale_temporaries`; the run folder's lock, :mod:`s3dgs.runlock`, makes
+sure no other process is writing it).
+
+A checkpoint also records the training frames (names, in the dataset's order: its view order
+indexes them); ``--resume`` refuses a scene whose frames changed (:func:`check_frames`) and an
+``--num-iterations`` below the checkpoint's iteration (:func:`check_resume_length`), and drops the
+rows of ``metrics.jsonl`` written after the checkpoint (:func:`truncate_metrics`), so an
+interrupted run resumed logs each iteration once.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,18 +30,22 @@ from typing import Any
 
 import torch
 
-from s3dgs.atomic import atomic_torch_save
+from s3dgs.atomic import atomic_torch_save, atomic_write_text
 from s3dgs.errors import UsageError
 
 __all__ = [
     "RUN_OUTPUTS",
+    "check_frames",
     "check_resume",
+    "check_resume_length",
     "clear_run",
     "holds_run",
     "latest_checkpoint",
     "list_checkpoints",
     "load_latest_checkpoint",
+    "remove_stale_temporaries",
     "save_checkpoint",
+    "truncate_metrics",
 ]
 
 RUN_OUTPUTS = ("config.json", "log.txt", "metrics.jsonl", "ckpts", "point_cloud.ply", "train_summary.json",
@@ -136,3 +150,81 @@ def check_resume(saved: dict, now: dict, ckpt: Path) -> None:
     if diffs:
         raise UsageError(f"--resume: {ckpt} belongs to another run; " + "; ".join(diffs) +
                          ". Resume with the same options, or pass --overwrite to start again.")
+
+
+def check_frames(saved: list[str] | None, now: list[str], ckpt: Path, n_perm: int | None = None) -> None:
+    """Raise UsageError when the training frames of the scene (``now``, names in dataset order)
+    are not those the checkpoint ``ckpt`` was trained on (``saved``; None for a checkpoint that did
+    not record them, then only their count ``n_perm``, the length of its view order, is compared).
+    The message names the frames removed and added (the first few) and the fix."""
+    if saved is None:
+        if n_perm is None or n_perm == len(now):
+            return
+        raise UsageError(f"--resume: {ckpt} was trained on {n_perm} frames, the scene has {len(now)} training "
+                         "frames now; resume on the same scene, or pass --overwrite to start again.")
+    if list(saved) == list(now):
+        return
+    gone = [n for n in saved if n not in set(now)]
+    new = [n for n in now if n not in set(saved)]
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = [f"{len(saved)} frames in the checkpoint, {len(now)} in the scene now"]
+    if gone:
+        parts.append(f"removed: {few(gone)}")
+    if new:
+        parts.append(f"added: {few(new)}")
+    if not gone and not new:
+        parts.append("the same names in another order")
+    raise UsageError(f"--resume: the scene's training frames changed since {ckpt} (" + "; ".join(parts) +
+                     "). Resume on the frames it was trained on, or pass --overwrite to start again.")
+
+
+def check_resume_length(step: int, num_iterations: int, ckpt: Path) -> None:
+    """Raise UsageError when ``--num-iterations`` is below the iteration of the checkpoint resumed
+    from (the model would be the longer run's while config and summary said the shorter one)."""
+    if num_iterations < step:
+        raise UsageError(f"--num-iterations {num_iterations}: below the iteration of {ckpt} ({step}); a run "
+                         f"cannot be resumed shorter. Pass --num-iterations {step} or more, or --overwrite "
+                         "to start again.")
+
+
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Drop the rows of a metrics.jsonl whose ``iter`` is beyond ``step`` (logged after the checkpoint
+    a run resumes from; they are logged again). Rewritten atomically; returns the rows dropped. A
+    line that is not JSON (the half-written last line of a killed run) is dropped too."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            it = int(row.get("iter", 0)) if isinstance(row, dict) else 0
+        except (ValueError, TypeError):
+            dropped += 1
+            continue
+        if it > step:
+            dropped += 1
+        else:
+            keep.append(line)
+    if dropped:
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return dropped
+
+
+def remove_stale_temporaries(run: str | Path) -> list[Path]:
+    """Remove the temporary files that a killed checkpoint write left in ``RUN/ckpts``
+    (``.ckpt_<iteration>.pt.<random>.tmp``, the names :mod:`s3dgs.atomic` gives them). Call it only
+    while holding the run folder's lock. Returns the files removed."""
+    removed = []
+    for p in (Path(run) / "ckpts").glob(".ckpt_*.pt.*.tmp"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed

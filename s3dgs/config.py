@@ -36,7 +36,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import tyro
 
@@ -84,10 +84,21 @@ class DataConfig:
     """Ignore heatmaps even when the scene has them."""
     allow_weak_depth: Annotated[bool, _arg("allow-weak-depth"), tyro.conf.FlagCreatePairsOff] = False
     """Use depth maps that `s3dgs depth verify` flags as weak (8-bit, constant) instead of stopping."""
+    class_table: Annotated[Optional[str], opt("NAME|FILE", "SCENE/classes.json, else tomato",
+                                               name="class-table", flat=True)] = None
+    """Semantic classes: a built-in table (tomato, arabidopsis) or a JSON table file (s3dgs/classes.py)."""
 
     def validate(self) -> None:
         in_range("--resolution-scale", self.resolution_scale, 0.0, 1.0, lo_open=True)
         non_negative("--test-every", self.test_every)
+        if self.class_table is not None:
+            from s3dgs.classes import load_class_table
+            from s3dgs.errors import S3dgsError, UsageError
+
+            try:
+                load_class_table(self.class_table)
+            except S3dgsError as exc:
+                raise UsageError(f"--class-table: {exc}") from None
 
 
 @dataclass

@@ -16,7 +16,11 @@ Groups (each present only where the scene has what it needs; an absent group say
   figures on the plant's pixels only (true mask != background), with the same scale.
 - ``semantics``: where ``SCENE/gt/masks`` exists. Per-class IoU and mIoU of the rendered class
   maps (argmax of the class probabilities, background where the top one is <= 0.5), pooled over
-  all held-out pixels; true leaf/fruit pixels count as background.
+  all held-out pixels; true leaf/fruit pixels count as background. Where ``SCENE/masks`` (class
+  masks, any class table: `s3dgs.scene.dataset`) exist for held-out views, ``semantics.masks``
+  scores the classes of the run's table against them with the same rule (unlabelled pixels, id
+  255, left out): per-class IoU and mIoU; it is also the headline IoU when there is no
+  ``gt/masks``.
 - ``geometry``: where ``SCENE/gt/primitives.json`` exists (the synthetic plant). Gaussian centres
   are compared with the true surfaces in the scene's frame (metres). Tolerances are derived from
   the plant and written into the JSON (``tolerances``).
@@ -37,11 +41,11 @@ import torch
 import tyro
 
 from s3dgs import metrics as M
-from s3dgs.classes import CLASSES, GT_LABELS
+from s3dgs.classes import CLASSES, GT_LABELS, run_class_table
 from s3dgs.config import load_run_config
 from s3dgs.options import opt
 
-__all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "heatmap_iou",
+__all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "heatmap_iou", "mask_iou",
            "plant_region", "sample_plant_surface"]
 
 
@@ -126,6 +130,29 @@ def heatmap_iou(scene_dir, stems, *, shape: tuple[int, int] | None = None, class
     return {"available": True, "iou": s["iou"], "miou": s["miou"], "n_views": len(pred),
             "rule": "the scene's training heatmaps in place of the render, same views and rule: how far the "
                     "supervision (skeleton lines between keypoints) agrees with the true class masks"}
+
+
+def mask_iou(probs: np.ndarray, target: np.ndarray, valid: np.ndarray, class_names, *,
+             threshold: float = 0.5) -> dict:
+    """Per-class IoU of rendered class probabilities against class masks, pooled over pixels.
+
+    ``probs [P, K]`` rendered probabilities; ``target [P, K]`` 0/1 one-hot (or multi-hot: folder
+    masks may overlap) truth; ``valid [P]`` labelled pixels (others left out). A pixel takes the
+    class of its largest probability when that is above ``threshold`` (else background), the rule
+    of `s3dgs.metrics.semantic_iou`. A class absent from prediction and truth is NaN and left out
+    of the mean. Returns ``{"iou": {name: float}, "miou": float, "n_pixels": int}``.
+    """
+    valid = np.asarray(valid, bool)
+    probs, target = np.asarray(probs)[valid], np.asarray(target)[valid] > 0
+    top = probs.argmax(-1)
+    on = probs.max(-1) > threshold
+    ious = {}
+    for k, c in enumerate(class_names):
+        pk, gk = on & (top == k), target[:, k]
+        union = np.logical_or(pk, gk).sum()
+        ious[c] = float(np.logical_and(pk, gk).sum() / union) if union else float("nan")
+    finite = [v for v in ious.values() if not math.isnan(v)]
+    return {"iou": ious, "miou": float(np.mean(finite)) if finite else float("nan"), "n_pixels": int(valid.sum())}
 
 
 def _lpips_model():
@@ -281,12 +308,19 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
     activation = tc.semantics.activation
     bg = tuple(tc.background)
 
-    ds = SceneDataset(paths["colmap_dir"], paths["images_dir"], resolution_scale=rs,
-                      split="test" if te > 0 else "all", test_every=te, verbose=False)
-    if max_views > 0 and len(ds) > max_views:
-        ds.frames = ds.frames[:max_views]
     params, classes = load_ply(ply)
     has_sem = "semantics" in params and params["semantics"].shape[1] > 0
+    raw_cfg = json.loads((run / "config.json").read_text()) if rc["found"] else {}
+    table = run_class_table(raw_cfg, classes)
+    if table.names != tuple(classes):  # config.json and the PLY disagree: the PLY's names count
+        table = run_class_table({}, classes)
+    mask_dir = paths.get("mask_dir") or (scene / "masks" if scene is not None else None)
+    mask_dir = Path(mask_dir) if mask_dir and Path(mask_dir).is_dir() and has_sem else None
+    ds = SceneDataset(paths["colmap_dir"], paths["images_dir"], resolution_scale=rs,
+                      split="test" if te > 0 else "all", test_every=te, verbose=False,
+                      mask_dir=mask_dir, class_table=table if has_sem else None)
+    if max_views > 0 and len(ds) > max_views:
+        ds.frames = ds.frames[:max_views]
 
     gt_root = scene / "gt" if scene is not None else None
     gt_depth_dir = gt_root / "depth" if gt_root is not None and (gt_root / "depth").is_dir() else None
@@ -295,6 +329,7 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
     lp, lp_note = _lpips_model()
     per_view, preds_d, gts_d, masks_d, plant_d = [], [], [], [], []
     sem_pred, sem_gt, sem_stems = [], [], []
+    mk_pred, mk_tgt, mk_valid, mk_names = [], [], [], []
     for item, r in render_dataset(params, ds, sh_degree=tc.sh_degree if rc["found"] else None, activation=activation,
                                   background=bg, backend=backend, render_semantics=has_sem,
                                   device=device):
@@ -321,6 +356,11 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
             alpha_ok = r.alphas[0, ..., 0].cpu().numpy() > 0.5
             masks_d.append(alpha_ok)
             plant_d.append(alpha_ok & (gmask > 0) & (gmask < 255) if gmask is not None else None)
+        if has_sem and item.get("semantic_source") == "mask" and r.extras is not None:
+            mk_pred.append(r.extras[0].cpu().numpy().reshape(-1, len(classes)))
+            mk_tgt.append(item["heatmap"].numpy().reshape(-1, len(classes)).astype(np.uint8))
+            mk_valid.append(item["semantic_valid"].numpy().reshape(-1))
+            mk_names.append(item["name"])
         if has_sem and gmask is not None and r.extras is not None:
             sem_pred.append(r.extras[0].cpu().numpy().reshape(-1, len(classes)))
             sem_gt.append(_class_ids(gmask, classes).reshape(-1))
@@ -360,6 +400,19 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
         out["depth"] = {"available": False, "reason": "scene has no gt/depth for the held-out views"}
 
     # semantics
+    masks_block = None
+    if mk_pred:
+        mi = mask_iou(np.concatenate(mk_pred), np.concatenate(mk_tgt), np.concatenate(mk_valid), classes,
+                      threshold=class_threshold)
+        masks_block = {"available": True, "table": table.name, "iou": mi["iou"], "miou": mi["miou"],
+                       "n_views": len(mk_names), "n_pixels": mi["n_pixels"], "views": mk_names,
+                       "rule": f"SCENE/masks of the held-out views, classes of the run's {table.name!r} table: "
+                               f"argmax class where its probability > {class_threshold}, pooled over "
+                               "labelled pixels (id 255 left out); a class absent from prediction and "
+                               "truth is null and left out of mIoU"}
+    elif has_sem:
+        masks_block = {"available": False, "reason": "no SCENE/masks for the held-out views"
+                       if mask_dir is not None else "scene has no masks/ folder"}
     if sem_gt:
         s = M.semantic_iou(np.concatenate(sem_pred), np.concatenate(sem_gt), threshold=class_threshold,
                            class_names=classes)
@@ -368,7 +421,11 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
                                     "over held-out pixels; true leaf/fruit = background; a class absent "
                                     "from prediction and truth is null and left out of mIoU",
                             "heatmaps": heatmap_iou(scene, sem_stems, shape=(H, W), classes=classes,
-                                                    threshold=class_threshold)}
+                                                    threshold=class_threshold),
+                            "source": "gt/masks", "masks": masks_block}
+    elif masks_block is not None and masks_block["available"]:
+        out["semantics"] = {"available": True, "source": "scene/masks", "iou": masks_block["iou"],
+                            "miou": masks_block["miou"], "rule": masks_block["rule"], "masks": masks_block}
     else:
         why = "the run has no semantic logits" if not has_sem else "scene has no gt/masks"
         out["semantics"] = {"available": False, "reason": why}
@@ -523,6 +580,10 @@ def format_table(m: dict) -> str:
         rows.append(("mIoU", _f(s["miou"], "{:.3f}")))
         if (s.get("heatmaps") or {}).get("available"):
             rows.append(("mIoU of the training heatmaps", _f(s["heatmaps"]["miou"], "{:.3f}")))
+        mk = s.get("masks") or {}
+        if mk.get("available") and s.get("source") != "scene/masks":
+            rows += [(f"IoU {k} (scene masks)", _f(v, "{:.3f}")) for k, v in mk["iou"].items()]
+            rows.append(("mIoU (scene masks)", _f(mk["miou"], "{:.3f}")))
     else:
         rows.append(("semantics", s["reason"]))
     g = m["geometry"]
@@ -579,12 +640,15 @@ class EvalConfig:
 def eval_main(cfg: EvalConfig) -> int:
     from s3dgs.errors import WorkError
 
+    from s3dgs.runlock import run_lock
+
     cfg.validate()
     try:
-        m = evaluate_run(cfg.run, cfg.scene, test_every=cfg.test_every,
-                         resolution_scale=cfg.resolution_scale, backend=cfg.backend,
-                         opaque_threshold=cfg.opaque_threshold, class_threshold=cfg.class_threshold,
-                         max_views=cfg.max_views)
+        with run_lock(cfg.run, "s3dgs eval", create=False):  # no other command writes into RUN meanwhile
+            m = evaluate_run(cfg.run, cfg.scene, test_every=cfg.test_every,
+                             resolution_scale=cfg.resolution_scale, backend=cfg.backend,
+                             opaque_threshold=cfg.opaque_threshold, class_threshold=cfg.class_threshold,
+                             max_views=cfg.max_views)
     except FileNotFoundError as exc:
         raise WorkError(str(exc)) from None
     print(format_table(m))

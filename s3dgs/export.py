@@ -43,14 +43,17 @@ def depth_to_rgb(depth: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarr
     return img
 
 
-def semantic_overlay(image: np.ndarray, probs: np.ndarray, classes, threshold: float = 0.5) -> np.ndarray:
-    """Blend class colours over `image [H, W, 3]` uint8 where the top class probability > threshold."""
+def semantic_overlay(image: np.ndarray, probs: np.ndarray, classes, threshold: float = 0.5,
+                     table=None) -> np.ndarray:
+    """Blend class colours over `image [H, W, 3]` uint8 where the top class probability > threshold.
+    Colours from `table` (a `s3dgs.classes.ClassTable`, the run's) where it names the class, else
+    from the built-in tables (`s3dgs.classes.class_color`)."""
     out = image.astype(np.float32).copy()
     top = probs.argmax(-1)
     on = probs.max(-1) > threshold
     for k, c in enumerate(classes):
         m = on & (top == k)
-        out[m] = 0.35 * out[m] + 0.65 * np.array(class_color(c), np.float32)
+        out[m] = 0.35 * out[m] + 0.65 * np.array(class_color(c, table), np.float32)
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -84,6 +87,7 @@ def render_views(params, dataset, out_dir: str | Path, **kwargs) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     classes = getattr(dataset, "classes", CLASSES)
+    table = getattr(dataset, "class_table", None)
     for item, r in render_dataset(params, dataset, **kwargs):
         stem = Path(item["name"]).stem
         rgb = (r.colors[0].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -92,7 +96,7 @@ def render_views(params, dataset, out_dir: str | Path, **kwargs) -> list[Path]:
         files = {f"{stem}_rgb.png": rgb, f"{stem}_gt.png": gt,
                  f"{stem}_depth.png": depth_to_rgb(r.depths[0, ..., 0].cpu().numpy(), alpha)}
         if r.extras is not None:
-            files[f"{stem}_sem.png"] = semantic_overlay(rgb, r.extras[0].cpu().numpy(), classes)
+            files[f"{stem}_sem.png"] = semantic_overlay(rgb, r.extras[0].cpu().numpy(), classes, table=table)
         for name, arr in files.items():
             Image.fromarray(arr).save(out_dir / name)
             written.append(out_dir / name)
@@ -104,7 +108,8 @@ def export_classes(ply_path: str | Path, out_dir: str | Path, *, threshold: floa
     """One PLY point cloud per semantic class from a run's point_cloud.ply.
 
     A Gaussian belongs to class c when its class probability exceeds `threshold` and its opacity
-    exceeds `min_opacity`. Returns {class: number of points}."""
+    exceeds `min_opacity`. The classes are the PLY's ``sem_<name>`` fields, any table's names
+    (tomato U..P, arabidopsis stem..leaf, a user table's). Returns {class: number of points}."""
     from s3dgs.scene.ply import write_points_ply
 
     params, classes = load_ply(ply_path)
@@ -160,8 +165,11 @@ def export_main(cfg: ExportConfig) -> int:
         raise WorkError(f"{ply} not found; train first (`s3dgs train SCENE --out {cfg.run}`)")
     activation = load_run_config(cfg.run)["train"].semantics.activation
     if cfg.classes:
+        from s3dgs.runlock import run_lock
+
         out = cfg.out or Path(cfg.run) / "classes"
-        counts = export_classes(ply, out, threshold=cfg.threshold, min_opacity=cfg.min_opacity,
-                                activation=activation)
+        with run_lock(cfg.run, "s3dgs export", create=False):  # no other command writes into RUN meanwhile
+            counts = export_classes(ply, out, threshold=cfg.threshold, min_opacity=cfg.min_opacity,
+                                    activation=activation)
         print(f"per-class point clouds in {out}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     return 0

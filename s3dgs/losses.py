@@ -63,9 +63,13 @@ class DepthLossConfig:
     space: Annotated[Literal["disparity", "depth"], _arg("depth-space")] = "disparity"
     """Where rendered depth is compared: disparity (1/z; Depth Anything V2 predicts affine-invariant
     inverse depth, so this is the right relation) or depth (the integration guide's formula)."""
-    alignment: Annotated[Literal["per_view", "sfm"], _arg("depth-alignment")] = "per_view"
+    alignment: Annotated[Literal["per_view", "sfm", "patch"], _arg("depth-alignment")] = "per_view"
     """per_view: prior scale and shift fitted to the render every step (the integration guide); sfm: fitted once
-    per image against the projected COLMAP points (3DGS); images whose fit is implausible are dropped."""
+    per image against the projected COLMAP points (3DGS); images whose fit is implausible are dropped;
+    patch: fitted every step in windows of --depth-patch-size pixels (absorbs the prior's low-frequency
+    warp; a window without enough depth spread takes the per-view fit)."""
+    patch_size: Annotated[int, _arg("depth-patch-size")] = 32
+    """Window side in pixels of --depth-alignment patch (at least 4)."""
     robust: Annotated[bool, _arg("depth-robust")] = True
     """Robust (trimmed) per-view alignment instead of plain least squares."""
     multiscale: Annotated[bool, _arg("depth-multiscale")] = False
@@ -82,12 +86,32 @@ class DepthLossConfig:
     """On stem pixels (heatmap U/D/P > 0.5) penalise only rendered depth farther than the prior: a
     monocular prior blurs a thin stem into what lies behind it, so there it says no more than "the
     surface is at least this near"."""
+    thin: Annotated[Literal["off", "down", "one-sided"], _arg("depth-thin")] = "off"
+    """Thin structures found in the frame itself (a Hessian ridge filter, no heatmaps needed; see
+    s3dgs/thin.py), where a monocular prior puts stems at the depth of what lies behind them.
+    off: no special treatment; down: thin pixels weigh --depth-thin-weight in the alignment and the
+    loss; one-sided: thin pixels weigh --depth-thin-weight in the alignment, and in the loss count only
+    where the render lies behind the prior's surface (the loss never pulls a thin structure back
+    toward the background)."""
+    thin_weight: Annotated[float, _arg("depth-thin-weight")] = 0.1
+    """Weight of a sure thin pixel (map value 1) with --depth-thin down / one-sided (0-1; 0 ignores them)."""
+    thin_max_width: Annotated[int, _arg("depth-thin-max-width")] = 6
+    """Widest structure, in frame pixels, that --depth-thin treats as thin (1 to 32; the prior blurs
+    structures narrower than about 5 px at its 518 px input, i.e. 5 * short side / 518 frame px)."""
+    gate_disagreement: Annotated[float, _arg("depth-gate-disagreement")] = 0.0
+    """Leave out of the loss the pixels whose residual after alignment exceeds this many times the
+    view's median residual (0: off; e.g. 3). Drops where prior and render disagree most -- blurred
+    thin stems, but also floaters the prior would remove."""
 
     def validate(self) -> None:
-        from s3dgs.validate import fraction, non_negative
+        from s3dgs.validate import fraction, in_range, non_negative
 
         non_negative("--lambda-depth", self.weight)
         fraction("--stem-weight", self.stem_weight)
+        fraction("--depth-thin-weight", self.thin_weight)
+        in_range("--depth-thin-max-width", self.thin_max_width, 1, 32)
+        non_negative("--depth-gate-disagreement", self.gate_disagreement)
+        in_range("--depth-patch-size", self.patch_size, 4, 4096)
 
     @property
     def original_formula(self) -> bool:
@@ -102,12 +126,30 @@ class DepthLossConfig:
                                 ("--depth-multiscale", self.multiscale),
                                 ("--depth-edge-aware", self.edge_aware),
                                 ("--depth-stem-aware", self.stem_aware),
-                                ("--depth-stem-one-sided", self.stem_one_sided)) if on]
+                                ("--depth-stem-one-sided", self.stem_one_sided),
+                                ("--depth-alignment patch", self.alignment == "patch"),
+                                (f"--depth-thin {self.thin}", self.thin != "off"),
+                                ("--depth-gate-disagreement", self.gate_disagreement > 0)) if on]
+
+    @property
+    def thin_widths(self) -> tuple[float, ...]:
+        """The line widths (px) the thin-structure map looks for: 1 .. --depth-thin-max-width."""
+        return tuple(float(w) for w in range(1, int(self.thin_max_width) + 1))
 
 
 @dataclass
 class SemanticConfig:
-    """The semantic term: heatmap supervision of the rendered class probabilities, after a warm-up."""
+    """The semantic term: supervision of the rendered class probabilities by skeleton heatmaps or
+    class masks (``SCENE/masks``), after a warm-up, through :func:`semantic_loss`.
+
+    Class masks are one-hot targets with unlabelled pixels left out (``valid``). Their loss is the
+    same per-class squared error with ``--mask-fg-weight`` (default 1) in place of ``--fg-weight``:
+    with weight 1 it is the Brier score, like the per-class binary cross-entropy a proper scoring
+    rule for the independent per-class sigmoid outputs (both are minimised by the true class
+    probability), and bounded where cross-entropy is not, which suits alpha-blended renders whose
+    boundary pixels mix classes. The heatmaps' foreground weight (20) is meant for thin skeleton
+    lines and would fatten dense mask regions.
+    """
 
     weight: Annotated[float, _arg("lambda-sem")] = 0.2
     """Weight of the semantic term after the warm-up (0 switches it off)."""
@@ -117,6 +159,8 @@ class SemanticConfig:
     """A class whose frame confidence is at or below this is not supervised in that frame (0-1)."""
     fg_weight: Annotated[float, _arg("fg-weight")] = 20.0
     """Weight of heatmap foreground pixels (target > 0.1) in the semantic loss."""
+    mask_fg_weight: Annotated[float, _arg("mask-fg-weight")] = 1.0
+    """Weight of class-mask foreground pixels in the semantic loss (1: the Brier score of the one-hot masks)."""
     activation: Annotated[Literal["sigmoid", "softmax"], _arg("semantic-activation")] = "sigmoid"
     """Per-class sigmoid (heatmaps are independent per class) or the original softmax."""
 
@@ -127,6 +171,7 @@ class SemanticConfig:
         non_negative("--warmup-iterations", self.warmup_iterations)
         in_range("--conf-threshold", self.conf_threshold, 0.0, 1.0, hi_open=True)
         positive("--fg-weight", self.fg_weight)
+        positive("--mask-fg-weight", self.mask_fg_weight)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +493,47 @@ def _robust_affine_fit(p, g, w, method: str, k: float, iters: int = 2):
     raise ValueError(f"unknown robust method {method!r} (use 'lstsq', 'trimmed' or 'mad')")
 
 
+def _patch_affine_fit(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, valid: torch.Tensor, size: int,
+                      s_view: torch.Tensor, t_view: torch.Tensor, min_fraction: float = 0.25,
+                      min_rel_var: float = 0.01):
+    """Weighted least squares ``s * x + t ~ g`` in each ``size`` x ``size`` window of ``[H, W]``
+    maps (zeros where ``w == 0``), as ``[H, W]`` maps of ``s`` and ``t``, without host sync.
+
+    A window keeps its own fit when at least ``min_fraction`` of its pixels are valid, its weighted
+    variance of ``x`` is at least ``min_rel_var`` times the view's, and its scale has the sign of
+    the view's ``s_view``; otherwise it takes ``(s_view, t_view)``. Windows cut by the image border
+    are fitted on the pixels they hold. Differentiable through the fits, as the per-view one.
+    Written here because no library fits affine maps per window of a weighted image; the sums are
+    ``avg_pool2d`` over non-overlapping windows.
+    """
+    h, w_ = x.shape
+    ph, pw = (-h) % size, (-w_) % size
+
+    def sums(t: torch.Tensor) -> torch.Tensor:
+        t = F.pad(t[None, None], (0, pw, 0, ph))
+        return F.avg_pool2d(t, size)[0, 0] * (size * size)
+
+    sw, sx, sg = sums(w), sums(w * x), sums(w * g)
+    sxx, sxg, nv = sums(w * x * x), sums(w * x * g), sums(valid.to(x.dtype))
+    sw_safe = torch.where(sw > 0, sw, torch.ones_like(sw))
+    xm, gm = sx / sw_safe, sg / sw_safe
+    var = sxx - sw * xm * xm
+    cov = sxg - sw * xm * gm
+    wsum = w.sum()
+    xm_view = (w * x).sum() / wsum.clamp(min=torch.finfo(x.dtype).tiny)
+    var_view = (w * (x - xm_view) ** 2).sum() / wsum.clamp(min=torch.finfo(x.dtype).tiny)
+    ok = (nv >= min_fraction * size * size) & (sw > 0) & (var > min_rel_var * var_view * sw) & (var_view > 0)
+    s = torch.where(ok, cov / torch.where(ok, var, torch.ones_like(var)), s_view.expand_as(var))
+    ok = ok & (s * s_view > 0)
+    s = torch.where(ok, s, s_view.expand_as(s))
+    t = torch.where(ok, gm - s * xm, t_view.expand_as(s))
+
+    def up(m: torch.Tensor) -> torch.Tensor:
+        return m.repeat_interleave(size, 0).repeat_interleave(size, 1)[:h, :w_]
+
+    return up(s), up(t)
+
+
 def _pool_weighted_l1(r: torch.Tensor, w: torch.Tensor, factor: int) -> torch.Tensor:
     """L1 of the weight-averaged residual on a grid downsampled by ``factor`` (``[H, W]`` in)."""
     if factor == 1:
@@ -481,6 +567,11 @@ def depth_prior_loss(
     return_info: bool = False,
     config: DepthLossConfig | None = None,
     stem_one_sided: bool = False,
+    thin_map: torch.Tensor | None = None,
+    thin: str = "off",
+    thin_weight: float = 0.1,
+    gate_disagreement: float = 0.0,
+    patch_size: int = 32,
 ):
     """Depth-prior loss between a rendered depth map and a monocular prior, with its options.
 
@@ -493,6 +584,18 @@ def depth_prior_loss(
     ``stem_one_sided``: on stem pixels (``stem_heatmap > 0.5``) only residuals that mean "rendered
     farther than the prior" count; a monocular prior blurs thin stems into the backdrop, so on them
     it bounds the depth from one side only.
+
+    ``thin_map [H, W]`` in [0, 1] (:func:`s3dgs.thin.thin_structure_map` of the frame; used only
+    when ``thin`` is not ``"off"``): thin structures found in the frame itself. ``thin="down"``:
+    weight ``1 + (thin_weight - 1) * thin_map`` in the fit and the loss; ``thin="one-sided"``: the
+    same weight in the fit only, and on thin pixels (``thin_map > 0.5``) only residuals that mean
+    "rendered farther than the prior" count (the same rule as ``stem_one_sided``) -- the loss never
+    pulls a thin structure toward the background the prior puts it in; it still pulls it forward
+    when it is rendered behind the prior's surface.
+
+    ``gate_disagreement`` ``k > 0``: pixels whose residual after alignment exceeds ``k`` times the
+    median absolute residual of the view's valid pixels leave the loss (gating by disagreement; the
+    gate is not differentiated). 0 leaves it off.
 
     Shapes: ``pred_depth [H, W]`` rendered expected depth (camera z, alpha-normalised);
     ``prior [H, W]`` the prior PNG value in [0, 1]; ``alpha [H, W]`` rendered opacity or None;
@@ -526,6 +629,9 @@ def depth_prior_loss(
       dropped pixels are excluded from the *fit only*, the loss still covers every valid pixel
       (so a floater is still penalised); ``"mad"`` the median / mean-absolute-deviation match of
       3DGS. Gradients flow through ``s, t`` as in the integration guide.
+    - ``"patch"``: as ``per_view``, but ``s, t`` fitted in each ``patch_size`` x ``patch_size``
+      window (plain weighted least squares, :func:`_patch_affine_fit`); windows with too few valid
+      pixels or too little depth spread take the per-view fit (which ``return_info`` reports).
     - ``"sfm"``: ``scale_shift = (s, t)`` is fixed (from :func:`fit_depth_scale_sfm`, once per
       image) and maps the prior to metric units: ``m = s * prior + t`` is inverse depth for a
       disparity prior, depth for a depth prior, in the units of the SfM model (which must be the
@@ -559,12 +665,17 @@ def depth_prior_loss(
         stem_heatmap = stem_heatmap if (config.stem_aware or stem_one_sided) else None
         if not config.stem_aware:
             stem_weight = 1.0
+        thin, thin_weight = config.thin, config.thin_weight
+        gate_disagreement, patch_size = config.gate_disagreement, config.patch_size
+    if thin not in ("off", "down", "one-sided"):
+        raise ValueError(f"thin must be 'off', 'down' or 'one-sided', not {thin!r}")
+    thin_map = thin_map if thin != "off" else None
     if space not in ("disparity", "depth"):
         raise ValueError(f"space must be 'disparity' or 'depth', not {space!r}")
     if prior_kind not in ("disparity", "depth"):
         raise ValueError(f"prior_kind must be 'disparity' or 'depth', not {prior_kind!r}")
-    if alignment not in ("per_view", "sfm"):
-        raise ValueError(f"alignment must be 'per_view' or 'sfm', not {alignment!r}")
+    if alignment not in ("per_view", "sfm", "patch"):
+        raise ValueError(f"alignment must be 'per_view', 'sfm' or 'patch', not {alignment!r}")
     if alignment == "sfm" and scale_shift is None:
         raise ValueError("alignment='sfm' needs scale_shift=(s, t) from fit_depth_scale_sfm")
     if isinstance(robust, bool):
@@ -595,14 +706,26 @@ def depth_prior_loss(
         hm = _as_hw(stem_heatmap, "stem_heatmap").detach().to(dt).clamp(0, 1)
         fit_w = fit_w * (1.0 + (stem_weight - 1.0) * hm)
     loss_w = fit_w
+    if thin_map is not None:
+        tm = _as_hw(thin_map, "thin_map").detach().to(dt).clamp(0, 1)
+        if tm.shape != z.shape:
+            raise ValueError(f"depth_prior_loss: thin_map {tuple(tm.shape)} vs depth {tuple(z.shape)}")
+        thin_w = 1.0 + (float(thin_weight) - 1.0) * tm
+        fit_w = fit_w * thin_w
+        if thin == "down":
+            loss_w = loss_w * thin_w
     if edge_image is not None:
         loss_w = loss_w * sobel_edge_weight(edge_image, edge_strength).to(dt)
 
-    if alignment == "per_view":
+    if alignment in ("per_view", "patch"):
         s, t = _robust_affine_fit(
             x.reshape(-1), pr0.reshape(-1), fit_w.reshape(-1), method, robust_k, robust_iters
         )
-        r = s * x + t - pr0
+        if alignment == "patch":
+            sp, tp = _patch_affine_fit(x, pr0, fit_w, valid, int(patch_size), s, t)
+            r = sp * x + tp - pr0
+        else:
+            r = s * x + t - pr0
     else:
         s = torch.as_tensor(scale_shift[0], dtype=dt, device=z.device)
         t = torch.as_tensor(scale_shift[1], dtype=dt, device=z.device)
@@ -614,14 +737,23 @@ def depth_prior_loss(
             loss_w = loss_w * m_ok.to(dt)
         r = x - m
     r = torch.where(valid, r, torch.zeros_like(r))
+    one_sided = None
     if stem_one_sided and stem_heatmap is not None:
+        one_sided = _as_hw(stem_heatmap, "stem_heatmap").detach() > 0.5
+    if thin == "one-sided" and thin_map is not None:
+        on_thin = tm > 0.5
+        one_sided = on_thin if one_sided is None else (one_sided | on_thin)
+    if one_sided is not None:
         # the sign of r that means "rendered farther than the prior": the prior value grows with
-        # nearness for a disparity prior (per-view fit into prior units), x grows with nearness in
-        # disparity space (sfm, compared in the render's space)
-        far_sign = (-1.0 if prior_kind == "disparity" else 1.0) if alignment == "per_view" else \
+        # nearness for a disparity prior (per-view / patch fit into prior units), x grows with
+        # nearness in disparity space (sfm, compared in the render's space)
+        far_sign = (-1.0 if prior_kind == "disparity" else 1.0) if alignment != "sfm" else \
             (-1.0 if space == "disparity" else 1.0)
-        on_stem = _as_hw(stem_heatmap, "stem_heatmap").detach() > 0.5
-        r = torch.where(on_stem & (r * far_sign < 0), torch.zeros_like(r), r)
+        r = torch.where(one_sided & (r * far_sign < 0), torch.zeros_like(r), r)
+    if gate_disagreement > 0:
+        ra = r.detach().abs()
+        med = _masked_nanmedian(ra, valid & (loss_w > 0))
+        loss_w = loss_w * (ra <= float(gate_disagreement) * med).to(dt)
 
     factors = (1, 2, 4) if multiscale else (1,)
     loss = sum(_pool_weighted_l1(r, loss_w, f) for f in factors) / len(factors)
@@ -823,8 +955,10 @@ def semantic_loss(
     fg_weight: float = 20.0,
     fg_threshold: float = 0.1,
     conf_threshold: float = 0.5,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Foreground-weighted, confidence-gated MSE between rendered and target heatmaps.
+    """Foreground-weighted, confidence-gated MSE between rendered and target heatmaps (or one-hot
+    class masks).
 
     Space: heatmap values (per-class probabilities in [0, 1]). ``pred``, ``target``:
     ``[H, W, K]`` or ``[C, H, W, K]``; ``confidence``: ``[K]`` (per view, shared by every image)
@@ -835,7 +969,9 @@ def semantic_loss(
     is ``sum(weight * (pred - target)^2) / (H * W * number of gated-on (image, class) pairs)`` --
     the mean of the weighted squared error over the gated-on channels (a weighted *sum*, not a
     weighted average, so foreground pixels count ``fg_weight`` times). All classes gated off gives
-    a zero tensor that keeps the graph. No host sync.
+    a zero tensor that keeps the graph. ``valid``: ``[H, W]`` or ``[C, H, W]`` bool, pixels to
+    supervise (unlabelled mask pixels False); the others weigh 0 and leave the count ``H * W``
+    (per image). No host sync.
     """
     if pred.shape != target.shape:
         raise ValueError(f"semantic_loss: shapes differ, {tuple(pred.shape)} vs {tuple(target.shape)}")
@@ -851,7 +987,12 @@ def semantic_loss(
         conf = conf.reshape(1, k).expand(c, k) if conf.dim() == 1 else conf.reshape(c, k)
         gate = (conf > conf_threshold).to(x.dtype)
     wgt = wgt * gate[:, None, None, :]
-    n = gate.sum() * (h * w)
+    if valid is None:
+        n = gate.sum() * (h * w)
+    else:
+        v = valid.to(device=x.device, dtype=x.dtype).reshape(-1, h, w).expand(c, h, w)
+        wgt = wgt * v[..., None]
+        n = (gate * v.sum((1, 2))[:, None]).sum()
     loss = (wgt * (x - y) ** 2).sum() / n.clamp(min=1)
     return torch.where(n > 0, loss, torch.zeros_like(loss))
 

@@ -53,6 +53,14 @@ each written into ``phenotypes.json`` (``method``) with the thresholds it used:
    the stem and within ``node_separation`` of a node along it belongs to that node; pieces of one
    branch (leaving the stem the same way, or continuing an attached branch across a gap) count once.
 
+8. **Geometry only** (``--method geometry``, or ``auto`` when the model has no U and D classes or
+   under MIN_STEM_GAUSSIANS confident ones): `s3dgs.organs.measure_organs` on the opaque Gaussians
+   (main stem, lateral organs, internodes, divergence angles in ROMI's convention; main-stem classes,
+   where present, guide the main stem); ``--reference`` aligns the sequence with a ROMI
+   angles_internodes.json (`s3dgs.sequence`) into ``reference_comparison``. The main stem's
+   centreline of the class path is also carried on through stem-class Gaussians connected above its
+   top, or a note says by how much it may be cut short.
+
 Hand-written here, and why: the silhouette width (no library renders a 1D orthographic scanline
 of 3D Gaussians; the formula is the rasteriser's, `s3dgs.render.raster`), the tube following at
 the stem's ends, and a small RANSAC plane fit for the ground (scikit-learn's RANSACRegressor fits
@@ -77,12 +85,14 @@ import numpy as np
 import tyro
 
 from s3dgs.atomic import atomic_write, atomic_write_text
-from s3dgs.classes import CLASS_COLORS, CLASSES
+from s3dgs.classes import CLASSES
+from s3dgs.classes import class_color as _class_color
 from s3dgs.errors import S3dgsError, UsageError
 
 __all__ = ["PhenotypeConfig", "phenotype_main", "run_phenotype", "measure_plant", "parse_scale",
            "up_from_cameras", "fit_ground_plane", "silhouette_diameter", "fit_centreline",
-           "Centreline", "CSV_COLUMNS", "write_phenotypes"]
+           "Centreline", "CSV_COLUMNS", "write_phenotypes", "compare_to_reference", "geometry_csv_text",
+           "plot_geometry", "GEOMETRY_CSV_COLUMNS", "MIN_STEM_GAUSSIANS"]
 
 NODE_SEPARATION_M = 0.025
 """Default node clustering cut with a metric scale: tomato internodes are 3-12 cm long and the
@@ -487,6 +497,52 @@ def _extend(cl: Centreline, cand: np.ndarray, up: np.ndarray, radius: float, ste
     return Centreline(pts, s, (add_lo, add_lo + cl.length)), add_lo, add_hi
 
 
+def _continue_to_stem_top(cl: Centreline, X: np.ndarray, stem_m: np.ndarray, up: np.ndarray, *, link: float,
+                          step: float, min_beyond: float = 0.05) -> tuple[Centreline, dict]:
+    """Make sure the centreline does not stop below the stem's top (the 45-degree lean rule or a
+    thin top can cut it). X [N, 3] centres, stem_m [N] opaque stem-class (U/D) Gaussians.
+
+    The stem-class Gaussians above the apex connected to it (single linkage at `link`) are followed
+    when they reach more than `min_beyond` of the centreline's height span (and more than 2 links)
+    above it: the centreline goes on through their weighted medians in height bins of `step`.
+    Stem-class Gaussians above the (possibly extended) apex that are not connected but lie within
+    the tube around its upward continuation (a cone of 30 degrees, at least 3 links wide) are
+    reported as ``short_by`` (how far above the apex they reach). Returns (curve, {"extended",
+    "extended_height", "short_by", "link"})."""
+    info = {"extended": 0.0, "extended_height": 0.0, "short_by": 0.0, "link": link}
+    S = X[stem_m]
+    if len(S) == 0 or link <= 0:
+        return cl, info
+    apex = cl.points[-1]
+    apex_h = float(apex @ up)
+    span = float(np.ptp(cl.points @ up))
+    margin = max(min_beyond * span, 2.0 * link)
+    hS = S @ up
+    lab = _components(np.vstack([apex[None], S]), link)
+    conn = (lab[1:] == lab[0]) & (hS > apex_h)
+    if conn.any() and float(hS[conn].max()) - apex_h > margin:
+        h, P = hS[conn], S[conn]
+        edges = np.arange(apex_h, float(h.max()) + step, step)
+        idx = np.clip(np.searchsorted(edges, h, side="right") - 1, 0, len(edges) - 2)
+        new = [np.median(P[idx == b], axis=0) for b in range(len(edges) - 1) if (idx == b).any()]
+        new = [q for q in new if q @ up > apex_h]
+        if new:
+            pts = np.concatenate([cl.points, np.asarray(new)])
+            s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+            info["extended"] = float(s[-1] - cl.length)
+            info["extended_height"] = float(pts[-1] @ up - apex_h)
+            cl = Centreline(pts, s, cl.labelled)
+            apex, apex_h = cl.points[-1], float(cl.points[-1] @ up)
+    # stem-class Gaussians still above the apex, in the cone around its upward continuation
+    d = S - apex
+    hh = d @ up
+    lat = np.linalg.norm(d - hh[:, None] * up, axis=1)
+    cone = (hh > margin) & (lat <= np.maximum(3.0 * link, math.tan(math.radians(30)) * hh))
+    if cone.sum() >= 2:
+        info["short_by"] = float(hh[cone].max())
+    return cl, info
+
+
 # ----------------------------------------------------------------------------------------------
 # stem diameter: the rendered silhouette
 # ----------------------------------------------------------------------------------------------
@@ -800,6 +856,19 @@ def measure_plant(
                 f"{radius * f:.4g} {units} (1.5 median stem diameters) of the end tangent, one bin "
                 "per step, until a step finds fewer than 2" + (", not below the ground" if floor is not None
                                                                 else ""))
+        cl, above = _continue_to_stem_top(cl, X, (mU | mD) & (op > min_opacity), up,
+                                          link=max(2.0 * tube, 2.0 * (diam_med or 0.0), 0.5 * step), step=step)
+        if above["extended"] > 0:
+            ext_hi += above["extended"]
+            method["stem_top"] = (f"stem-class Gaussians connected to the centreline's top (links of "
+                                  f"{above['link'] * f:.4g} {units}) went on above it: the centreline follows "
+                                  "them (weighted medians in height bins)")
+            notes.append(f"the fitted centreline stopped {above['extended_height'] * f:.4g} {units} below the "
+                         "top of the stem-class Gaussians connected to it; it was extended along them")
+        if above["short_by"] > 0:
+            notes.append(f"the main stem may be cut short: stem-class Gaussians go on {above['short_by'] * f:.4g} "
+                         f"{units} above its top (in the tube around its upward continuation) beyond a gap the "
+                         "centreline does not cross; plant height and stem length may be too small by up to that")
         base, apex = cl.points[0], cl.points[-1]
         low_h = float(base @ up)
         if base_rule in ("auto", "ground") and floor is not None and floor <= low_h:
@@ -1106,7 +1175,8 @@ def plot_phenotypes(res: dict, means: np.ndarray, probs: np.ndarray, opacities: 
     cl = frame(stem["centreline_model"]) if stem else None
     for ax, (i, j), title in zip(axes, pick, titles):
         for c, pts in shown:
-            col = np.array(CLASS_COLORS.get(c, (120, 120, 120))) / 255.0
+            rgb = _class_color(c)  # any built-in table's colour; grey for an unknown class
+            col = np.array(rgb if rgb != (255, 255, 255) else (120, 120, 120)) / 255.0
             ax.scatter(pts[i], pts[j], s=6, color=col, alpha=0.7, label=c, linewidths=0)
         if cl is not None:
             ax.plot(cl[i], cl[j], "k-", lw=1.5, label="centreline")
@@ -1139,14 +1209,257 @@ def plot_phenotypes(res: dict, means: np.ndarray, probs: np.ndarray, opacities: 
 def write_phenotypes(res: dict, run_dir, means=None, probs=None, opacities=None, *,
                      classes: Sequence[str] = CLASSES, class_threshold: float = 0.5,
                      min_opacity: float = 0.1) -> dict[str, Path]:
-    """Write RUN/phenotypes.json, .csv and (when the arrays are given) .png. Returns the paths."""
+    """Write RUN/phenotypes.json, .csv and (when the arrays are given) .png. Returns the paths.
+    A geometry result (``res["method"] == "geometry"``) takes the measured points as `means`
+    (probs and opacities unused): one CSV row per organ, and its own figure."""
     run = Path(run_dir)
+    if res.get("method") == "geometry":
+        paths = {"json": atomic_write_text(run / "phenotypes.json", json.dumps(res, indent=2)),
+                 "csv": atomic_write_text(run / "phenotypes.csv", geometry_csv_text(res))}
+        if means is not None:
+            paths["png"] = plot_geometry(res, means, run / "phenotypes.png")
+        return paths
     paths = {"json": atomic_write_text(run / "phenotypes.json", json.dumps(res, indent=2)),
              "csv": atomic_write_text(run / "phenotypes.csv", csv_text(res))}
     if means is not None:
         paths["png"] = plot_phenotypes(res, means, probs, opacities, run / "phenotypes.png", classes=classes,
                                        class_threshold=class_threshold, min_opacity=min_opacity)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry only: no stem classes needed (s3dgs.organs), and the comparison with a reference
+# ----------------------------------------------------------------------------------------------
+
+MIN_STEM_GAUSSIANS = 20
+"""`--method auto` measures with the classes when the model has U and D classes with at least this
+many confident opaque Gaussians, else with the geometry."""
+MAX_GROUND_SHARE = 0.25
+ORGAN_CLASS_NAMES = ("pedicel", "fruit", "flower", "silique", "peduncle", "p")
+"""Class names (any table) whose Gaussians make a lateral organ in the geometry path (the tomato P
+is the peduncle); a side branch of mostly other Gaussians (leaves) is not counted."""
+"""A plane fitted to background Gaussians with more than this share of the opaque Gaussians on or
+under it cuts through the plant: it is not taken for the ground."""
+
+GEOMETRY_CSV_COLUMNS = ("scope", "index", "insertion_stem_position", "insertion_height", "angle_to_next_deg",
+                        "internode_to_next", "organ_length", "azimuth_deg", "plant_height", "stem_length",
+                        "organ_count", "unit")
+
+
+def _stem_classes_usable(probs: np.ndarray, opac: np.ndarray, classes: Sequence[str], class_threshold: float,
+                         min_opacity: float) -> tuple[bool, str]:
+    """Can the class-based measurement run? (yes/no, why not)."""
+    classes = tuple(classes)
+    if "U" not in classes or "D" not in classes:
+        return False, (f"the model has no U and D stem classes (its classes: {', '.join(classes) or 'none'}), "
+                       "so the traits were measured from the geometry")
+    m = np.zeros(len(opac), bool)
+    for c in ("U", "D"):
+        m |= (probs[:, classes.index(c)] > class_threshold) & (opac > min_opacity)
+    if m.sum() < MIN_STEM_GAUSSIANS:
+        return False, (f"only {int(m.sum())} confident U/D Gaussians (class probability > {class_threshold}, "
+                       f"opacity > {min_opacity}; at least {MIN_STEM_GAUSSIANS} needed), so the traits were "
+                       "measured from the geometry")
+    return True, ""
+
+
+def scene_box(scene: Optional[Path]) -> Optional[np.ndarray]:
+    """The box [2, 3] the plant stands in, when the scene knows it: a ROMI scan's workspace or
+    bounding box, as `s3dgs prepare` carved it (prepare.json ``carve.box``); else None."""
+    if scene is None or not (Path(scene) / "prepare.json").is_file():
+        return None
+    try:
+        box = json.loads((Path(scene) / "prepare.json").read_text()).get("carve", {}).get("box")
+        box = np.asarray(box, np.float64)
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
+    return box if box.shape == (2, 3) and np.isfinite(box).all() and (box[1] > box[0]).all() else None
+
+
+def _measure_geometry(means, opac, probs, classes, up, mpu, class_threshold, min_opacity, ground,
+                      why: str, box: Optional[np.ndarray] = None) -> tuple[dict, np.ndarray]:
+    """`s3dgs.organs.measure_organs` on the opaque Gaussians (inside the scan's box when the scene
+    has one; above the ground plane, when one was found within 15 degrees of up). Returns (the
+    phenotypes dict, the points measured [M, 3])."""
+    from s3dgs.classes import main_stem_classes
+    from s3dgs.organs import measure_organs
+
+    classes = tuple(classes)
+    keep = opac > min_opacity
+    notes = []
+    if box is not None:
+        inside = ((means >= box[0]) & (means <= box[1])).all(1)
+        if (keep & ~inside).any():
+            notes.append(f"{int((keep & ~inside).sum())} opaque Gaussians outside the scan's box "
+                         "(prepare.json, the region the plant stands in: the background) were left out")
+        keep &= inside
+    if ground is not None:
+        n_g, d_g = _unit(ground[0]), float(ground[1])
+        if abs(n_g @ up) > math.cos(math.radians(15)) and keep.any():
+            lo, hi = np.percentile(means[keep], [1, 99], axis=0)
+            tol = 0.01 * float(np.linalg.norm(hi - lo))
+            low = keep & (means @ n_g - d_g < 2 * tol)
+            share = float(low[keep].mean())
+            if share > MAX_GROUND_SHARE:
+                # a plane through the plant, not under it (a model with no background classes fits
+                # its RANSAC plane to the plant itself): nothing is left out
+                notes.append(f"the plane fitted to background Gaussians has {share:.0%} of the opaque Gaussians "
+                             f"on or under it (more than {MAX_GROUND_SHARE:.0%}): it cuts through the plant, so "
+                             "it was not taken for the ground and no Gaussian was left out")
+            elif low.any():
+                notes.append(f"{int(low.sum())} opaque Gaussians on or under the fitted ground plane were "
+                             "left out")
+                keep &= ~low
+    stem_idx = sorted(set(main_stem_classes(classes)) | {i for i, c in enumerate(classes) if c.lower() == "stem"})
+    stem_mask = None
+    if stem_idx and probs.shape[1]:
+        stem_mask = ((probs[:, stem_idx] > class_threshold).any(1) & keep)[keep]
+        if not stem_mask.any():
+            stem_mask = None
+    # organ classes: the classes a table does not call stem-like, main stem or leaf (e.g. pedicel,
+    # fruit and flower of the Arabidopsis table): side branches made mostly of other points (leaves)
+    # are not counted as organs
+    organ_idx = [i for i, c in enumerate(classes) if c.lower() in ORGAN_CLASS_NAMES]
+    organ_mask = None
+    if organ_idx and probs.shape[1]:
+        organ_mask = (probs[:, organ_idx] > class_threshold).any(1)[keep]
+        if not organ_mask.any():
+            organ_mask = None
+        else:
+            notes.append(f"organs: side branches of mostly {', '.join(classes[i] for i in organ_idx)} Gaussians")
+    pts = means[keep]
+    g = measure_organs(pts, opac[keep], up, stem_mask=stem_mask, organ_mask=organ_mask, metres_per_unit=mpu)
+    g["notes"] = notes + g["notes"]
+    if stem_mask is not None:
+        g["notes"].insert(0, f"main-stem class(es) {', '.join(classes[i] for i in stem_idx)} guided the choice of "
+                             f"the main stem ({int(stem_mask.sum())} confident opaque Gaussians)")
+    angles, inter = g["angles_deg"], g["internodes"]
+    organs = g["organs"]
+    for i, o in enumerate(organs):
+        o["angle_to_next_deg"] = angles[i] if i < len(angles) else None
+        o["internode_to_next"] = inter[i] if i < len(inter) else None
+    rows = [{"index": i + 1, "from_node": i + 1, "to_node": i + 2, "length": L, "straight_length": None,
+             "stem_diameter": None, "angle_deg": a} for i, (L, a) in enumerate(zip(inter, angles))]
+    res = {
+        "units": g["units"], "metres_per_unit": mpu, "up": g["up"], "method": "geometry", "measured_by": "geometry",
+        "method_reason": why,
+        "plant": {**g["plant"], "node_count": None, "peduncle_count": None, "stem_diameter_median": None},
+        "sequence": {"angles_deg": angles, "internodes": inter,
+                     "convention": "ROMI's: organs from the base up; internodes[i] = arc length along the main "
+                                   "stem between the insertions of organs i and i+1; angles_deg[i] = divergence "
+                                   "from organ i to organ i+1 around the stem, counter-clockwise seen from above, "
+                                   "in [0, 360) degrees (ROMI's files hold radians)"},
+        "organs": organs, "internodes": rows, "nodes": [], "peduncles": [], "stem": g["stem"],
+        "points": g["points"], "parameters": g["parameters"], "method_rules": g["method_rules"],
+        "notes": [why] + g["notes"],
+        "opacity_rule": f"Gaussians of opacity > {min_opacity}",
+    }
+    return res, pts
+
+
+def compare_to_reference(res: dict, reference, reference_scale: float = 1.0) -> dict:
+    """Align a geometry result's organ sequence with a ROMI angles_internodes.json
+    (`s3dgs.sequence.align_sequences`). Returns the scores, the alignment and the reference path."""
+    from s3dgs.sequence import align_sequences, load_reference
+
+    ref = load_reference(reference)
+    seq = res["sequence"]
+    out = align_sequences(seq["angles_deg"], seq["internodes"], ref["angles_deg"], ref["internodes"],
+                          internode_scale=reference_scale)
+    out["reference"] = ref["path"]
+    out["units"] = (f"internode errors in {res['units']}; the reference's internodes were multiplied by "
+                    f"{reference_scale:g} ({res['units']} per reference unit)")
+    return _r_tree(out)
+
+
+def geometry_csv_text(res: dict) -> str:
+    """RUN/phenotypes.csv of a geometry result: one plant row and one row per organ (the angle and
+    internode to the next organ on its row)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=GEOMETRY_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    p, u = res["plant"], res["units"]
+    w.writerow({"scope": "plant", "plant_height": p["plant_height"], "stem_length": p["stem_length"],
+                "organ_count": p["organ_count"], "unit": u})
+    for o in res["organs"]:
+        w.writerow({"scope": "organ", "index": o["index"], "insertion_stem_position": o["insertion_stem_position"],
+                    "insertion_height": o["insertion_height"], "angle_to_next_deg": o["angle_to_next_deg"],
+                    "internode_to_next": o["internode_to_next"], "organ_length": o["length"],
+                    "azimuth_deg": o["azimuth_deg"], "unit": u})
+    return buf.getvalue()
+
+
+def plot_geometry(res: dict, points: np.ndarray, path) -> Path:
+    """RUN/phenotypes.png of a geometry result: two side views of the points with the main stem and
+    the numbered insertions, and the divergence angles and internodes against the organ index."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    up = np.asarray(res["up"], np.float64)
+    e1, e2 = _basis(up)
+    f = res["metres_per_unit"] or 1.0
+    unit = res["units"]
+    X = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(X) > 60000:
+        X = X[np.random.default_rng(0).choice(len(X), 60000, replace=False)]
+    origin = np.zeros(3)
+    if len(X):
+        origin = up * float((X @ up).min())
+
+    def frame(x):
+        x = (np.asarray(x, np.float64).reshape(-1, 3) - origin) * f
+        return x @ e1, x @ e2, x @ up
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 6), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    P = frame(X)
+    stem = res.get("stem")
+    S = frame(stem["polyline_model"]) if stem else None
+    for ax, (i, j), title in zip(axes[:2], ((0, 2), (1, 2)), ("side view (along e2)", "side view (along e1)")):
+        ax.scatter(P[i], P[j], s=1, color="0.6", alpha=0.5, linewidths=0, label="opaque Gaussians")
+        if S is not None:
+            ax.plot(S[i], S[j], "k-", lw=1.5, label="main stem")
+        for o in res["organs"]:
+            q = frame(o["insertion_model"])
+            ax.plot(q[i], q[j], "o", mfc="none", mec="tab:red", ms=6)
+            ax.annotate(str(o["index"]), (q[i][0], q[j][0]), xytext=(5, 1), textcoords="offset points",
+                        fontsize=7, color="tab:red")
+        ax.set_title(f"{title}, {unit}", fontsize=10)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, markerscale=4, loc="upper left")
+    ax = axes[2]
+    ang = [np.nan if a is None else a for a in res["sequence"]["angles_deg"]]
+    idx = np.arange(1, len(ang) + 1)
+    ax.plot(idx, ang, "o-", color="tab:blue", ms=4, label="divergence angle (measured)")
+    ax.axhline(137.5, color="tab:blue", ls=":", lw=1, label="137.5 deg")
+    rc = res.get("reference_comparison")
+    ax.set_xlabel("organ i -> i + 1 (from the base)")
+    ax.set_ylabel("divergence angle (deg, counter-clockwise from above)", color="tab:blue")
+    ax.set_ylim(0, 360)
+    ax2 = ax.twinx()
+    ax2.plot(idx, res["sequence"]["internodes"], "s-", color="tab:orange", ms=3, label="internode")
+    ax2.set_ylabel(f"internode ({unit})", color="tab:orange")
+    title = "organ sequence"
+    if rc and rc.get("angle_error_deg_median") is not None:
+        title += (f" · vs reference: {rc['organs']['found']}/{rc['organs']['reference']} organs, median errors "
+                  f"{rc['angle_error_deg_median']:.3g} deg, {rc['internode_error_pct_of_mean']:.3g} % of mean internode")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    p = res["plant"]
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3g}"
+
+    fig.suptitle(f"geometry: plant height {fmt(p['plant_height'])} {unit} · main stem {fmt(p['stem_length'])} "
+                 f"{unit} · lateral organs {fmt(p['organ_count'])}", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1186,6 +1499,15 @@ def scale_of_scene(scene: Optional[Path], metric_poses: bool = False) -> tuple[f
                          "lengths are in the reference's units, taken as metres")
         if (scene / "gt" / "meta.json").is_file() and (scene / "gt" / "stems.json").is_file():
             return 1.0, "known poses: the synthetic scene's true poses are metric (metres)"
+        un = scene / "units.json"
+        if un.is_file():
+            try:
+                u = json.loads(un.read_text())
+            except (OSError, json.JSONDecodeError):
+                u = {}
+            mpu = u.get("metres_per_unit") if isinstance(u, dict) else None
+            if isinstance(mpu, (int, float)) and mpu > 0:
+                return float(mpu), f"known poses: {u.get('source', un)} (units.json: {u.get('units')})"
     if metric_poses:
         return 1.0, "known poses: --metric-poses says the scene's poses are in metres"
     return None, ("none: structure from motion is up to scale; lengths are in model units (give "
@@ -1195,7 +1517,8 @@ def scale_of_scene(scene: Optional[Path], metric_poses: bool = False) -> tuple[f
 def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=None,
                   metric_poses: bool = False, class_threshold: float = 0.5, min_opacity: float = 0.1,
                   node_separation: float | None = None, extend_stem: bool = True, base: str = "auto",
-                  write: bool = True) -> dict:
+                  write: bool = True, method: str = "auto", reference=None,
+                  reference_scale: float = 1.0) -> dict:
     """Measure the plant of a run folder and write RUN/phenotypes.json, .csv and .png.
 
     Args:
@@ -1206,6 +1529,15 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
         metric_poses: the scene's poses are known to be in metres.
         node_separation: in metres when the scale is known, else model units (default: derived).
         base: "auto", "ground" or "stem" (see `measure_plant`'s base_rule).
+        method: "classes" (`measure_plant`: the stem classes U/N/D/P), "geometry"
+            (`s3dgs.organs.measure_organs` on the opaque Gaussians: main stem, lateral organs,
+            internodes and divergence angles, no class needed; main-stem classes, where the model
+            has them, sharpen the main stem), or "auto": classes when the model has U and D classes
+            with at least MIN_STEM_GAUSSIANS confident opaque Gaussians, else geometry.
+        reference: a ROMI angles_internodes.json; the measured organ sequence (geometry) is aligned
+            with it (`s3dgs.sequence.align_sequences`) into ``reference_comparison``.
+        reference_scale: measured length units per reference unit (the reference's internodes are
+            multiplied by it before comparing).
 
     Returns:
         The `measure_plant` dict plus ``run``, ``scene``, ``scale`` {"metres_per_unit", "source"},
@@ -1298,10 +1630,20 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
     ns = None
     if node_separation is not None:
         ns = node_separation / (mpu or 1.0)
-    res = measure_plant(means, scales, quats, opac, probs, up=up_vec, metres_per_unit=mpu, classes=classes,
-                        class_threshold=class_threshold, min_opacity=min_opacity, node_separation=ns,
-                        pixel_size=pixel_size, extend_stem=extend_stem, base_rule=base,
-                        ground=(ground[0], ground[1]) if ground is not None else None)
+    if method not in ("auto", "classes", "geometry"):
+        raise UsageError(f"--method {method!r}: choose auto, classes or geometry")
+    usable, why = _stem_classes_usable(probs, opac, classes, class_threshold, min_opacity)
+    geo_pts = None
+    if method == "geometry" or (method == "auto" and not usable):
+        why = "--method geometry" if method == "geometry" else why
+        res, geo_pts = _measure_geometry(means, opac, probs, classes, up_vec, mpu, class_threshold,
+                                         min_opacity, ground, why, box=scene_box(scene_dir))
+    else:
+        res = measure_plant(means, scales, quats, opac, probs, up=up_vec, metres_per_unit=mpu, classes=classes,
+                            class_threshold=class_threshold, min_opacity=min_opacity, node_separation=ns,
+                            pixel_size=pixel_size, extend_stem=extend_stem, base_rule=base,
+                            ground=(ground[0], ground[1]) if ground is not None else None)
+        res["measured_by"] = "classes"
     res = {"run": str(run), "scene": str(scene_dir) if scene_dir else None,
            "scale": {"metres_per_unit": mpu, "source": scale_src}, "up_source": up_src,
            "pixel_size_model": _r(pixel_size),
@@ -1309,10 +1651,19 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
                             if ground is not None else None), **res}
     if mpu is None:
         res["notes"].insert(0, "lengths are in model units: " + scale_src)
+    if reference is not None:
+        if res.get("method") == "geometry":
+            res["reference_comparison"] = compare_to_reference(res, reference, reference_scale)
+        else:
+            res["notes"].append("--reference: the comparison needs divergence angles, which the geometry "
+                                "method measures; rerun with --method geometry")
     res["summary"] = summary_line(res)
     if write:
-        paths = write_phenotypes(res, run, means, probs, opac, classes=classes,
-                                 class_threshold=class_threshold, min_opacity=min_opacity)
+        if geo_pts is not None:
+            paths = write_phenotypes(res, run, geo_pts)
+        else:
+            paths = write_phenotypes(res, run, means, probs, opac, classes=classes,
+                                     class_threshold=class_threshold, min_opacity=min_opacity)
         res["files"] = {k: str(v) for k, v in paths.items()}
     return res
 
@@ -1320,6 +1671,16 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
 def summary_line(res: dict) -> str:
     """One line: height, nodes, internodes, peduncles, the number of notes (e.g. a stage's note)."""
     p, u = res["plant"], res["units"]
+    if res.get("method") == "geometry":
+        h = "height not measured" if p["plant_height"] is None else f"height {p['plant_height']:.3g} {u}"
+        org = "organs not measured" if p["organ_count"] is None else f"{p['organ_count']} organs"
+        line = f"{h}, {org}, {len(res['internodes'])} internodes (geometry)"
+        rc = res.get("reference_comparison")
+        if rc and rc.get("angle_error_deg_median") is not None:
+            line += (f", vs reference: {rc['organs']['found']}/{rc['organs']['reference']} organs, angle error "
+                     f"{rc['angle_error_deg_median']:.3g} deg, internode error "
+                     f"{rc['internode_error_pct_of_mean']:.3g} %")
+        return f"{line}; {len(res['notes'])} notes"
     h = "height not measured" if p["plant_height"] is None else f"height {p['plant_height']:.3g} {u}"
     nodes = "nodes not measured" if p["node_count"] is None else f"{p['node_count']} nodes"
     peds = "peduncles not measured" if p["peduncle_count"] is None else f"{p['peduncle_count']} peduncles"
@@ -1334,6 +1695,25 @@ def format_summary(res: dict) -> str:
     def v(x, unit=u):
         return "not measured" if x is None else (f"{x:.4g} {unit}" if unit else str(x))
 
+    if res.get("method") == "geometry":
+        lines = [f"scale: {res['scale']['source']}", f"up: {res['up_source']}",
+                 f"method: geometry ({res.get('method_reason', '')})",
+                 f"plant height {v(p['plant_height'])}, main stem length {v(p['stem_length'])}, "
+                 f"lateral organs {v(p['organ_count'], '')}"]
+        for i in res["internodes"]:
+            a = i.get("angle_deg")
+            lines.append(f"  organ {i['from_node']}-{i['to_node']}: internode {v(i['length'])}, divergence "
+                         + ("not measured" if a is None else f"{a:.1f} deg"))
+        rc = res.get("reference_comparison")
+        if rc:
+            o = rc["organs"]
+            lines.append(f"reference {rc['reference']}: {o['found']} of {o['reference']} organs found, "
+                         f"{o['missed']} missed, {o['extra']} extra; median angle error "
+                         f"{v(rc['angle_error_deg_median'], 'deg')}, median internode error "
+                         f"{v(rc['internode_error_median'])} ({v(rc['internode_error_pct_of_mean'], '%')} of the "
+                         "reference's mean)")
+        lines += [f"note: {n}" for n in res["notes"]]
+        return "\n".join(lines)
     lines = [f"scale: {res['scale']['source']}", f"up: {res['up_source']}",
              f"plant height {v(p['plant_height'])}, stem length {v(p['stem_length'])}, "
              f"nodes {v(p['node_count'], '')}, peduncles {v(p['peduncle_count'], '')}, "
@@ -1375,6 +1755,17 @@ class PhenotypeConfig:
     diameters."""
     extend_stem: bool = True
     """Follow the stem past its labelled ends through opaque Gaussians (to the soil and the tip)."""
+    method: Literal["auto", "classes", "geometry"] = "auto"
+    """How to measure: classes (the stem classes U/N/D/P: nodes, internodes, diameters, peduncles),
+    geometry (the shape of the opaque Gaussians alone: main stem, lateral organs, internodes and
+    divergence angles in ROMI's convention; main-stem classes, where present, guide the main stem),
+    or auto (classes when the model has confident U and D Gaussians, else geometry)."""
+    reference: Optional[Path] = None
+    """A ROMI angles_internodes.json to compare the measured organ sequence with (geometry method):
+    organs found / missed / extra and median angle and internode errors, in phenotypes.json."""
+    reference_scale: float = 1.0
+    """Measured length units per unit of the reference's internodes (its internodes are multiplied
+    by it before comparing)."""
     base: Literal["auto", "ground", "stem"] = "auto"
     """Base of the plant for heights: the ground plane under the stem (fitted to background
     Gaussians; auto uses it when found) or the stem's lowest reconstructed point (stem; use it for
@@ -1388,6 +1779,10 @@ class PhenotypeConfig:
         V.in_range("--min-opacity", self.min_opacity, 0.0, 1.0, hi_open=True)
         V.positive("--node-separation", self.node_separation)
         V.one_of("--base", self.base, ("auto", "ground", "stem"))
+        V.one_of("--method", self.method, ("auto", "classes", "geometry"))
+        V.positive("--reference-scale", self.reference_scale)
+        if self.reference is not None and not Path(self.reference).is_file():
+            raise UsageError(f"--reference {self.reference}: file not found (give ROMI's angles_internodes.json)")
         if self.scale is not None:
             parse_scale(self.scale)
         _parse_up(self.up)
@@ -1395,10 +1790,14 @@ class PhenotypeConfig:
 
 def phenotype_main(cfg: PhenotypeConfig) -> int:
     """CLI: `s3dgs phenotype RUN`."""
+    from s3dgs.runlock import run_lock
+
     cfg.validate()
-    res = run_phenotype(cfg.run, scale=cfg.scale, up=cfg.up, scene=cfg.scene, metric_poses=cfg.metric_poses,
-                        class_threshold=cfg.class_threshold, min_opacity=cfg.min_opacity,
-                        node_separation=cfg.node_separation, extend_stem=cfg.extend_stem, base=cfg.base)
+    with run_lock(cfg.run, "s3dgs phenotype", create=False):  # no other command writes into RUN meanwhile
+        res = run_phenotype(cfg.run, scale=cfg.scale, up=cfg.up, scene=cfg.scene, metric_poses=cfg.metric_poses,
+                            class_threshold=cfg.class_threshold, min_opacity=cfg.min_opacity,
+                            node_separation=cfg.node_separation, extend_stem=cfg.extend_stem, base=cfg.base,
+                        method=cfg.method, reference=cfg.reference, reference_scale=cfg.reference_scale)
     print(format_summary(res))
     print(f"-> {res['files']['json']}, {Path(res['files']['csv']).name}, {Path(res['files']['png']).name}")
     return 0

@@ -10,11 +10,25 @@
     export   OUT/run/point_cloud.ply -> OUT/run/classes/<C>.ply           s3dgs.export
     report   OUT/run -> OUT/run/report.html                               s3dgs.report
 
+INPUT may also be a ROMI scan (prepare reads its known poses: s3dgs.scene.romi) or a PREPARED SCENE
+(a folder with images/ and sparse/0, e.g. what `s3dgs prepare` or `s3dgs synth` writes): no
+structure from motion runs, the prepare stage only links its files into OUT/scene (hard links,
+copies across file systems; the input is never written to), and its depths/ (with meta.json),
+heatmaps/ and confidence.json, when present, are used as they are: the depth and heatmaps stages
+are skipped unless --depth-dir, --depth-backend transformers/gradio or --keypoints ask otherwise.
+
 Resuming: when a stage finishes, a stamp OUT/stages/<stage>.json is written atomically, holding the
-stage's key (the options it depends on) and its key outputs. A rerun skips a stage whose stamp is
-there, whose key is unchanged and whose outputs still exist; any other stage is redone (a stage
-interrupted half-way has no stamp), and every stage after a redone one is redone too. Training
-interrupted half-way continues from its last checkpoint when its options are unchanged.
+stage's key (the options it depends on), a chained key (a hash of its own key and those of every
+stage before it, so a change upstream, even in a stage skipped this time, invalidates everything
+downstream) and its key outputs. A rerun skips a stage whose stamp is there, whose chained key is
+unchanged and whose outputs still exist; any other stage is redone (a stage interrupted half-way
+has no stamp), and every stage after a redone one is redone too. Training interrupted half-way
+continues from its last checkpoint only when its options and the prepared scene (a fingerprint of
+its frames, model, priors and heatmaps) are unchanged: another input into the same OUT trains anew.
+
+One command per OUT at a time: `s3dgs run` and `s3dgs demo` hold the locks of OUT and OUT/run for
+the whole chain (s3dgs.runlock), so a second command on the same folder stops at once naming the
+first.
 
 `s3dgs demo` makes the built-in synthetic plant and runs the same chain on its rendered frames, so
 structure from motion runs for real; the synthetic scene's keypoint files stand in for a keypoint
@@ -25,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -43,7 +58,7 @@ from s3dgs.losses import SemanticConfig
 from s3dgs.options import opt
 
 __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "run_main", "demo_main",
-           "PipelineError"]
+           "PipelineError", "chain_keys", "scene_fingerprint", "is_prepared_scene"]
 
 log = logging.getLogger("s3dgs")
 
@@ -98,7 +113,9 @@ class RunConfig:
     report, each stage skipped on a rerun when its outputs are already there."""
 
     input: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="INPUT")]
-    """A video file (mp4, mov, ...) or a folder of frames (jpg/png)."""
+    """A video file (mp4, mov, ...), a folder of frames (jpg/png), a ROMI scan, or a prepared scene
+    (images/ and sparse/0, e.g. from `s3dgs synth`: no structure from motion; its depths and
+    heatmaps are used when present)."""
     out: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="OUT")]
     """Output folder: OUT/scene (the prepared scene), OUT/run (the trained model, metrics, report),
     OUT/stages (one stamp per finished stage)."""
@@ -199,8 +216,20 @@ def _output_ok(p: Path) -> bool:
     return p.is_file() and p.stat().st_size > 0
 
 
-def stage_status(stage: Stage, stamp_dir: Path) -> tuple[bool, str]:
-    """(finished and valid, why not)."""
+def chain_keys(stages: list[Stage]) -> list[str]:
+    """One hash per stage of its name and key chained with those of every stage before it: the
+    chained key of a stage changes whenever an option of it or of any earlier stage changes."""
+    out, prev = [], ""
+    for stage in stages:
+        text = json.dumps([prev, stage.name, _normalise_key(stage.key)], sort_keys=True)
+        prev = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        out.append(prev)
+    return out
+
+
+def stage_status(stage: Stage, stamp_dir: Path, chain: Optional[str] = None) -> tuple[bool, str]:
+    """(finished and valid, why not). ``chain``: the stage's chained key (:func:`chain_keys`);
+    a stamp with another one was made after other upstream options."""
     stamp = stamp_dir / f"{stage.name}.json"
     if not stamp.is_file():
         return False, "not finished"
@@ -210,6 +239,8 @@ def stage_status(stage: Stage, stamp_dir: Path) -> tuple[bool, str]:
         return False, "stamp unreadable"
     if data.get("key") != _normalise_key(stage.key):
         return False, "options changed"
+    if chain is not None and data.get("chain") != chain:
+        return False, "an earlier stage's options or input changed"
     missing = [str(p) for p in stage.outputs() if not _output_ok(Path(p))]
     if missing:
         return False, f"output missing: {missing[0]}"
@@ -221,8 +252,8 @@ def run_stages(stages: list[Stage], stamp_dir: str | Path, *, redo: tuple[str, .
     """Run `stages` in order, skipping the finished ones; returns one record per stage
     ({"stage", "status": "done"|"skipped"|"ran"|"not run", "seconds", "note"}).
 
-    A stage is redone when it has no valid stamp, when it is named in `redo`, or when a stage
-    before it was redone. Stamps are written atomically after a stage returns; the stamps of the
+    A stage is redone when it has no valid stamp (its chained key covers the keys of the stages
+    before it), when it is named in `redo`, or when a stage before it was redone. Stamps are written atomically after a stage returns; the stamps of the
     stages after a redone stage are removed before it runs, so an interruption leaves no stale ones.
     Exceptions from a stage propagate (its stamp is not written). Records are appended to
     `records` (when given) as each stage ends."""
@@ -235,8 +266,9 @@ def run_stages(stages: list[Stage], stamp_dir: str | Path, *, redo: tuple[str, .
     if unknown:
         raise PipelineError(f"--redo {', '.join(sorted(unknown))}: no such stage; stages are "
                             f"{', '.join(s.name for s in stages)}")
+    chains = chain_keys(stages)
     for i, stage in enumerate(stages):
-        ok, why = stage_status(stage, stamp_dir)
+        ok, why = stage_status(stage, stamp_dir, chains[i])
         if stage.name in redo:
             ok, why = False, "asked to redo"
         elif dirty and ok:
@@ -262,7 +294,8 @@ def run_stages(stages: list[Stage], stamp_dir: str | Path, *, redo: tuple[str, .
         info = stage.run() or {}
         seconds = time.perf_counter() - t0
         note = str(info.pop("note", "")) if isinstance(info, dict) else ""
-        stamp = {"stage": stage.name, "key": _normalise_key(stage.key), "seconds": round(seconds, 3),
+        stamp = {"stage": stage.name, "key": _normalise_key(stage.key), "chain": chains[i],
+                 "seconds": round(seconds, 3),
                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "note": note,
                  "outputs": [str(p) for p in stage.outputs()], "info": info}
         atomic_write_text(stamp_dir / f"{stage.name}.json",
@@ -285,12 +318,63 @@ def _scene_images(scene: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.suffix in IMAGE_EXTS) if d.is_dir() else []
 
 
+def is_prepared_scene(path: Path) -> bool:
+    """True for a folder holding a prepared scene: images/ and sparse/0 (a COLMAP model), and not
+    a ROMI scan (which prepare reads itself)."""
+    from s3dgs.scene.romi import is_romi_scan
+
+    path = Path(path)
+    return (path / "images").is_dir() and (path / "sparse" / "0").is_dir() and not is_romi_scan(path)
+
+
+def prepared_scene_parts(path: Path) -> dict:
+    """What a prepared scene brings beyond its frames and model: {"depth": depths/meta.json is
+    there, "heatmaps": heatmaps/ and confidence.json are there}."""
+    path = Path(path)
+    return {"depth": (path / "depths" / "meta.json").is_file(),
+            "heatmaps": _output_ok(path / "heatmaps") and (path / "confidence.json").is_file()}
+
+
+def link_prepared_scene(src: Path, scene: Path) -> dict:
+    """Make ``scene`` (OUT/scene) a copy of the prepared scene ``src`` by hard links (instant, no
+    space), copies where links fail (another file system). Later stages replace files atomically
+    (a new file, never a write through the link), so ``src`` is never changed."""
+    import os
+
+    src = Path(src)
+    if scene.exists():
+        shutil.rmtree(scene)
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, scene, copy_function=link_or_copy, symlinks=False,
+                    ignore=shutil.ignore_patterns(".lock", ".lock.json"))
+    n = len(_scene_images(scene))
+    if n == 0:
+        raise PipelineError(f"{src / 'images'}: a prepared scene needs its frames (jpg/png) there")
+    parts = prepared_scene_parts(scene)
+    extra = [k for k, v in (("depth priors", parts["depth"]), ("heatmaps", parts["heatmaps"])) if v]
+    return {"note": f"prepared scene {src}: {n} frames" + (f" with {' and '.join(extra)}" if extra else "")
+                    + " (no structure from motion)", "frames": n, **parts}
+
+
 def do_prepare(cfg: RunConfig, scene: Path) -> dict:
     from s3dgs.scene.prepare import prepare_scene
+
+    if is_prepared_scene(cfg.input):
+        return link_prepared_scene(cfg.input, scene)
 
     summary = prepare_scene(cfg.input, scene, fps=cfg.fps, max_size=cfg.max_size,
                             min_registered=cfg.min_registered, overwrite=True, quiet=not cfg.stages.train.progress)
     print(summary.text())
+    if summary.source == "romi scan":
+        return {"note": f"ROMI scan: {summary.frames_used} frames with known poses, {summary.masks} class "
+                        f"masks, {summary.points} carved points", "registered": summary.registered,
+                "frames": summary.frames_used}
     return {"note": f"{summary.registered}/{summary.frames_used} frames registered, "
                     f"{summary.mean_reprojection_error:.2f} px reprojection error",
             "registered": summary.registered, "frames": summary.frames_used}
@@ -420,21 +504,54 @@ def train_config(cfg: RunConfig, use_depth: bool) -> TrainConfig:
     return t
 
 
+SCENE_PARTS = ("images", "sparse/0", "depths", "heatmaps", "confidence.json", "points3D.ply")
+"""What training reads from a prepared scene (its fingerprint covers these)."""
+
+
+def scene_fingerprint(scene: Path) -> str:
+    """A hash of the names, sizes and modification times of every file training reads from
+    ``scene`` (:data:`SCENE_PARTS`): a re-prepared scene (other frames, another model, new priors
+    or heatmaps) has another fingerprint. Reads no file's content, so it is instant."""
+    scene = Path(scene)
+    rows = []
+    for part in SCENE_PARTS:
+        p = scene / part
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        for q in files:
+            st = q.stat()
+            rows.append([q.relative_to(scene).as_posix(), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+
+
 def do_train(cfg: RunConfig, scene: Path, run: Path, use_depth: bool, stamp_dir: Path) -> dict:
-    """Train, or continue an interrupted training of the same configuration."""
+    """Train, or continue an interrupted training of the same configuration on the same prepared
+    scene (its options and :func:`scene_fingerprint` are recorded in OUT/stages/train.started.json
+    when a training starts, and removed when it finishes; anything else starts afresh, replacing
+    the old run)."""
     from s3dgs.checkpoint import latest_checkpoint
     from s3dgs.train import SceneInputs, run_training
 
     tcfg = train_config(cfg, use_depth)
     key = _normalise_key(dataclasses.asdict(tcfg))
+    fingerprint = scene_fingerprint(scene)
     started = stamp_dir / "train.started.json"
-    same = started.is_file() and json.loads(started.read_text()).get("key") == key
+    try:
+        prev = json.loads(started.read_text()) if started.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        prev = {}
+    same = prev.get("key") == key and prev.get("scene") == fingerprint
     resume = same and latest_checkpoint(run) is not None
     if resume:
         print(f"[train] continuing the interrupted training from {latest_checkpoint(run).name}")
     else:
-        atomic_write_text(started, json.dumps({"key": key}, default=_json_default))
+        if prev and latest_checkpoint(run) is not None:
+            print("[train] the scene or the training options changed since the interrupted training: "
+                  "starting again")
+        atomic_write_text(started, json.dumps({"key": key, "scene": fingerprint}, default=_json_default))
     summary = run_training(tcfg, SceneInputs(scene=scene), run, resume=resume, overwrite=not resume)
+    # finished: a later run of this stage (--redo train, changed inputs) trains anew, it does not
+    # "continue" from the final checkpoint
+    started.unlink(missing_ok=True)
     return {"note": f"{summary['iterations']} iterations, {summary['gaussians']} Gaussians, "
                     f"{summary['train_time_s']:.0f} s",
             "gaussians": summary["gaussians"], "train_time_s": summary["train_time_s"]}
@@ -491,18 +608,29 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
     scene, run, stamps = out / "scene", out / "run", out / "stages"
     ctx = {"scene": scene, "run": run, "stamps": stamps, "depth_used": False}
     backend, depth_why = depth_plan(cfg)
-    ctx["depth_why"] = depth_why
     inp = Path(cfg.input)
+    prepared = is_prepared_scene(inp)
+    parts = prepared_scene_parts(inp) if prepared else {"depth": False, "heatmaps": False}
+    # a prepared scene's own priors stand unless the user named other ones (--depth-dir, an explicit
+    # backend) or none (--depth-backend none)
+    scene_depth = parts["depth"] and cfg.depth_dir is None and cfg.depth_backend == "auto"
+    scene_heatmaps = parts["heatmaps"] and cfg.keypoints is None
+    if scene_depth:
+        backend, depth_why = None, f"the depth priors of the prepared scene {inp}"
+    ctx["depth_why"] = depth_why
 
     def input_key():
         try:
             st = inp.stat()
-            return {"path": str(inp.resolve()), "mtime": int(st.st_mtime), "size": st.st_size}
+            key = {"path": str(inp.resolve()), "mtime": int(st.st_mtime), "size": st.st_size}
         except OSError:
             return {"path": str(inp)}
+        if prepared:  # the folder's mtime misses files changed inside it: fingerprint them (stat only)
+            key["scene"] = scene_fingerprint(inp)
+        return key
 
     prepare = Stage("prepare", lambda: do_prepare(cfg, scene),
-                    lambda: [scene / "images", scene / "sparse" / "0", scene / "prepare.json"],
+                    lambda: [scene / "images", scene / "sparse" / "0"] + ([] if prepared else [scene / "prepare.json"]),
                     {"input": input_key(), "fps": cfg.fps, "max_size": cfg.max_size,
                      "min_registered": cfg.min_registered})
 
@@ -518,17 +646,20 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
                         {"backend": backend, "model": cfg.depth_model,
                          "depth_dir": str(cfg.depth_dir) if cfg.depth_dir else None},
                         skip_reason=lambda: None if backend else depth_why)
+    if scene_depth:
+        depth_stage.skip_reason = lambda: "the prepared scene has its depth priors (depths/meta.json)"
     heat = Stage("heatmaps", lambda: do_heatmaps(cfg, scene),
                  lambda: [scene / "heatmaps", scene / "confidence.json"],
                  {"keypoints": str(cfg.keypoints) if cfg.keypoints else None,
                   "hotspot_sigma": cfg.hotspot_sigma},
                  skip_reason=lambda: None if cfg.keypoints else
+                 "the prepared scene has its heatmaps (heatmaps/, confidence.json)" if scene_heatmaps else
                  "no --keypoints given: training without semantic heatmaps")
-    use_depth = backend is not None
+    use_depth = backend is not None or scene_depth
     train = Stage("train", lambda: do_train(cfg, scene, run, use_depth, stamps),
                   lambda: [run / "point_cloud.ply", run / "train_summary.json", run / "metrics.jsonl"],
                   {"train": dataclasses.asdict(train_config(cfg, use_depth)),
-                   "keypoints": bool(cfg.keypoints)})
+                   "keypoints": bool(cfg.keypoints) or scene_heatmaps})
     ev = Stage("eval", lambda: do_eval(cfg, scene, run), lambda: [run / "metrics.json"],
                {"reference": str(cfg.reference) if cfg.reference else None})
     export = Stage("export", lambda: do_export(cfg, run), lambda: [run / "classes" / "counts.json"],
@@ -552,6 +683,14 @@ def run_pipeline(cfg: RunConfig, say: Callable[[str], None] = print) -> dict:
     """Run (or continue) the whole chain for `cfg`. Returns {"scene", "run", "report", "stages"}.
 
     Raises the modules' errors (PrepareError, SceneError, TrainingError, ...) and PipelineError."""
+    from s3dgs.runlock import run_lock
+
+    # one command per OUT at a time: the chain writes OUT/scene, OUT/stages and the run OUT/run
+    with run_lock(cfg.out, "s3dgs run"), run_lock(Path(cfg.out) / "run", "s3dgs run"):
+        return _run_pipeline_locked(cfg, say)
+
+
+def _run_pipeline_locked(cfg: RunConfig, say: Callable[[str], None]) -> dict:
     t0 = time.perf_counter()
     stages, ctx = build_stages(cfg)
     out = Path(cfg.out)
@@ -587,9 +726,13 @@ def _write_pipeline_record(run: Path, records: list[dict], total: float, ctx: di
 
 def run_main(cfg: RunConfig) -> int:
     """CLI: `s3dgs run INPUT OUT`. Errors reach s3dgs.cli.main (one line, exit status 1 or 2)."""
+    from s3dgs.runlock import RunFolderBusy
+
     cfg.validate()
     try:
         res = run_pipeline(cfg)
+    except RunFolderBusy:
+        raise  # nothing was started: the one line says what holds OUT
     except S3dgsError:
         print("s3dgs run: the finished stages are kept; rerun the same command to continue", file=sys.stderr)
         raise
@@ -638,13 +781,16 @@ def demo_run_config(cfg: DemoConfig, synth: Path) -> RunConfig:
 
 def demo_main(cfg: DemoConfig) -> int:
     """CLI: `s3dgs demo` (`make demo`)."""
+    from s3dgs.runlock import run_lock
+
     cfg.validate()
     t0 = time.perf_counter()
     try:
-        synth = make_demo_scene(cfg)
-        print("note: the depth priors are a SIMULATED Depth Anything V2 stand-in made from the synthetic "
-              "scene's true depth; the keypoint files stand in for a keypoint detector.")
-        res = run_pipeline(demo_run_config(cfg, synth))
+        with run_lock(cfg.out, "s3dgs demo"):  # one command per OUT at a time, the scene made included
+            synth = make_demo_scene(cfg)
+            print("note: the depth priors are a SIMULATED Depth Anything V2 stand-in made from the synthetic "
+                  "scene's true depth; the keypoint files stand in for a keypoint detector.")
+            res = run_pipeline(demo_run_config(cfg, synth))
     except KeyboardInterrupt:
         print("\ns3dgs demo: interrupted; rerun to continue where it stopped")
         return 130

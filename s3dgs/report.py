@@ -28,12 +28,30 @@ from typing import Optional
 
 import numpy as np
 
-from s3dgs.classes import CLASS_COLORS
+from s3dgs.classes import CLASS_COLORS, TABLES
 
 __all__ = ["write_report", "build_report_html"]
 
 # hex colours of the one class table (s3dgs/classes.py), so the report and the exports agree
 CLASS_COLOURS = {k: "#%02x%02x%02x" % rgb for k, rgb in CLASS_COLORS.items()}
+
+
+def _hex(rgb) -> str:
+    return "#%02x%02x%02x" % tuple(rgb)
+
+
+def run_colours(run: Path) -> dict[str, str]:
+    """Hex colour of each class of the run's table (RUN/config.json, `s3dgs.classes.run_class_table`),
+    over the built-in tables' colours (for class names the run does not know)."""
+    from s3dgs.classes import run_class_table
+
+    cfg = _read_json(Path(run) / "config.json")
+    cfg = cfg if isinstance(cfg, dict) else {}
+    out = {k: _hex(c) for t in TABLES.values() for k, c in t.colors.items()}
+    out.update(CLASS_COLOURS)
+    if cfg.get("class_table") or cfg.get("classes"):
+        out.update({k: _hex(c) for k, c in run_class_table(cfg).colors.items()})
+    return out
 MAX_VIEWS = 4
 MAX_POINTS = 20000
 
@@ -247,7 +265,8 @@ def _colour_depth_prior(path: Path) -> Optional[np.ndarray]:
         return None
 
 
-def _colour_heatmap(path: Path, classes) -> Optional[np.ndarray]:
+def _colour_heatmap(path: Path, classes, colours: Optional[dict] = None) -> Optional[np.ndarray]:
+    colours = colours or CLASS_COLOURS
     try:
         from matplotlib.colors import to_rgb
 
@@ -256,14 +275,15 @@ def _colour_heatmap(path: Path, classes) -> Optional[np.ndarray]:
             return None
         out = np.zeros(h.shape[:2] + (3,), np.float32)
         for k in range(h.shape[2]):
-            c = np.array(to_rgb(CLASS_COLOURS.get(classes[k] if k < len(classes) else "", "#ffffff")))
+            c = np.array(to_rgb(colours.get(classes[k] if k < len(classes) else "", "#ffffff")))
             out = np.maximum(out, h[..., k:k + 1] * c)
         return (np.clip(out, 0, 1) * 255).astype(np.uint8)
     except Exception:
         return None
 
 
-def _views_section(run: Path, scene: Optional[Path], classes) -> str:
+def _views_section(run: Path, scene: Optional[Path], classes, colours: Optional[dict] = None) -> str:
+    colours = colours or CLASS_COLOURS
     rdir = run / "renders"
     stems = sorted(p.name[: -len("_rgb.png")] for p in rdir.glob("*_rgb.png")) if rdir.is_dir() else []
     if not stems:
@@ -287,17 +307,18 @@ def _views_section(run: Path, scene: Optional[Path], classes) -> str:
                 figs.append(f"<figure>{_img_tag(_array_png(prior), f'{stem} depth prior')}"
                             f"<figcaption>{'SIMULATED ' if sim else ''}depth prior (disparity, near = warm)"
                             "</figcaption></figure>")
-            heat = _colour_heatmap(scene / "heatmaps" / f"{stem}.npy", classes)
+            heat = _colour_heatmap(scene / "heatmaps" / f"{stem}.npy", classes, colours)
             if heat is not None:
                 figs.append(f"<figure>{_img_tag(_array_png(heat), f'{stem} heatmaps')}"
                             "<figcaption>semantic heatmaps (target)</figcaption></figure>")
         parts.append(f"<h3>{_esc(stem)}</h3><div class=\"row\">{''.join(figs)}</div>")
-    legend = " ".join(f'<span style="color:{c}">&#9632;</span> {_esc(k)}' for k, c in CLASS_COLOURS.items())
-    parts.append(f"<p class=\"muted\">Heatmap colours: {legend}</p>")
+    legend = " ".join(f'<span style="color:{colours.get(k, "#ffffff")}">&#9632;</span> {_esc(k)}' for k in classes)
+    parts.append(f"<p class=\"muted\">Class colours: {legend}</p>")
     return _section("Held-out views", "\n".join(parts), "views")
 
 
-def _clouds_section(run: Path) -> str:
+def _clouds_section(run: Path, colours: Optional[dict] = None) -> str:
+    colours = colours or CLASS_COLOURS
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -337,7 +358,7 @@ def _clouds_section(run: Path) -> str:
                 continue
             if len(x) > MAX_POINTS // max(len(clouds), 1):
                 x = x[rng.choice(len(x), MAX_POINTS // max(len(clouds), 1), replace=False)]
-            ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=1.5, c=CLASS_COLOURS.get(c, "#777777"), label=f"{c} ({counts[c]})",
+            ax.scatter(x[:, 0], x[:, 1], x[:, 2], s=1.5, c=colours.get(c, "#777777"), label=f"{c} ({counts[c]})",
                        depthshade=False)
         for setter, k in ((ax.set_xlim, 0), (ax.set_ylim, 1), (ax.set_zlim, 2)):
             setter(centre[k] - span, centre[k] + span)
@@ -348,7 +369,7 @@ def _clouds_section(run: Path) -> str:
             ax.legend(fontsize=8, markerscale=6, loc="upper left")
     fig.tight_layout()
     table = "<table><tr><th>class</th><th>points</th></tr>" + "".join(
-        f'<tr><td><span style="color:{CLASS_COLOURS.get(c, "#777")}">&#9632;</span> {_esc(c)}</td>'
+        f'<tr><td><span style="color:{colours.get(c, "#777")}">&#9632;</span> {_esc(c)}</td>'
         f'<td class="num">{n:,}</td></tr>' for c, n in counts.items()) + "</table>"
     body = (f"<figure>{_img_tag(_fig_png(fig), 'per-class point clouds')}<figcaption>Gaussian centres per "
             "class (classes/&lt;C&gt;.ply), SfM/world coordinates</figcaption></figure>" + table)
@@ -485,13 +506,15 @@ def build_report_html(run_dir: str | Path, scene_dir: str | Path | None = None) 
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from s3dgs.classes import CLASSES
+    from s3dgs.classes import run_class_table
 
     run = Path(run_dir)
     scene = Path(scene_dir) if scene_dir is not None else _guess_scene(run)
-    classes = CLASSES
-    sections = [_summary_section(run, scene), _curves_section(run), _views_section(run, scene, classes),
-                _clouds_section(run), _phenotypes_section(run), _metrics_section(run), _config_section(run)]
+    cfg = _read_json(run / "config.json")
+    classes = run_class_table(cfg if isinstance(cfg, dict) else {}).names
+    colours = run_colours(run)
+    sections = [_summary_section(run, scene), _curves_section(run), _views_section(run, scene, classes, colours),
+                _clouds_section(run, colours), _phenotypes_section(run), _metrics_section(run), _config_section(run)]
     nav = " · ".join(f'<a href="#{a}" style="color:#fff">{t}</a>' for a, t in
                      (("summary", "summary"), ("curves", "curves"), ("views", "views"),
                       ("clouds", "point clouds"), ("phenotypes", "phenotypes"), ("metrics", "metrics"),
@@ -512,9 +535,12 @@ def write_report(run_dir: str | Path, scene_dir: str | Path | None = None) -> Pa
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: run folder does not exist")
-    text = build_report_html(run, scene_dir)
-    path = run / "report.html"
-    tmp = run / ".report.html.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    from s3dgs.runlock import run_lock
+
+    with run_lock(run, "the report", create=False):  # no other command writes into RUN meanwhile
+        text = build_report_html(run, scene_dir)
+        path = run / "report.html"
+        tmp = run / ".report.html.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
     return path

@@ -37,12 +37,16 @@ import torch
 import tyro
 
 from s3dgs.checkpoint import (
+    check_frames,
     check_resume,
+    check_resume_length,
     clear_run,
     holds_run,
     latest_checkpoint,
     load_latest_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
+    truncate_metrics,
 )
 from s3dgs.classes import stem_classes
 from s3dgs.config import (
@@ -118,6 +122,8 @@ class SceneInputs:
             "images_dir": pick(self.images_dir, "images"),
             "heatmap_dir": None if no_semantics else pick(self.heatmap_dir, "heatmaps"),
             "confidence_path": None if no_semantics else pick(self.confidence_path, "confidence.json", True),
+            "mask_dir": None if no_semantics else pick(None, "masks"),
+            "classes_path": pick(None, "classes.json", True),
             "depth_dir": None if no_depth else pick(self.depth_dir, "depths"),
             "pcd_path": pick(self.pcd_path, "points3D.ply", True),
         }
@@ -174,6 +180,7 @@ class FrameInputs:
     depth: bool  # has a usable depth prior
     depth_conf: Optional[torch.Tensor] = None  # [H, W] per-pixel prior confidence, when a map exists
     sfm_scale_shift: Optional[tuple[float, float]] = None  # fixed prior alignment (--depth-alignment sfm)
+    thin: Optional[torch.Tensor] = None  # [H, W] uint8 thin-structure map (--depth-thin), made on first use
 
 
 class Trainer:
@@ -223,6 +230,8 @@ class Trainer:
                                  "another --out")
             removed = clear_run(out)
             log.info("train: --overwrite removed %s from %s", ", ".join(removed), out)
+        for p in remove_stale_temporaries(out):
+            log.info("train: removed %s, left by a checkpoint write that was interrupted", p)
         self._logfile = self._jsonl = None
         self._pending: list[str] = []  # lines said before the run folder is written to
 
@@ -256,7 +265,11 @@ class Trainer:
         cfg = self.cfg
         self.paths = self.inputs.resolve(cfg.data.no_depth, cfg.data.no_semantics)
         p = self.paths
+        from s3dgs.classes import load_class_table
+
+        self.class_table = load_class_table(cfg.data.class_table or p.get("classes_path"))
         self.dataset_args = dict(colmap_dir=p["colmap_dir"], images_dir=p["images_dir"],
+                                 mask_dir=p.get("mask_dir"), class_table=self.class_table,
                                  heatmap_dir=p["heatmap_dir"], confidence_path=p["confidence_path"],
                                  depth_dir=p["depth_dir"], resolution_scale=cfg.data.resolution_scale,
                                  test_every=cfg.data.test_every, allow_weak_depth=cfg.data.allow_weak_depth)
@@ -266,10 +279,13 @@ class Trainer:
             raise SceneError(f"{p['colmap_dir']}: no training frames")
         self.ds = ds
         self.model = read_model(p["colmap_dir"])
-        self.stem_idx = stem_classes(ds.classes)
+        self.stem_idx = stem_classes(ds.classes, self.class_table)
+        if ds.both_heatmap_and_mask:
+            self.say(f"semantics: {len(ds.both_heatmap_and_mask)} frame(s) have both a heatmap and a class mask; "
+                     "the class masks are used (masks take precedence)")
         frames = []
         for f in ds.frames:
-            sem = f.heatmap_path is not None and bool((f.confidence > cfg.semantics.conf_threshold).any())
+            sem = f.semantic_source is not None and bool((f.confidence > cfg.semantics.conf_threshold).any())
             frames.append(FrameInputs(semantics=sem, depth=f.depth_path is not None,
                                       depth_conf=self._depth_conf(f)))
         self.frames = frames
@@ -299,8 +315,8 @@ class Trainer:
         if cfg.data.no_semantics:
             self.say("semantics: switched off (--no-semantics)")
         elif cfg.semantics.weight > 0 and not self.use_sem:
-            self.say("semantics: no frame has a heatmap with a confident class; training without the "
-                     "semantic term")
+            self.say("semantics: no frame has a heatmap with a confident class (nor a class mask); training "
+                     "without the semantic term")
         if cfg.data.no_depth:
             self.say("depth: switched off (--no-depth)")
         elif cfg.depth.weight > 0 and not self.use_depth:
@@ -367,6 +383,7 @@ class Trainer:
         self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)[None]
         self.config_dict = {"scene": str(self.inputs.scene) if self.inputs.scene else None,
                             "out": str(self.out), "classes": list(self.ds.classes),
+                            "class_table": self.class_table.to_dict(),
                             "resolved_paths": {k: (str(v) if v else None) for k, v in self.paths.items()},
                             "train": config_to_dict(cfg)}
 
@@ -400,9 +417,13 @@ class Trainer:
         ck, path = load_latest_checkpoint(self.out, self.device, say=self.say)
         if ck is None:
             self.say(f"resume: no readable checkpoint in {self.out / 'ckpts'}; starting from scratch")
+            truncate_metrics(self.out / "metrics.jsonl", 0)
             return
         if isinstance(ck.get("config"), dict) and "train" in ck["config"]:
             check_resume(ck["config"], self.config_dict, path)
+        check_frames(ck.get("frames"), [f.name for f in self.ds.frames], path, len(ck["perm"]))
+        check_resume_length(ck["step"], self.cfg.num_iterations, path)
+        truncate_metrics(self.out / "metrics.jsonl", ck["step"])  # rows after it are logged again
         self.params = torch.nn.ParameterDict(
             {k: torch.nn.Parameter(v.to(self.device)) for k, v in ck["params"].items()})
         self.optimizers = self._make_optimizers()
@@ -458,8 +479,11 @@ class Trainer:
         l_depth = self.depth_loss(r, item, fr, image, idx) if depth_on else zero
         l_sem = zero
         if sem_on:
+            is_mask = item["semantic_source"] == "mask"
             l_sem = semantic_loss(r.extras[0], item["heatmap"].to(dev), item["confidence"].to(dev),
-                                  fg_weight=cfg.semantics.fg_weight, conf_threshold=cfg.semantics.conf_threshold)
+                                  fg_weight=cfg.semantics.mask_fg_weight if is_mask else cfg.semantics.fg_weight,
+                                  conf_threshold=cfg.semantics.conf_threshold,
+                                  valid=item["semantic_valid"].to(dev) if is_mask else None)
         loss = l_rgb + lam_depth * l_depth + lam_sem * l_sem
         if self.strategy_kind == "mcmc":
             loss = loss + self.mcmc_regularisation()
@@ -490,10 +514,20 @@ class Trainer:
         return mcmc_regularization(self.params, scene_scale=self.sscale)
 
     def stem_map(self, item: dict) -> torch.Tensor | None:
-        """``[H, W]`` the strongest stem heatmap channel (U, D, P) of a frame, or None."""
-        if not item["has_heatmap"] or not self.stem_idx:
+        """``[H, W]`` the strongest stem channel (tomato U, D, P) of a frame's heatmap or mask, or None."""
+        if not item["semantic_source"] or not self.stem_idx:
             return None
         return item["heatmap"].to(self.device)[..., self.stem_idx].amax(-1)
+
+    def thin_map(self, item: dict, fr: FrameInputs) -> torch.Tensor:
+        """``[H, W]`` the frame's thin-structure map (s3dgs/thin.py, --depth-thin): computed from the
+        frame on its first use and kept (uint8, on the host), never per step."""
+        if fr.thin is None:
+            from s3dgs.thin import thin_structure_map
+
+            m = thin_structure_map(item["image"].numpy(), self.cfg.depth.thin_widths)
+            fr.thin = torch.from_numpy((m * 255.0 + 0.5).astype(np.uint8))
+        return fr.thin.to(self.device, non_blocking=True).float().div_(255.0)
 
     def depth_loss(self, r, item: dict, fr: FrameInputs, image: torch.Tensor, idx: int) -> torch.Tensor:
         """The depth-prior term of one view (the options of cfg.depth decide which inputs count).
@@ -507,6 +541,7 @@ class Trainer:
         out = depth_prior_loss(pred, prior, alpha, config=dc, prior_kind=self.ds.depth_kind,
                                scale_shift=fr.sfm_scale_shift, edge_image=image[0], confidence=fr.depth_conf,
                                stem_heatmap=self.stem_map(item) if (dc.stem_aware or dc.stem_one_sided) else None,
+                               thin_map=self.thin_map(item, fr) if dc.thin != "off" else None,
                                return_info=keep_fit)
         if not keep_fit:
             return out
@@ -609,6 +644,7 @@ class Trainer:
             "step": step, "params": {k: v.detach() for k, v in self.params.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "strategy_state": self.sstate, "rng": _rng_state(self.gen), "perm": self.perm,
+            "frames": [f.name for f in self.ds.frames],  # what perm indexes: --resume checks them
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.t_start,
             "config": self.config_dict,
         }, self.out, step)
@@ -655,10 +691,13 @@ def run_training(cfg: TrainConfig, inputs: SceneInputs, out: str | Path, *, resu
                  overwrite: bool = False, fixed: frozenset[str] | set[str] = frozenset()) -> dict:
     """Train according to ``cfg`` on ``inputs`` into the run folder ``out``; returns the summary
     (also RUN/train_summary.json; its "params" entry holds the trained Gaussians)."""
-    trainer = Trainer(cfg, inputs, out, resume=resume, overwrite=overwrite, fixed=fixed)
-    for step in range(trainer.start, cfg.num_iterations):
-        trainer.after_step(step, trainer.train_step(step))
-    return trainer.finish()
+    from s3dgs.runlock import run_lock
+
+    with run_lock(out, "s3dgs train"):  # one command per run folder at a time (s3dgs/runlock.py)
+        trainer = Trainer(cfg, inputs, out, resume=resume, overwrite=overwrite, fixed=fixed)
+        for step in range(trainer.start, cfg.num_iterations):
+            trainer.after_step(step, trainer.train_step(step))
+        return trainer.finish()
 
 
 def train(

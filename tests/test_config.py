@@ -29,6 +29,8 @@ def _example_value(path: str, cfg: TrainConfig):
         import typing
 
         hint = str(typing.get_type_hints(type(obj))[leaf])
+        if "str" in hint:
+            return "arabidopsis", "arabidopsis"
         return (3, "3") if "int" in hint else (0.25, "0.25")
     if isinstance(v, bool):
         return (not v), None

@@ -470,3 +470,35 @@ def test_stray_stem_gaussians_beyond_the_apex_do_not_bend_the_stem_away():
     assert res["plant"]["plant_height"] == pytest.approx(pl.H, abs=0.03)
     assert res["plant"]["stem_length"] < 1.2 * pl.H
     assert abs(res["stem"]["apex_model"][0]) < 0.05
+
+
+def test_centreline_reaches_the_top_of_the_stem_gaussians():
+    """Issue 21: a stem that leans sharply near its top (the 45-degree lean rule cuts the fitted
+    curve there) must be followed to the top of its stem-class Gaussians, with a note; stem-class
+    Gaussians above the top beyond a gap give a note saying how much the stem may be cut short."""
+    step = 0.002
+    z = np.arange(0.0, 0.36, step)
+    low = np.stack([np.zeros_like(z), np.zeros_like(z), z], 1)
+    u = np.arange(step, 0.14, step)  # then 60 degrees from up for 0.14 m: 0.07 m higher
+    lean = low[-1] + u[:, None] * np.array([np.sin(np.radians(60)), 0.0, np.cos(np.radians(60))])
+    X = np.concatenate([low, lean])
+    n = len(X)
+    pr = np.full((n, 4), 0.02)
+    pr[:, D] = 0.9
+    args = (X, np.full((n, 3), 0.0015), np.tile([1.0, 0, 0, 0], (n, 1)), np.full(n, 0.9), pr)
+    top = float(X[:, 2].max())
+    res = measure_plant(*args, up=(0, 0, 1), metres_per_unit=1.0, base_rule="stem")
+    assert res["plant"]["plant_height"] == pytest.approx(top, abs=0.01)
+    assert res["plant"]["stem_length"] == pytest.approx(0.36 + 0.14, abs=0.02)
+    assert any("extended along them" in s for s in res["notes"])
+    # the top beyond a gap of 4 cm: not joined, but said
+    far = lean[-1] + np.array([0.0, 0.0, 0.04]) + np.arange(10)[:, None] * [0.0, 0.0, step]
+    X2 = np.concatenate([X, far])
+    m = len(X2)
+    pr2 = np.full((m, 4), 0.02)
+    pr2[:, D] = 0.9
+    res2 = measure_plant(X2, np.full((m, 3), 0.0015), np.tile([1.0, 0, 0, 0], (m, 1)), np.full(m, 0.9), pr2,
+                         up=(0, 0, 1), metres_per_unit=1.0, base_rule="stem")
+    note = [s for s in res2["notes"] if "cut short" in s]
+    assert note and res2["plant"]["plant_height"] == pytest.approx(top, abs=0.01)
+    assert f"{0.04 + 9 * step:.4g}"[:3] in note[0]

@@ -1,6 +1,7 @@
 """Resume logic of `s3dgs run`: a finished stage is skipped, a half-written one is redone (with cheap
 fake stages; no structure from motion or training)."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -168,3 +169,124 @@ def test_a_broken_import_inside_eval_fails_loudly(tmp_path, monkeypatch):
     stages, _ = P.build_stages(cfg)
     ev = next(s for s in stages if s.name == "eval")
     assert ev.skip_reason is None  # nothing decides to skip evaluation quietly
+
+
+def test_a_changed_upstream_key_redoes_everything_after_it_even_when_skipped(tmp_path):
+    """Each stamp's chained key covers the keys of the stages before it: a stage skipped this time
+    (no stamp to compare) whose options changed still invalidates the stages after it."""
+    calls: list = []
+    stages = _fake_stages(tmp_path, calls, set())
+    gate = P.Stage("gate", lambda: None, list, {"reference": None}, skip_reason=lambda: "nothing to do")
+    chain = [stages[0], gate, stages[1], stages[2]]
+    P.run_stages(chain, tmp_path / "stamps", say=lambda m: None)
+    assert calls == ["a", "b", "c"]
+    calls.clear()
+    gate.key = {"reference": "another"}  # still skipped, but what comes after depends on it
+    recs = P.run_stages(chain, tmp_path / "stamps", say=lambda m: None)
+    assert calls == ["b", "c"] and [r["status"] for r in recs] == ["done", "skipped", "ran", "ran"]
+    stamp = json.loads((tmp_path / "stamps" / "c.json").read_text())
+    assert stamp["chain"] == P.chain_keys(chain)[3] != P.chain_keys(stages)[2]
+
+
+def _fake_chain(monkeypatch, calls: list, trainings: list, crash: dict):
+    """The real stage list with every module replaced by a fake; the fake training records whether it
+    was asked to resume and leaves a checkpoint."""
+    import s3dgs.train as T
+
+    def fake_prepare(cfg, scene):
+        calls.append("prepare")
+        imgs = scene / "images"
+        if imgs.exists():
+            import shutil
+
+            shutil.rmtree(imgs)
+        imgs.mkdir(parents=True)
+        for f in sorted(Path(cfg.input).iterdir()):  # the scene's frames are the input's
+            (imgs / f.name).write_bytes(f.read_bytes())
+        (scene / "sparse" / "0").mkdir(parents=True, exist_ok=True)
+        (scene / "sparse" / "0" / "cameras.bin").write_bytes(Path(cfg.input).name.encode())
+        (scene / "prepare.json").write_text("{}")
+
+    def fake_run_training(tcfg, inputs, run, *, resume=False, overwrite=False):
+        calls.append("train")
+        trainings.append({"resume": resume, "overwrite": overwrite,
+                          "frames": sorted(p.name for p in (Path(inputs.scene) / "images").iterdir())})
+        (run / "ckpts").mkdir(parents=True, exist_ok=True)
+        (run / "ckpts" / "ckpt_5.pt").write_bytes(b"ckpt")
+        if crash["train"]:
+            raise KeyboardInterrupt
+        for name in ("point_cloud.ply", "train_summary.json", "metrics.jsonl"):
+            (run / name).write_text("x")
+        return {"iterations": 10, "gaussians": 1, "train_time_s": 0.0}
+
+    def writer(name, *files):
+        def fake(*args):
+            calls.append(name)
+            run = next(a for a in args if isinstance(a, Path) and a.name == "run")
+            for f in files:
+                (run / f).parent.mkdir(parents=True, exist_ok=True)
+                (run / f).write_text("x")
+        return fake
+
+    monkeypatch.setattr(P, "do_prepare", fake_prepare)
+    monkeypatch.setattr(T, "run_training", fake_run_training)
+    monkeypatch.setattr(P, "do_eval", writer("eval", "metrics.json"))
+    monkeypatch.setattr(P, "do_export", writer("export", "classes/counts.json"))
+    monkeypatch.setattr(P, "do_phenotype", writer("phenotype", "phenotypes.json"))
+    monkeypatch.setattr(P, "do_report", lambda run, scene: (calls.append("report"),
+                                                            (run / "report.html").write_text("x")))
+
+
+def test_another_input_into_the_same_out_redoes_every_stage_and_trains_anew(tmp_path, monkeypatch):
+    calls: list = []
+    trainings: list = []
+    crash = {"train": True}
+    _fake_chain(monkeypatch, calls, trainings, crash)
+    a, b = tmp_path / "A", tmp_path / "B"
+    for d, names in ((a, ["a0.png", "a1.png"]), (b, ["b0.png", "b1.png", "b2.png"])):
+        d.mkdir()
+        for n in names:
+            (d / n).write_bytes(n.encode())
+    out = tmp_path / "out"
+    opts = P.StageOptions(train=P.TrainConfig(progress=False))
+
+    def cfg(inp):
+        return P.RunConfig(input=inp, out=out, depth_backend="none", stages=copy.deepcopy(opts))
+
+    # A: training interrupted; the same command again continues it
+    with pytest.raises(KeyboardInterrupt):
+        P.run_pipeline(cfg(a), say=lambda m: None)
+    crash["train"] = False
+    P.run_pipeline(cfg(a), say=lambda m: None)
+    assert trainings[-1] == {"resume": True, "overwrite": False, "frames": ["a0.png", "a1.png"]}
+    calls.clear()
+    # B into the same OUT: every stage again, and the training starts afresh on B's frames
+    res = P.run_pipeline(cfg(b), say=lambda m: None)
+    assert calls == ["prepare", "train", "eval", "export", "phenotype", "report"]
+    assert {r["stage"]: r["status"] for r in res["stages"]} == {
+        "prepare": "ran", "align": "skipped", "depth": "skipped", "heatmaps": "skipped", "train": "ran",
+        "eval": "ran", "export": "ran", "phenotype": "ran", "report": "ran"}
+    assert trainings[-1] == {"resume": False, "overwrite": True, "frames": ["b0.png", "b1.png", "b2.png"]}
+    # B interrupted in training, then A again: the checkpoint left is B's, A's training starts afresh
+    crash["train"] = True
+    again = cfg(b)
+    again.stages.redo = ("train",)
+    with pytest.raises(KeyboardInterrupt):
+        P.run_pipeline(again, say=lambda m: None)
+    assert trainings[-1]["resume"] is False and trainings[-1]["frames"] == ["b0.png", "b1.png", "b2.png"]
+    crash["train"] = False
+    P.run_pipeline(cfg(a), say=lambda m: None)
+    assert trainings[-1] == {"resume": False, "overwrite": True, "frames": ["a0.png", "a1.png"]}
+
+
+def test_scene_fingerprint_sees_changed_frames(tmp_path):
+    scene = tmp_path / "scene"
+    (scene / "images").mkdir(parents=True)
+    (scene / "images" / "f0.png").write_bytes(b"0")
+    fp = P.scene_fingerprint(scene)
+    assert P.scene_fingerprint(scene) == fp
+    (scene / "images" / "f1.png").write_bytes(b"1")
+    assert P.scene_fingerprint(scene) != fp
+    fp = P.scene_fingerprint(scene)
+    (scene / "confidence.json").write_text("{}")
+    assert P.scene_fingerprint(scene) != fp

@@ -113,3 +113,104 @@ def test_full_disk_while_checkpointing(tiny_scene, tmp_path, monkeypatch, capsys
 def test_resume_and_overwrite_together(tiny_scene, tmp_path, capsys):
     assert _train(tiny_scene, tmp_path / "r", "--resume", "--overwrite") == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def _drop_frame(scene, tmp_path):
+    """A copy of ``scene`` whose COLMAP model lacks its second frame (its image file stays)."""
+    import numpy as np
+
+    from s3dgs.scene.colmap import read_model, write_model
+
+    other = tmp_path / "scene_fewer"
+    shutil.copytree(scene, other)
+    m = read_model(other / "sparse" / "0")
+    views = [v for i, v in enumerate(m.views) if i != 1]
+    shutil.rmtree(other / "sparse" / "0")
+    write_model(other / "sparse" / "0", [v.name for v in views], np.stack([v.K for v in views]),
+                np.stack([v.viewmat for v in views]), views[0].width, views[0].height, m.xyz, m.rgb)
+    return other, m.views[1].name
+
+
+def test_resume_on_changed_frames_is_refused(tiny_scene, finished_run, tmp_path, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    (run / "ckpts" / "ckpt_30.pt").unlink()
+    fewer, gone = _drop_frame(tiny_scene, tmp_path)
+    # same options, same scene path: only the frames differ
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["scene"] = str(fewer)
+    cfg["resolved_paths"] = {k: (v.replace(str(tiny_scene), str(fewer)) if v else v)
+                             for k, v in cfg["resolved_paths"].items()}
+    for p in run.glob("ckpts/ckpt_*.pt"):
+        ck = torch.load(p, weights_only=False)
+        ck["config"] = cfg
+        torch.save(ck, p)
+    before = _snapshot(run)
+    assert _train(fewer, run, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "the scene's training frames changed" in err and f"removed: {gone}" in err
+    assert "--overwrite to start again" in err
+    assert _snapshot(run) == before
+
+
+def test_check_frames_names_added_and_reordered(tmp_path):
+    from s3dgs.checkpoint import check_frames
+    from s3dgs.errors import UsageError
+
+    ck = tmp_path / "ckpt_10.pt"
+    check_frames(["a", "b"], ["a", "b"], ck)
+    check_frames(None, ["a", "b"], ck, n_perm=2)  # an older checkpoint without names: the count agrees
+    with pytest.raises(UsageError, match=r"2 frames in the checkpoint, 3 in the scene now; added: c\)"):
+        check_frames(["a", "b"], ["a", "b", "c"], ck)
+    with pytest.raises(UsageError, match="the same names in another order"):
+        check_frames(["a", "b"], ["b", "a"], ck)
+    with pytest.raises(UsageError, match="trained on 3 frames, the scene has 2"):
+        check_frames(None, ["a", "b"], ck, n_perm=3)
+
+
+def test_resume_shorter_than_the_checkpoint_is_refused(tiny_scene, finished_run, tmp_path, capsys):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    before = _snapshot(run)
+    assert main(["train", str(tiny_scene), "--out", str(run), "--num-iterations", "20", "--ckpt-every", "10",
+                 *FAST, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-iterations 20: below the iteration of" in err and "ckpt_30.pt (30)" in err
+    assert "Traceback" not in err
+    assert _snapshot(run) == before  # config and summary still say 30
+
+
+def test_interrupted_then_resumed_logs_each_row_once(tiny_scene, tmp_path, monkeypatch, capsys):
+    from s3dgs.train import Trainer
+
+    real_step = Trainer.train_step
+
+    def step(self, i):
+        if i == 25:  # Ctrl-C between the checkpoint of 20 and the end
+            raise KeyboardInterrupt
+        return real_step(self, i)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    run = tmp_path / "r"
+    assert _train(tiny_scene, run, "--log-every", "5") == 130
+    rows = [json.loads(x)["iter"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [5, 10, 15, 20, 25]  # 25 was logged after the checkpoint of 20
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 2')  # and a half-written line, as a kill leaves
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert _train(tiny_scene, run, "--log-every", "5", "--resume") == 0
+    rows = [json.loads(x)["iter"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [5, 10, 15, 20, 25, 30]
+
+
+def test_leftover_temporary_checkpoint_is_removed_at_the_next_start(tiny_scene, finished_run, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    (run / "ckpts" / "ckpt_30.pt").unlink()
+    (run / "point_cloud.ply").unlink()
+    tmp = run / "ckpts" / ".ckpt_30.pt.k3j9x_ab.tmp"  # what atomic.py names it; the write was killed
+    tmp.write_bytes(b"half a checkpoint")
+    assert _train(tiny_scene, run, "--resume") == 0
+    assert not tmp.exists()
+    assert sorted(p.name for p in (run / "ckpts").iterdir()) == ["ckpt_10.pt", "ckpt_20.pt", "ckpt_30.pt"]

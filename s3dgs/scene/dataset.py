@@ -2,8 +2,21 @@
 
 A scene is a COLMAP model (read by pycolmap, `s3dgs.scene.colmap`), its images, and optional
 per-frame inputs: skeleton heatmaps (`heatmaps/<stem>.npy`, [H, W, K] in [0, 1]), per-class
-confidences (`confidence.json`), and monocular depth priors (`depths/<stem>.png`, 16-bit, with
-`depths/meta.json`). Optional inputs stay optional and are reported once.
+confidences (`confidence.json`), class masks (`masks/`), and monocular depth priors
+(`depths/<stem>.png`, 16-bit, with `depths/meta.json`). Optional inputs stay optional and are
+reported once.
+
+Classes follow a class table (`s3dgs.classes`: the scene's `classes.json`, else tomato). Class
+masks come in two layouts, per frame:
+
+- `masks/<image stem>.png`: one 8-bit id per pixel; 0 background (no class), k the k-th class of
+  the table (1-based, channel order), 255 unlabelled (not supervised);
+- `masks/<image stem>/<class name>.png`: one 8-bit PNG per class, nonzero = that class (a class
+  without a file is absent from the frame; every pixel is labelled).
+
+A mask becomes a one-hot target `[H, W, K]` with a validity map `[H, W]` (False where unlabelled),
+and confidence 1 for every class unless `confidence.json` has an entry for the frame. A frame with
+both a heatmap and a mask is supervised by the mask (said once in the log).
 
 Memory: frames are kept as uint8 and heatmaps/depth as float16; when the whole cache would exceed
 `cache_bytes` the dataset loads lazily from disk instead (see benchmarks/dataset.py). Every
@@ -11,7 +24,9 @@ file is checked when the dataset is built (headers only, so building is cheap; p
 frame is loaded), and a bad file raises `SceneError` naming the file and the fix:
 
 - a frame must have its camera's aspect ratio (another size of the same aspect rescales K);
-- heatmaps and depth maps must have their frame's aspect ratio (another size is resized);
+- heatmaps, masks and depth maps must have their frame's aspect ratio (another size is resized;
+  masks by nearest neighbour);
+- masks must be 8-bit, hold ids up to K or 255, and name classes of the table (folder layout);
 - heatmaps must hold values in [0, 1] (a map in 0..255 is refused, not clipped);
 - depth maps must be 16-bit and not constant, the check of `s3dgs depth verify`
   (`s3dgs.depth.io.depth_format_problem` / `depth_values_problem`), unless the dataset is built
@@ -31,6 +46,7 @@ import torch
 from PIL import Image
 
 from s3dgs import CLASSES
+from s3dgs.classes import UNLABELLED, ClassTable, load_class_table, scene_class_table
 from s3dgs.depth.io import (
     DepthFileError,
     depth_format_problem,
@@ -59,10 +75,16 @@ class Frame:
     height: int
     K: np.ndarray  # [3, 3] float64, after resolution_scale
     viewmat: np.ndarray  # [4, 4] float64 world-to-camera
-    heatmap_path: Path | None
+    heatmap_path: Path | None  # None also when a mask supervises the frame instead
     depth_path: Path | None
     confidence: np.ndarray  # [K] float32; zeros when the frame has no entry
     has_confidence: bool
+    mask_path: Path | None = None  # masks/<stem>.png (ids) or masks/<stem>/ (one PNG per class)
+
+    @property
+    def semantic_source(self) -> str | None:
+        """What supervises the frame's semantics: "mask", "heatmap" or None."""
+        return "mask" if self.mask_path is not None else "heatmap" if self.heatmap_path is not None else None
 
 
 def split_indices(names: list[str], test_every: int = 8) -> tuple[list[int], list[int]]:
@@ -104,6 +126,8 @@ def _find_image(images_dir: Path, name: str) -> Path:
 
 
 def _read_confidence(path: Path | None, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``{frame stem: [K] float32}``; NaN for a class the entry does not name (0 for a heatmap
+    frame: gated off; 1 for a mask frame: a mask is certain of the classes it is not told about)."""
     if path is None:
         return {}
     path = Path(path)
@@ -123,10 +147,11 @@ def _read_confidence(path: Path | None, classes: tuple[str, ...]) -> dict[str, n
         if not isinstance(entry, dict):
             raise SceneError(f"{path}: entry {stem!r} must map classes to numbers, got {entry!r}")
         try:
-            vals = np.array([float(entry.get(c, 0.0)) for c in classes], np.float32)
+            given = [float(entry[c]) for c in classes if c in entry]
+            vals = np.array([float(entry[c]) if c in entry else np.nan for c in classes], np.float32)
         except (TypeError, ValueError) as exc:
             raise SceneError(f"{path}: entry {stem!r} holds a non-numeric confidence ({exc})") from exc
-        if not np.isfinite(vals).all():
+        if not np.isfinite(given).all():
             raise SceneError(f"{path}: entry {stem!r} holds NaN or inf")
         out[Path(stem).stem] = vals
     return out
@@ -153,22 +178,141 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise SceneError(f"{path}: unreadable heatmap ({exc}). Regenerate it with `s3dgs heatmaps`.") from exc
 
 
+_MASK_FIX = ("Write masks/<image stem>.png with one 8-bit id per pixel (0 background, k = the k-th class "
+             "of the table, 255 unlabelled), or masks/<image stem>/<class name>.png, one 8-bit PNG per class "
+             "(nonzero = that class).")
+
+
+def _png_header(path: Path) -> tuple[str, tuple[int, int]]:
+    try:
+        with Image.open(path) as im:
+            return im.mode, im.size
+    except Exception as exc:
+        raise SceneError(f"{path}: unreadable class mask ({exc}). {_MASK_FIX}") from exc
+
+
+def _check_mask_png(path: Path, image: Path, size: tuple[int, int]) -> None:
+    """Header checks of one mask PNG: 8-bit, the frame's aspect ratio."""
+    mode, msize = _png_header(path)
+    if mode not in ("L", "P", "1"):
+        raise SceneError(f"{path}: class mask has PIL mode {mode!r}, not 8-bit (L or P). {_MASK_FIX}")
+    if not _same_aspect(msize, size):
+        raise SceneError(f"{path}: class mask is {msize[0]}x{msize[1]} but image {image.name} is "
+                         f"{size[0]}x{size[1]}, another aspect ratio. Make the masks from these frames "
+                         "(a mask of the same aspect ratio at another size is resized).")
+
+
+def _find_mask(mask_dir: Path, stem: str, table: ClassTable, image: Path, size: tuple[int, int]) -> Path | None:
+    """The frame's mask (``<stem>.png`` or ``<stem>/``) after the header checks, or None."""
+    ids, folder = mask_dir / f"{stem}.png", mask_dir / stem
+    if ids.is_file() and folder.is_dir():
+        raise SceneError(f"{mask_dir}: frame {stem} has both {ids.name} and {folder.name}/; keep one "
+                         "layout per frame.")
+    if ids.is_file():
+        _check_mask_png(ids, image, size)
+        return ids
+    if folder.is_dir():
+        files = sorted(folder.glob("*.png"))
+        unknown = [f.name for f in files if f.stem not in table.names]
+        if unknown:
+            raise SceneError(f"{folder}: {', '.join(unknown)} name(s) no class of the {table.name!r} table "
+                             f"({', '.join(table.names)}). Rename the files <class name>.png, or choose "
+                             "the scene's table in SCENE/classes.json or with --class-table.")
+        for f in files:
+            _check_mask_png(f, image, size)
+        return folder
+    return None
+
+
+def _resize_nearest(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Nearest-neighbour resize of ``[H, W, ...]``, sampling at pixel centres (masks: no new ids)."""
+    H, W = a.shape[:2]
+    if (H, W) == (h, w):
+        return a
+    ys = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
+    xs = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
+    return a[ys][:, xs]
+
+
+def load_mask(path: str | Path, table: ClassTable, height: int | None = None,
+              width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A frame's class mask as ``(target [H, W, K] uint8 0/1, valid [H, W] bool)``.
+
+    ``path``: ``<stem>.png`` (ids: 0 background, k = class k of ``table``, 255 unlabelled -> not
+    valid) or a folder ``<stem>/`` of ``<class name>.png`` (nonzero = that class; every pixel valid;
+    a class may be missing, all its files must have one size). ``height, width``: resize (nearest)
+    to this size. Raises SceneError naming the file for ids above K other than 255 or unknown
+    class files.
+    """
+    path = Path(path)
+    k = len(table)
+    try:
+        if path.is_dir():
+            planes, size = {}, None
+            for f in sorted(path.glob("*.png")):
+                if f.stem not in table.names:
+                    raise SceneError(f"{f}: names no class of the {table.name!r} table "
+                                     f"({', '.join(table.names)}). {_MASK_FIX}")
+                with Image.open(f) as im:
+                    a = np.asarray(im)
+                if a.ndim != 2:
+                    raise SceneError(f"{f}: class mask must be one 8-bit channel, got shape {a.shape}. {_MASK_FIX}")
+                if size is not None and a.shape != size:
+                    raise SceneError(f"{f}: is {a.shape[1]}x{a.shape[0]} but the other class files of "
+                                     f"{path.name}/ are {size[1]}x{size[0]}; give every class file one size.")
+                size = a.shape
+                planes[f.stem] = a != 0
+            if size is None:
+                size = (height, width) if height and width else (1, 1)
+            target = np.stack([planes.get(c, np.zeros(size, bool)) for c in table.names], -1).astype(np.uint8)
+            valid = np.ones(size, bool)
+        else:
+            with Image.open(path) as im:
+                ids = np.asarray(im)
+            if ids.ndim != 2:
+                raise SceneError(f"{path}: class mask must be one 8-bit channel, got shape {ids.shape}. "
+                                 f"{_MASK_FIX}")
+            bad = (ids > k) & (ids != UNLABELLED)
+            if bad.any():
+                found = sorted(int(v) for v in np.unique(ids[bad]))
+                raise SceneError(f"{path}: class mask holds id(s) {', '.join(map(str, found[:8]))} but the "
+                                 f"{table.name!r} table has {k} classes ({', '.join(table.names)}: ids 1-{k}; "
+                                 "0 background, 255 unlabelled). Fix the mask or choose the scene's table in "
+                                 "SCENE/classes.json or with --class-table.")
+            valid = ids != UNLABELLED
+            target = (ids[..., None] == np.arange(1, k + 1, dtype=ids.dtype)).astype(np.uint8)
+    except SceneError:
+        raise
+    except Exception as exc:
+        raise SceneError(f"{path}: unreadable class mask ({exc}). {_MASK_FIX}") from exc
+    if height and width and target.shape[:2] != (height, width):
+        target = _resize_nearest(target, height, width)
+        valid = _resize_nearest(valid, height, width)
+    return np.ascontiguousarray(target), np.ascontiguousarray(valid)
+
+
 class SceneDataset(torch.utils.data.Dataset):
     """One COLMAP scene with optional heatmaps, confidences and depth priors.
 
     Items are dicts:
-        image [H, W, 3] float32 in [0, 1]; heatmap [H, W, K] float32 (zeros when absent);
-        confidence [K] float32 (zeros when absent: the frame's classes are gated off);
-        has_heatmap bool; depth [H, W] float32 (only when the frame has one) and depth_kind str;
+        image [H, W, 3] float32 in [0, 1]; heatmap [H, W, K] float32: the semantic target, the
+        heatmap or the one-hot class mask (zeros when absent); semantic_valid [H, W] bool (False on
+        unlabelled mask pixels); semantic_source "mask", "heatmap" or "" (none);
+        confidence [K] float32 (zeros when absent: the frame's classes are gated off; ones for a
+        mask frame without an entry); has_heatmap bool (a heatmap is the target), has_mask bool;
+        depth [H, W] float32 (only when the frame has one) and depth_kind str;
         viewmat [4, 4] float32 world-to-camera; K [3, 3] float32; width, height; image_id; name; index.
 
     Args:
         colmap_dir: COLMAP model (binary or text; scene, sparse/ or sparse/0 accepted).
         images_dir: folder of the frames named in the model.
         heatmap_dir, confidence_path, depth_dir: optional S-3DGS inputs.
+        mask_dir: optional class masks (see the module docstring); they take precedence over
+            heatmaps for a frame that has both.
         resolution_scale: rescales images, heatmaps, depth and K consistently (e.g. 0.5).
         split: "all", "train" or "test"; test_every: every n-th frame (sorted by name) held out.
-        classes: heatmap channel order.
+        classes: heatmap channel order (when no ``class_table`` is given).
+        class_table: a `s3dgs.classes.ClassTable`, a built-in name or a JSON file; sets ``classes``.
         cache: "auto" (keep compact arrays in memory when they fit `cache_bytes`), "memory" or "none".
         allow_weak_depth: accept 8-bit and constant depth maps (refused by default, as
             `s3dgs depth verify` flags them).
@@ -190,6 +334,8 @@ class SceneDataset(torch.utils.data.Dataset):
         cache_bytes: int = 2 * 1024**3,
         verbose: bool = True,
         allow_weak_depth: bool = False,
+        mask_dir: str | Path | None = None,
+        class_table: ClassTable | str | Path | None = None,
     ):
         if split not in ("all", "train", "test"):
             raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
@@ -200,7 +346,18 @@ class SceneDataset(torch.utils.data.Dataset):
             raise SceneError(f"{self.images_dir}: images folder does not exist.")
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir else None
         self.depth_dir = Path(depth_dir) if depth_dir else None
+        if class_table is not None:
+            self.class_table = load_class_table(class_table)
+            classes = self.class_table.names
+        else:
+            from s3dgs.classes import run_class_table
+
+            self.class_table = run_class_table({}, tuple(classes))
         self.classes = tuple(classes)
+        self.mask_dir = Path(mask_dir) if mask_dir else None
+        if self.mask_dir is not None and not self.mask_dir.is_dir():
+            raise SceneError(f"{self.mask_dir}: class mask folder does not exist. Point mask_dir at the "
+                             "folder holding <image stem>.png masks, or leave it out.")
         self.resolution_scale = float(resolution_scale)
         self.allow_weak_depth = bool(allow_weak_depth)
         self.model: ColmapModel = read_model(colmap_dir)
@@ -215,7 +372,8 @@ class SceneDataset(torch.utils.data.Dataset):
         self.split = split
 
         frames: list[Frame] = []
-        missing_hm = missing_depth = missing_conf = 0
+        missing_hm = missing_depth = missing_conf = n_masks = 0
+        both: list[str] = []
         rescaled_note = False
         for idx in keep:
             v = self.model.views[idx]
@@ -236,10 +394,15 @@ class SceneDataset(torch.utils.data.Dataset):
             K[0] *= W / w0
             K[1] *= H / h0
             stem = Path(v.name).stem
-            hm = None
+            hm = mp = None
+            if self.mask_dir is not None:
+                mp = _find_mask(self.mask_dir, stem, self.class_table, path, (w0, h0))
+                n_masks += mp is not None
             if self.heatmap_dir is not None:
                 cand = self.heatmap_dir / f"{stem}.npy"
-                if cand.exists():
+                if cand.exists() and mp is not None:
+                    both.append(stem)  # the mask takes precedence; the heatmap is not read
+                elif cand.exists():
                     shape, _ = _npy_header(cand)
                     if len(shape) != 3 or shape[2] != len(self.classes):
                         raise SceneError(f"{cand}: heatmap has shape {shape}, expected [H, W, "
@@ -271,19 +434,23 @@ class SceneDataset(torch.utils.data.Dataset):
                 else:
                     missing_depth += 1
             if stem in conf:
-                c, has_c = conf[stem], True
+                c, has_c = np.nan_to_num(conf[stem], nan=1.0 if mp is not None else 0.0), True
+            elif mp is not None:  # a mask is certain of every class unless confidence.json says otherwise
+                c, has_c = np.ones(len(self.classes), np.float32), False
             else:
                 c, has_c = np.zeros(len(self.classes), np.float32), False
                 if confidence_path is not None:
                     missing_conf += 1
             frames.append(Frame(index=len(frames), image_id=v.image_id, name=v.name, stem=stem,
                                 image_path=path, width=W, height=H, K=K, viewmat=v.viewmat.copy(),
-                                heatmap_path=hm, depth_path=dp, confidence=c, has_confidence=has_c))
+                                heatmap_path=hm, depth_path=dp, confidence=c, has_confidence=has_c,
+                                mask_path=mp))
         self.frames = frames
         self._warned_depth_resize = False
 
         n = len(frames)
         per_frame = sum(f.width * f.height * (3 + 2 * len(self.classes) * (f.heatmap_path is not None)
+                                              + (len(self.classes) + 1) * (f.mask_path is not None)
                                               + 2 * (f.depth_path is not None)) for f in frames)
         if cache == "auto":
             cache = "memory" if per_frame <= cache_bytes else "none"
@@ -296,11 +463,15 @@ class SceneDataset(torch.utils.data.Dataset):
             "frames": n, "split": split, "heatmaps": n - missing_hm if self.heatmap_dir else 0,
             "depth": n - missing_depth if self.depth_dir else 0, "depth_kind": self.depth_kind,
             "confidence": n - missing_conf if confidence_path else 0, "cache": cache,
+            "masks": n_masks, "classes": self.class_table.name,
             "resolution": f"{frames[0].width}x{frames[0].height}" if frames else "-",
         }
         if verbose and n:
             parts = [f"{n} frames ({split}, {self.summary['resolution']})"]
             parts.append(f"heatmaps {self.summary['heatmaps']}/{n}" if self.heatmap_dir else "no heatmaps")
+            if self.mask_dir is not None:
+                parts.append(f"class masks {n_masks}/{n} ({self.class_table.name} classes: "
+                             f"{', '.join(self.classes)})")
             parts.append(f"depth {self.summary['depth']}/{n} ({self.depth_kind})" if self.depth_dir
                          else "no depth priors")
             if confidence_path:
@@ -312,12 +483,16 @@ class SceneDataset(torch.utils.data.Dataset):
             if rescaled_note:
                 msg += "; images differ in size from the COLMAP cameras, K rescaled to match"
             log.info(msg)
+        if both and verbose:
+            log.info("dataset: %d frame(s) have both a heatmap and a class mask (%s%s); the masks are used "
+                     "(masks take precedence)", len(both), ", ".join(both[:3]), ", ..." if len(both) > 3 else "")
+        self.both_heatmap_and_mask = both
         if cache == "memory":
             for i in range(n):
                 self._cache[i] = self._load_compact(i)
 
     @classmethod
-    def from_dir(cls, scene: str | Path, **kwargs) -> "SceneDataset":
+    def from_dir(cls, scene: str | Path, **kwargs) -> SceneDataset:
         """Build from the conventional layout: scene/{images, sparse/0, heatmaps, confidence.json, depths}.
         Explicit keyword arguments override the conventional paths."""
         scene = Path(scene)
@@ -331,6 +506,10 @@ class SceneDataset(torch.utils.data.Dataset):
             kwargs["confidence_path"] = scene / "confidence.json"
         if "depth_dir" not in kwargs and (scene / "depths").is_dir():
             kwargs["depth_dir"] = scene / "depths"
+        if "mask_dir" not in kwargs and (scene / "masks").is_dir():
+            kwargs["mask_dir"] = scene / "masks"
+        if "class_table" not in kwargs and "classes" not in kwargs:
+            kwargs["class_table"] = scene_class_table(scene)
         ds = cls(**kwargs)
         ds.scene_dir = scene
         return ds
@@ -366,6 +545,8 @@ class SceneDataset(torch.utils.data.Dataset):
             if hm.shape[:2] != (f.height, f.width):
                 hm = _resize(hm, f.height, f.width)
             out["heatmap"] = np.clip(hm, 0.0, 1.0).astype(np.float16)
+        if f.mask_path is not None:
+            out["mask"], out["mask_valid"] = load_mask(f.mask_path, self.class_table, f.height, f.width)
         if f.depth_path is not None:
             try:
                 d = load_depth_png(f.depth_path)
@@ -395,16 +576,22 @@ class SceneDataset(torch.utils.data.Dataset):
         item = {
             "image": torch.from_numpy(data["image"]).float().div_(255.0),
             "confidence": torch.from_numpy(f.confidence.copy()),
-            "has_heatmap": f.heatmap_path is not None,
+            "has_heatmap": f.heatmap_path is not None, "has_mask": f.mask_path is not None,
+            "semantic_source": f.semantic_source or "",
             "viewmat": torch.from_numpy(f.viewmat.astype(np.float32)),
             "K": torch.from_numpy(f.K.astype(np.float32)),
             "width": f.width, "height": f.height,
             "image_id": f.image_id, "name": f.name, "index": i,
         }
-        if "heatmap" in data:
+        if "mask" in data:
+            item["heatmap"] = torch.from_numpy(data["mask"].astype(np.float32))
+            item["semantic_valid"] = torch.from_numpy(data["mask_valid"].copy())
+        elif "heatmap" in data:
             item["heatmap"] = torch.from_numpy(data["heatmap"].astype(np.float32))
         else:
             item["heatmap"] = torch.zeros(f.height, f.width, len(self.classes))
+        if "semantic_valid" not in item:
+            item["semantic_valid"] = torch.ones(f.height, f.width, dtype=torch.bool)
         if "depth" in data:
             item["depth"] = torch.from_numpy(data["depth"].astype(np.float32))
             item["depth_kind"] = self.depth_kind
