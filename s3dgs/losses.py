@@ -90,11 +90,11 @@ class DepthLossConfig:
     """Thin structures found in the frame itself (a Hessian ridge filter, no heatmaps needed; see
     s3dgs/thin.py), where a monocular prior puts stems at the depth of what lies behind them.
     off: no special treatment; down: thin pixels weigh --depth-thin-weight in the alignment and the
-    loss; one-sided: thin pixels weigh --depth-thin-weight in the alignment, and in the loss count only
-    where the render lies behind the prior's surface (the loss never pulls a thin structure back
-    toward the background)."""
+    loss; one-sided: thin pixels leave the alignment and count in the loss only where the render lies
+    behind the prior's surface (the loss never pulls a thin structure back toward the background)."""
     thin_weight: Annotated[float, _arg("depth-thin-weight")] = 0.1
-    """Weight of a sure thin pixel (map value 1) with --depth-thin down / one-sided (0-1; 0 ignores them)."""
+    """Weight of a sure thin pixel (map value 1) with --depth-thin down (0-1; 0 ignores them); with
+    one-sided, the weight in the alignment of the map's fringe (values up to 0.5)."""
     thin_max_width: Annotated[int, _arg("depth-thin-max-width")] = 6
     """Widest structure, in frame pixels, that --depth-thin treats as thin (1 to 32; the prior blurs
     structures narrower than about 5 px at its 518 px input, i.e. 5 * short side / 518 frame px)."""
@@ -587,11 +587,13 @@ def depth_prior_loss(
 
     ``thin_map [H, W]`` in [0, 1] (:func:`s3dgs.thin.thin_structure_map` of the frame; used only
     when ``thin`` is not ``"off"``): thin structures found in the frame itself. ``thin="down"``:
-    weight ``1 + (thin_weight - 1) * thin_map`` in the fit and the loss; ``thin="one-sided"``: the
-    same weight in the fit only, and on thin pixels (``thin_map > 0.5``) only residuals that mean
-    "rendered farther than the prior" count (the same rule as ``stem_one_sided``) -- the loss never
-    pulls a thin structure toward the background the prior puts it in; it still pulls it forward
-    when it is rendered behind the prior's surface.
+    weight ``1 + (thin_weight - 1) * thin_map`` in the fit and the loss; ``thin="one-sided"``: on
+    thin pixels (``thin_map > 0.5``) only residuals that mean "rendered farther than the prior"
+    count (the same rule as ``stem_one_sided``), and they leave the fit (elsewhere the fit weight
+    is ``1 + (thin_weight - 1) * thin_map``): the gradient also flows through the fit, and a thin
+    pixel in it would be pulled toward the prior through the fit -- so the loss never pulls a thin
+    structure toward the background the prior puts it in; it still pulls it forward when it is
+    rendered behind the prior's surface.
 
     ``gate_disagreement`` ``k > 0``: pixels whose residual after alignment exceeds ``k`` times the
     median absolute residual of the view's valid pixels leave the loss (gating by disagreement; the
@@ -711,9 +713,11 @@ def depth_prior_loss(
         if tm.shape != z.shape:
             raise ValueError(f"depth_prior_loss: thin_map {tuple(tm.shape)} vs depth {tuple(z.shape)}")
         thin_w = 1.0 + (float(thin_weight) - 1.0) * tm
-        fit_w = fit_w * thin_w
         if thin == "down":
+            fit_w = fit_w * thin_w
             loss_w = loss_w * thin_w
+        else:  # one-sided: a bound is no measurement, so sure thin pixels leave the fit
+            fit_w = fit_w * torch.where(tm > 0.5, torch.zeros_like(tm), thin_w)
     if edge_image is not None:
         loss_w = loss_w * sobel_edge_weight(edge_image, edge_strength).to(dt)
 

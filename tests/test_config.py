@@ -44,7 +44,7 @@ def _example_value(path: str, cfg: TrainConfig):
     if isinstance(v, str):
         choices = {"strategy": "mcmc", "backend": "torch", "device": "cpu", "schedule": "exp", "loss": "seed",
                    "space": "depth", "alignment": "sfm", "activation": "softmax",
-                   "key_for_gradient": "gradient_2dgs"}
+                   "key_for_gradient": "gradient_2dgs", "thin": "one-sided"}
         new = choices[leaf]
         return new, new
     raise AssertionError(f"no example for {path} = {v!r}")

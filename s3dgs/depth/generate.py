@@ -57,6 +57,7 @@ from s3dgs.depth.io import (
     save_depth_png,
     write_meta,
 )
+from s3dgs.depth.tiles import DEFAULT_OVERLAP, auto_tiles, predict_tiled
 from s3dgs.errors import S3dgsError
 from s3dgs.options import opt
 
@@ -264,6 +265,8 @@ def generate_depth(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    tiles: int | str = 1,
+    tile_overlap: float = DEFAULT_OVERLAP,
 ) -> DepthSummary:
     """Write one Depth Anything V2 disparity map per image of `images_dir` into `out_dir`.
 
@@ -282,6 +285,11 @@ def generate_depth(
         overwrite: regenerate maps that already exist and are valid.
         progress: show a progress bar (images per second).
         log: where messages go (print by default).
+        tiles: tiles per side (1: one pass over the whole frame), or "auto": enough that each
+            tile's short side is at most the network's input short side, so the network sees the
+            frame at its native resolution (`s3dgs.depth.tiles`). Each tile is predicted at the
+            network's input size, aligned (scale and shift in disparity) to the whole-frame
+            prediction and blended with smooth ramps over `tile_overlap` (a fraction of a tile).
 
     Returns:
         DepthSummary (generated / skipped / failed with reasons). Problems with the folders or
@@ -358,6 +366,9 @@ def generate_depth(
                         entry["note"] = pred.note
                     if getattr(engine, "input_size", None):
                         entry["input_size"] = engine.input_size
+                    if pred_tiles.get(img.name, 1) > 1:
+                        entry["tiles"] = pred_tiles[img.name]
+                        entry["tile_overlap"] = tile_overlap
                     save_depth_png(dst, u16, info=entry, compress_level=PNG_COMPRESS_LEVEL)
                 except (DepthFileError, OSError) as exc:
                     error = exc
@@ -377,10 +388,12 @@ def generate_depth(
             bar.update(1)
             book.save()
 
+        pred_tiles: dict[str, int] = {}  # image name -> tiles per side used
+        tile = _tiler(engine, tiles, tile_overlap, pred_tiles) if str(tiles) != "1" else None
         if engine.name == "gradio":
-            _run_gradio(engine, todo, finish, say, log)
+            _run_gradio(engine, todo, finish, say, log, tile)
         else:
-            _run_transformers(engine, todo, finish, say)
+            _run_transformers(engine, todo, finish, say, tile)
     except KeyboardInterrupt:
         summary.interrupted = True
         say("Interrupted: maps written so far are complete; rerun the same command to resume.")
@@ -402,7 +415,48 @@ def generate_depth(
     return summary
 
 
-def _run_transformers(engine: TransformersBackend, todo, finish, say) -> None:
+def tiles_for(tiles: int | str, height: int, width: int, short: int = 518,
+              overlap: float = DEFAULT_OVERLAP) -> int:
+    """Tiles per side for a frame: ``tiles`` itself, or for ``"auto"`` :func:`s3dgs.depth.tiles.auto_tiles`
+    at the network's input short side ``short``."""
+    if str(tiles) == "auto":
+        return auto_tiles(height, width, short, overlap)
+    return max(1, int(tiles))
+
+
+def _tiler(engine, tiles: int | str, overlap: float, used: dict[str, int]):
+    """``tile(name, rgb, pred) -> Prediction``: the tiled prediction of one image around the
+    engine's predict function (the whole-frame ``pred`` is reused), or ``pred`` itself with one tile."""
+    short = getattr(engine, "input_size", None) or 518
+
+    def predict_many(crops: list[np.ndarray]) -> list[np.ndarray]:
+        if hasattr(engine, "predict_batch"):
+            return [p.raw for p in engine.predict_batch(crops)]
+        out = []
+        with tempfile.TemporaryDirectory(prefix="s3dgs-tiles-") as tmp:  # the Space takes files
+            for k, crop in enumerate(crops):
+                path = Path(tmp) / f"tile{k}.png"
+                Image.fromarray(crop).save(path)
+                out.append(engine.predict(path, (crop.shape[1], crop.shape[0])).raw)
+        return out
+
+    def tile(name: str, rgb: np.ndarray, pred: Prediction) -> Prediction:
+        n = tiles_for(tiles, rgb.shape[0], rgb.shape[1], short, overlap)
+        used[name] = n
+        if n <= 1:
+            return pred
+        merged, info = predict_tiled(predict_many, rgb, n, overlap, full=pred.raw,
+                                     batch_size=getattr(engine, "batch_size", 1))
+        note = pred.note
+        if info["replaced"]:
+            extra = f"{info['replaced']} of {info['tiles']} tiles kept the whole-frame prediction (flat tile)"
+            note = f"{note}; {extra}" if note else extra
+        return Prediction(raw=merged, source=pred.source, note=note)
+
+    return tile
+
+
+def _run_transformers(engine: TransformersBackend, todo, finish, say, tile=None) -> None:
     """Load ahead in one thread, run the model in batches of one size, encode/write in another."""
     bs = engine.batch_size
     with ThreadPoolExecutor(1, thread_name_prefix="depth-load") as loader, \
@@ -436,7 +490,13 @@ def _run_transformers(engine: TransformersBackend, todo, finish, say) -> None:
                 preds, err = [None], exc
             else:
                 err = None
-            for (img, dst, _), pred in zip(batch, preds):
+            for (img, dst, rgb), pred in zip(batch, preds):
+                if tile is not None and err is None:
+                    try:
+                        pred = tile(img.name, rgb, pred)
+                    except Exception as exc:  # one image's tiles failing sinks that image only
+                        writes.append(writer.submit(finish, img, dst, None, exc))
+                        continue
                 writes.append(writer.submit(finish, img, dst, pred, err))
             drain(2 * bs)
 
@@ -472,7 +532,7 @@ def _run_transformers(engine: TransformersBackend, todo, finish, say) -> None:
             raise
 
 
-def _run_gradio(engine: GradioBackend, todo, finish, say, log) -> None:
+def _run_gradio(engine: GradioBackend, todo, finish, say, log, tile=None) -> None:
     """One image at a time (the Space is rate-limited); the first call doubles as the API test."""
     consecutive = 0
     for k, (img, dst, size) in enumerate(todo):
@@ -482,7 +542,8 @@ def _run_gradio(engine: GradioBackend, todo, finish, say, log) -> None:
             finish(img, dst, None, exc)
             continue
         size = (rgb.shape[1], rgb.shape[0])
-        del rgb
+        if tile is None:
+            del rgb
         if k == 0:
             say("\nTesting API connection...")
             try:
@@ -504,10 +565,18 @@ def _run_gradio(engine: GradioBackend, todo, finish, say, log) -> None:
                 continue
             if pred.note:
                 say(f"  note: {img.name}: {pred.note}")
+            if tile is not None:
+                try:
+                    pred = tile(img.name, rgb, pred)
+                except Exception as exc:
+                    finish(img, dst, None, exc)
+                    continue
             finish(img, dst, pred, None)
             continue
         try:
             pred = engine.predict(img, size, on_retry=say)
+            if tile is not None:
+                pred = tile(img.name, rgb, pred)
         except Exception as exc:
             finish(img, dst, None, exc)
             consecutive += 1
@@ -773,6 +842,10 @@ class DepthConfig:
     """gradio backend: first retry delay in seconds (doubles each retry)."""
     overwrite: bool = False
     """Regenerate maps that already exist and are valid (default: skip them)."""
+    tiles: Annotated[str, opt("N|auto", "1")] = "1"
+    """Tiles per side: N x N overlapping crops, each predicted at the network's input size, aligned to the whole-frame prediction and blended (thin stems resolve better; N*N+1 passes per image). auto: enough that each tile's short side is at most --input-size frame pixels (1 for frames that small). Existing maps are skipped: add --overwrite to redo them tiled."""
+    tile_overlap: float = DEFAULT_OVERLAP
+    """Overlap of neighbouring tiles, a fraction of a tile (0.05-0.5); blended with smooth ramps."""
     verify: bool = False
     """After generating, check every map (present, image size, 16-bit, non-constant)."""
     num_samples: int = 0
@@ -789,7 +862,19 @@ class DepthConfig:
         V.non_negative("--retries", self.retries)
         V.non_negative("--backoff", self.backoff)
         V.non_negative("--num-samples", self.num_samples)
+        V.in_range("--tile-overlap", self.tile_overlap, 0.05, 0.5)
+        _check_tiles(self.tiles)
         _check_device(self.device)
+
+
+def _check_tiles(tiles: str) -> None:
+    from s3dgs.errors import UsageError
+
+    t = str(tiles).strip()
+    if t == "auto":
+        return
+    if not t.isdigit() or not 1 <= int(t) <= 16:
+        raise UsageError(f"--tiles must be a number of tiles per side from 1 to 16, or auto; got {tiles!r}")
 
 
 def _check_device(device: str) -> None:
@@ -833,7 +918,9 @@ def depth_main(cfg: DepthConfig) -> int:
                                  space=cfg.space, device=cfg.device, batch_size=cfg.batch_size,
                                  input_size=cfg.input_size,
                                  retries=cfg.retries, backoff=cfg.backoff, overwrite=cfg.overwrite,
-                                 progress=cfg.progress)
+                                 progress=cfg.progress,
+                                 tiles=cfg.tiles if cfg.tiles == "auto" else int(cfg.tiles),
+                                 tile_overlap=cfg.tile_overlap)
     except DepthError as exc:
         _err(str(exc))
         return 2

@@ -147,12 +147,20 @@ class SynthConfig:
     """Noise standard deviation on the [0, 1] prior."""
     prior_thin_blur: bool = True
     """Merge thin structures into what lies behind (grey opening), then blur."""
-    prior_thin_blur_px: float = 5.0
-    """Opening size (px at 320 px width): structures thinner than this fade into the background."""
+    prior_thin_blur_px: float = 10.79
+    """Opening size in pixels of the network's input (a 518 px short side, as Depth Anything V2):
+    structures thinner than this at that size fade into the background; in frame pixels it is
+    this x short side / 518 (10.79: 5 px on a 320x240 frame, as before this option followed the
+    network's input; before, it was px at 320 px width, default 5)."""
     prior_thin_blur_strength: float = 0.7
     """How much of the opened map replaces the sharp one (0 keeps thin stems, 1 erases them)."""
-    prior_blur_sigma_px: float = 1.0
-    """Gaussian blur sigma (px at 320 px width) after the opening."""
+    prior_blur_sigma_px: float = 2.158
+    """Gaussian blur sigma after the opening, in pixels of the network's input (518 px short side;
+    2.158: 1 px on a 320x240 frame; before, px at 320 px width, default 1)."""
+    prior_tiles: int = 1
+    """Simulate tiled inference (`s3dgs depth --tiles N`): N x N overlapping tiles, each blurred at
+    its own scale (its short side maps to the network's 518 px, so thin structures blur less), with
+    its own scale and shift, merged as `s3dgs depth` merges tiles (1: one pass over the frame)."""
     perfect_prior: bool = False
     """Switch every prior error off: the prior is the true disparity, min-max normalised."""
 
@@ -206,6 +214,7 @@ class SynthConfig:
         for name in ("outlier_fraction", "kp_miss", "kp_low_conf", "prior_thin_blur_strength"):
             V.fraction(V.flag(name), getattr(self, name))
         V.in_range("--prior-min-scale", self.prior_min_scale, 0, 1, lo_open=True)
+        V.in_range("--prior-tiles", self.prior_tiles, 1, 16)
 
     def plant_params(self) -> PlantParams:
         return PlantParams(height=self.plant_height, stem_radius=self.stem_radius,
@@ -316,24 +325,52 @@ def low_frequency_field(H, W, rng, n=4):
     return f / np.sqrt(n / 2) / 1.5
 
 
-def simulate_prior(cfg, depth, rng) -> tuple[np.ndarray, dict]:
-    """Simulated monocular disparity in [0, 1] from true z-depth [H, W]; returns (prior, per-image record)."""
+NETWORK_SHORT_SIDE = 518  # Depth Anything V2's input short side (s3dgs.depth.backends.SHORT_SIDE)
+
+
+def _thin_blur(cfg, disp: np.ndarray) -> np.ndarray:
+    """The resolution loss of a network that sees ``disp [h, w]`` with its short side resized to
+    518 px: grey opening of ``prior_thin_blur_px`` and Gaussian blur of ``prior_blur_sigma_px``
+    network pixels, i.e. times ``min(h, w) / 518`` frame pixels."""
     from scipy.ndimage import gaussian_filter, grey_opening
 
+    s = min(disp.shape) / NETWORK_SHORT_SIDE
+    k = max(int(round(cfg.prior_thin_blur_px * s)), 1)
+    if k > 1:
+        opened = grey_opening(disp, size=(k, k))
+        a = cfg.prior_thin_blur_strength
+        disp = (1 - a) * disp + a * opened
+    if cfg.prior_blur_sigma_px > 0:
+        disp = gaussian_filter(disp, cfg.prior_blur_sigma_px * s)
+    return disp
+
+
+def simulate_prior(cfg, depth, rng) -> tuple[np.ndarray, dict]:
+    """Simulated monocular disparity in [0, 1] from true z-depth [H, W]; returns (prior, per-image record).
+
+    Thin-structure loss (``prior_thin_blur``) follows the network's input size: the opening and
+    the blur are given in pixels of a 518 px short side (:func:`_thin_blur`). With
+    ``prior_tiles`` N > 1 the frame is cut as `s3dgs depth --tiles N` cuts it
+    (`s3dgs.depth.tiles.tile_grid`), each tile blurred at its own scale and given its own random
+    scale (0.5-2) and shift, and the tiles merged by `s3dgs.depth.tiles.merge_tiles` onto the
+    whole-frame simulation; the warp, noise and scale/shift follow, as for one pass."""
     from s3dgs.depth.io import normalise01
 
     H, W = depth.shape
-    s = W / 320.0
     disp = 1.0 / depth.astype(np.float64)
     rec = {}
     if cfg.prior_thin_blur:
-        k = max(int(round(cfg.prior_thin_blur_px * s)), 1)
-        if k > 1:
-            opened = grey_opening(disp, size=(k, k))
-            a = cfg.prior_thin_blur_strength
-            disp = (1 - a) * disp + a * opened
-        if cfg.prior_blur_sigma_px > 0:
-            disp = gaussian_filter(disp, cfg.prior_blur_sigma_px * s)
+        full = _thin_blur(cfg, disp)
+        n = int(getattr(cfg, "prior_tiles", 1) or 1)
+        if n > 1:
+            from s3dgs.depth.tiles import merge_tiles, tile_grid
+
+            tiles = []
+            for (y0, y1, x0, x1) in tile_grid(H, W, n):
+                a, b = np.exp(rng.uniform(np.log(0.5), np.log(2.0))), rng.uniform(-0.5, 0.5)
+                tiles.append(((y0, y1, x0, x1), a * _thin_blur(cfg, disp[y0:y1, x0:x1]) + b))
+            full, _ = merge_tiles(full, tiles)
+        disp = full
     if cfg.prior_warp:
         disp = disp * np.exp(cfg.prior_warp_size * low_frequency_field(H, W, rng))
     v, _, _ = normalise01(disp)
@@ -526,10 +563,15 @@ def make_synthetic_scene(cfg: SynthConfig) -> Path:
             "warp": {"on": cfg.prior_warp, "size": cfg.prior_warp_size,
                      "how": "disparity * exp(size * smooth field in about [-1, 1])"},
             "noise": {"on": cfg.prior_noise, "sigma": cfg.prior_noise_sigma},
-            "thin_blur": {"on": cfg.prior_thin_blur, "opening_px": cfg.prior_thin_blur_px * cfg.width / 320,
+            "thin_blur": {"on": cfg.prior_thin_blur,
+                          "opening_px": cfg.prior_thin_blur_px * min(cfg.width, cfg.height) / NETWORK_SHORT_SIDE,
                           "strength": cfg.prior_thin_blur_strength,
-                          "blur_sigma_px": cfg.prior_blur_sigma_px * cfg.width / 320,
-                          "how": "(1 - strength) * d + strength * grey_opening(d), then Gaussian blur"},
+                          "blur_sigma_px": cfg.prior_blur_sigma_px * min(cfg.width, cfg.height) / NETWORK_SHORT_SIDE,
+                          "network_px": {"opening": cfg.prior_thin_blur_px, "blur_sigma": cfg.prior_blur_sigma_px,
+                                         "short_side": NETWORK_SHORT_SIDE},
+                          "tiles": cfg.prior_tiles,
+                          "how": "(1 - strength) * d + strength * grey_opening(d), then Gaussian blur; "
+                                 "sizes in frame px = network px * short side / 518 (per tile when tiled)"},
         },
         "per_image": per_image,
     }
