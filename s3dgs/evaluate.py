@@ -41,6 +41,7 @@ import torch
 import tyro
 
 from s3dgs import metrics as M
+from s3dgs.atomic import atomic_write_text
 from s3dgs.classes import CLASSES, GT_LABELS, run_class_table
 from s3dgs.config import load_run_config
 from s3dgs.options import opt
@@ -309,7 +310,8 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
     bg = tuple(tc.background)
 
     params, classes = load_ply(ply)
-    has_sem = "semantics" in params and params["semantics"].shape[1] > 0
+    # a run trained with --no-semantics has untrained logits: nothing to score
+    has_sem = "semantics" in params and params["semantics"].shape[1] > 0 and not tc.data.no_semantics
     raw_cfg = json.loads((run / "config.json").read_text()) if rc["found"] else {}
     table = run_class_table(raw_cfg, classes)
     if table.names != tuple(classes):  # config.json and the PLY disagree: the PLY's names count
@@ -427,7 +429,8 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
         out["semantics"] = {"available": True, "source": "scene/masks", "iou": masks_block["iou"],
                             "miou": masks_block["miou"], "rule": masks_block["rule"], "masks": masks_block}
     else:
-        why = "the run has no semantic logits" if not has_sem else "scene has no gt/masks"
+        why = ("the run was trained without semantics (--no-semantics)" if tc.data.no_semantics else
+               "the run has no semantic logits" if not has_sem else "scene has no gt/masks")
         out["semantics"] = {"available": False, "reason": why}
 
     # geometry
@@ -451,7 +454,7 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
     out["eval_time_s"] = time.perf_counter() - t0
     out = _clean(out)
     if write:
-        (run / "metrics.json").write_text(json.dumps(out, indent=2))
+        atomic_write_text(run / "metrics.json", json.dumps(out, indent=2))
     if verbose:
         print(format_table(out))
     return out
@@ -643,6 +646,10 @@ def eval_main(cfg: EvalConfig) -> int:
     from s3dgs.runlock import run_lock
 
     cfg.validate()
+    if Path(cfg.run).is_dir():  # RUN/metrics.json must be writable before minutes of evaluation
+        from s3dgs.atomic import check_writable_folder
+
+        check_writable_folder(cfg.run, "RUN", files=("metrics.json",))
     try:
         with run_lock(cfg.run, "s3dgs eval", create=False):  # no other command writes into RUN meanwhile
             m = evaluate_run(cfg.run, cfg.scene, test_every=cfg.test_every,

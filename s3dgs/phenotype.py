@@ -1793,6 +1793,10 @@ def phenotype_main(cfg: PhenotypeConfig) -> int:
     from s3dgs.runlock import run_lock
 
     cfg.validate()
+    if Path(cfg.run).is_dir():  # RUN/phenotypes.* must be writable before the measuring
+        from s3dgs.atomic import check_writable_folder
+
+        check_writable_folder(cfg.run, "RUN", files=("phenotypes.json", "phenotypes.csv", "phenotypes.png"))
     with run_lock(cfg.run, "s3dgs phenotype", create=False):  # no other command writes into RUN meanwhile
         res = run_phenotype(cfg.run, scale=cfg.scale, up=cfg.up, scene=cfg.scene, metric_poses=cfg.metric_poses,
                             class_threshold=cfg.class_threshold, min_opacity=cfg.min_opacity,

@@ -265,3 +265,15 @@ def test_tiny_arabidopsis_run_from_masks(ara_scene, tmp_path):
     (run / "renders").mkdir(exist_ok=True)
     html = build_report_html(run, ara_scene)
     assert "#%02x%02x%02x" % K.ARABIDOPSIS.colors["pedicel"] in html  # coloured from the run's table
+
+
+def test_a_run_trained_without_semantics_scores_no_classes(ara_scene, tmp_path):
+    """--no-semantics leaves the logits untrained: eval says so instead of scoring IoU 0."""
+    from s3dgs.evaluate import evaluate_run
+    from s3dgs.train import train
+
+    run = tmp_path / "run"
+    train(scene=ara_scene, out_dir=run, num_iterations=5, log_every=5, progress=False, save_renders=False,
+          sh_degree=0, refine_start_iter=1000, no_depth=True, no_semantics=True)
+    s = evaluate_run(run, max_views=1)["semantics"]
+    assert s["available"] is False and "--no-semantics" in s["reason"]

@@ -66,6 +66,9 @@ ROMI_MASK_CLASSES = ("stem", "pedicel", "fruit", "flower", "leaf")
 MASK_MIN_COVERAGE = 64
 """An organ's 8-bit coverage (of 255) from which a pixel is labelled with it (a quarter)."""
 
+POINTS_PER_VOXEL = 8
+"""At most this many initial points per carved voxel (and at most ``max_points`` in all)."""
+
 UNITS = {"mm": 0.001, "cm": 0.01, "m": 1.0, "model": None}
 """Scan units -> metres per unit (None: model units, no metric scale)."""
 
@@ -463,7 +466,7 @@ def prepare_romi(
             calibrated in millimetres) and "model" for a virtual scan (one with organ masks, in its
             mesh's units); or "mm", "cm", "m", "model".
         masks: write the virtual scanner's organ masks as class masks (when the scan has them).
-        max_points: initial points drawn in the carved voxels.
+        max_points: initial points drawn in the carved voxels (at most ``POINTS_PER_VOXEL`` each).
         max_voxels: size of the carving grid.
         exg_threshold: silhouettes of photos without masks: excess green above this.
         carve_tolerance: fraction of the views that see a voxel which it may miss.
@@ -593,8 +596,9 @@ def prepare_romi(
         pts = rng.uniform(box[0], box[1], size=(max_points, 3))
         edge = 0.0
     else:
-        idx = rng.choice(len(pts), size=max_points, replace=len(pts) < max_points)
-        pts = pts[idx] + rng.uniform(-0.5, 0.5, size=(max_points, 3)) * edge
+        n = min(max_points, POINTS_PER_VOXEL * len(pts))  # a small plant gets fewer points
+        idx = rng.choice(len(pts), size=n, replace=len(pts) < n)
+        pts = pts[idx] + rng.uniform(-0.5, 0.5, size=(n, 3)) * edge
     rgb = _colour_points(pts, frames, Ks, viewmats)
     write_points_ply(out / "points3D.ply", pts, rgb)
     sparse = out / "sparse" / "0"
