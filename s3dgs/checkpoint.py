@@ -11,7 +11,8 @@ checkpoint. A checkpoint that cannot be read (truncated, empty) is named, set as
 ``ckpt_<iteration>.pt.corrupt``, and resuming continues from the previous good one. The temporary
 file of a write that was killed half-way (``ckpts/.ckpt_<iteration>.pt.*.tmp``) is removed at the
 next start (:func:`remove_stale_temporaries`; the run folder's lock, :mod:`s3dgs.runlock`, makes
-sure no other process is writing it).
+sure no other process is writing it). After each good write only the newest ``--keep-checkpoints``
+are kept (:func:`prune_checkpoints`; 0 keeps all).
 
 A checkpoint also records the training frames (names, in the dataset's order: its view order
 indexes them); ``--resume`` refuses a scene whose frames changed (:func:`check_frames`) and an
@@ -43,13 +44,15 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_latest_checkpoint",
+    "prune_checkpoints",
     "remove_stale_temporaries",
     "save_checkpoint",
+    "train_first_advice",
     "truncate_metrics",
 ]
 
 RUN_OUTPUTS = ("config.json", "log.txt", "metrics.jsonl", "ckpts", "point_cloud.ply", "train_summary.json",
-               "renders", "metrics.json", "classes", "report.html", "pipeline.json", "depth_alignment.json",
+               "renders", "metrics.json", "classes", "report.html", "view.html", "pipeline.json", "depth_alignment.json",
                "phenotypes.json", "phenotypes.csv", "phenotypes.png", "plots")
 """Everything a run writes into its folder (``--overwrite`` removes exactly these)."""
 
@@ -60,6 +63,23 @@ def holds_run(out: str | Path) -> bool:
     """Whether ``out`` holds (part of) a training run."""
     out = Path(out)
     return any((out / m).exists() for m in _MARKERS)
+
+
+def train_first_advice(run: str | Path) -> str:
+    """What to run when ``RUN/point_cloud.ply`` is missing: ``--resume`` when RUN holds an
+    interrupted training (a plain ``s3dgs train`` would refuse the folder), else a first training."""
+    run = Path(run)
+    scene = "SCENE"
+    try:
+        scene = json.loads((run / "config.json").read_text()).get("scene") or scene
+    except (OSError, ValueError, AttributeError):
+        pass
+    if holds_run(run):
+        ck = latest_checkpoint(run) if (run / "ckpts").is_dir() else None
+        where = f" (latest checkpoint {ck.relative_to(run)})" if ck else ""
+        return (f"the training in {run} did not finish{where}; continue it with "
+                f"`s3dgs train {scene} --out {run} --resume`")
+    return f"train first (`s3dgs train {scene} --out {run}`)"
 
 
 def clear_run(out: str | Path) -> list[str]:
@@ -96,9 +116,24 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(state: dict[str, Any], run: str | Path, step: int) -> Path:
-    """Write ``state`` as ``RUN/ckpts/ckpt_<step>.pt`` atomically (WorkError naming it on failure)."""
-    return atomic_torch_save(state, Path(run) / "ckpts" / f"ckpt_{step}.pt")
+def save_checkpoint(state: dict[str, Any], run: str | Path, step: int, keep: int = 0) -> Path:
+    """Write ``state`` as ``RUN/ckpts/ckpt_<step>.pt`` atomically (WorkError naming it on failure),
+    then keep only the newest ``keep`` checkpoints (:func:`prune_checkpoints`; 0 keeps all)."""
+    path = atomic_torch_save(state, Path(run) / "ckpts" / f"ckpt_{step}.pt")
+    prune_checkpoints(run, keep)
+    return path
+
+
+def prune_checkpoints(run: str | Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` checkpoints of ``run`` (``--keep-checkpoints``; 0 keeps
+    all). Called after a write succeeded, so the newest good checkpoint is never the one removed.
+    Returns the removed paths."""
+    if keep <= 0:
+        return []
+    old = list_checkpoints(run)[:-keep]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
 
 
 def load_latest_checkpoint(run: str | Path, device: torch.device | str = "cpu",

@@ -8,6 +8,7 @@ and a subcommand pays only for what it uses.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -39,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
             "Video or frames -> trained, evaluated model with a report, each stage resumable."),
     "demo": ("s3dgs.pipeline", "DemoConfig", "demo_main",
              "The whole chain on the built-in synthetic plant, ending with the report's path."),
+    "view": ("s3dgs.viewer", "ViewConfig", "view_main",
+             "Write RUN/view.html, the interactive 3D view of the run's Gaussians, and open it."),
+    "batch": ("s3dgs.batch", "BatchConfig", "batch_main",
+              "`s3dgs run` over a folder or CSV manifest of plants on Ray: one table, one index page."),
 }
 
 # Sub-subcommands spelled with a space, e.g. `s3dgs depth verify OUT`.
@@ -58,12 +63,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Python warnings as users should read them: ``warning: message``, without the source file,
+    line and category (``UserWarning: file.py:12``) that only a developer can use."""
+    return f"warning: {message}\n"
+
+
+# errors of the operating system that a user fixes (a file in the way, a read-only or full disk)
+_USER_OS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                             errno.ENOTDIR, errno.EEXIST, errno.EISDIR})
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
+    import warnings
 
     import tyro
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.formatwarning = _format_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -102,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # a file in the way or a read-only / full disk met past the up-front checks: one line naming
+        # the path; any other OSError is a bug and keeps its traceback
+        if exc.errno not in _USER_OS_ERRNOS or not exc.filename or debug:
+            raise
+        print(f"{prog}: error: {exc.filename}: {exc.strerror}; choose another output folder or make "
+              "this one writable", file=sys.stderr)
+        return 1
     return int(result) if isinstance(result, int) else 0
 
 

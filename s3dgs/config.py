@@ -180,6 +180,8 @@ class TrainConfig:
     """Iterations between log lines (console, RUN/log.txt, RUN/metrics.jsonl)."""
     ckpt_every: Annotated[int, _arg("ckpt-every")] = 1000
     """Iterations between checkpoints (a final one is always written)."""
+    keep_checkpoints: Annotated[int, _arg("keep-checkpoints")] = 3
+    """Checkpoints kept in RUN/ckpts: the newest K, older ones removed after each write (0: keep all)."""
     max_nonfinite: Annotated[int, _arg("max-nonfinite")] = 20
     """Stop after this many consecutive non-finite losses (the last good checkpoint stays)."""
     save_renders: Annotated[bool, _arg("save-renders")] = True
@@ -202,6 +204,7 @@ class TrainConfig:
         non_negative("--num-threads", self.num_threads)
         at_least("--log-every", self.log_every, 1)
         at_least("--ckpt-every", self.ckpt_every, 1)
+        non_negative("--keep-checkpoints", self.keep_checkpoints)
         at_least("--max-nonfinite", self.max_nonfinite, 1)
         for group in (self.data, self.depth, self.semantics, self.lr):
             group.validate()

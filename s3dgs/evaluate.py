@@ -184,6 +184,10 @@ def _scene_of(run: Path, rc: dict, scene_dir) -> tuple[Path | None, dict]:
         if not scene.is_dir():
             raise FileNotFoundError(f"{scene}: scene folder not found; pass --scene DIR")
         paths = {"colmap_dir": str(scene), "images_dir": str(scene / "images")}
+    elif not all(Path(paths[k]).exists() for k in ("colmap_dir", "images_dir") if paths.get(k)):
+        gone = next(Path(paths[k]) for k in ("colmap_dir", "images_dir") if paths.get(k) and not Path(paths[k]).exists())
+        raise FileNotFoundError(f"{gone}: the scene recorded in {run}/config.json is not there (moved or "
+                                "deleted?); pass --scene DIR, the scene folder the run was trained on")
     return scene, paths
 
 
@@ -300,7 +304,9 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
     run = Path(run_dir)
     ply = run / "point_cloud.ply"
     if not ply.exists():
-        raise FileNotFoundError(f"{ply}: not found; train first (`s3dgs train SCENE --out {run}`)")
+        from s3dgs.checkpoint import train_first_advice
+
+        raise FileNotFoundError(f"{ply}: not found; {train_first_advice(run)}")
     rc = load_run_config(run)
     tc = rc["train"]
     scene, paths = _scene_of(run, rc, scene_dir)

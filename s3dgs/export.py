@@ -162,12 +162,17 @@ def export_main(cfg: ExportConfig) -> int:
     cfg.validate()
     ply = Path(cfg.run) / "point_cloud.ply"
     if not ply.exists():
-        raise WorkError(f"{ply} not found; train first (`s3dgs train SCENE --out {cfg.run}`)")
+        from s3dgs.checkpoint import train_first_advice
+
+        raise WorkError(f"{ply}: not found; {train_first_advice(cfg.run)}")
     activation = load_run_config(cfg.run)["train"].semantics.activation
     if cfg.classes:
         from s3dgs.runlock import run_lock
 
         out = cfg.out or Path(cfg.run) / "classes"
+        from s3dgs.atomic import check_writable_folder
+
+        check_writable_folder(out, "--out")
         with run_lock(cfg.run, "s3dgs export", create=False):  # no other command writes into RUN meanwhile
             counts = export_classes(ply, out, threshold=cfg.threshold, min_opacity=cfg.min_opacity,
                                     activation=activation)

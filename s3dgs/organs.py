@@ -66,6 +66,12 @@ from s3dgs.errors import UsageError
 __all__ = ["measure_organs", "signed_angle_deg"]
 
 
+MAX_LEAN_DEG = 60.0
+LEAN_WINDOW = 0.05
+"""In the upper half of the plant, the main stem ends where it leans more than MAX_LEAN_DEG from up
+over LEAN_WINDOW of the plant's height (the tomato centreline's rule, s3dgs.phenotype, with a wider
+angle: an Arabidopsis stem curves)."""
+
 ORGAN_SHARE = 0.25
 """With an organ mask, a side branch is an organ when at least this share of its weight is of the
 organ classes (chosen on one run of the ROMI virtual plant, benchmarks/romi_study.py: 0.5 lost
@@ -244,7 +250,7 @@ def measure_organs(
     notes: list[str] = []
     out: dict = {"method": "geometry", "units": units, "metres_per_unit": metres_per_unit,
                  "up": up.tolist(),
-                 "plant": {"plant_height": None, "stem_length": None, "organ_count": None},
+                 "plant": {"plant_height": None, "stem_length": None, "apex_height": None, "organ_count": None},
                  "organs": [], "internodes": [], "angles_deg": [], "stem": None, "skeleton": None,
                  "points": {"input": int(N), "kept": 0, "dropped_stray": 0, "stray_components": 0},
                  "parameters": {}, "method_rules": {}, "notes": notes}
@@ -416,10 +422,57 @@ def measure_organs(
                                   f"weight ({cum[tip] / total:.0%} of it)")
         else:
             notes.append("stem_mask marks no point of the plant; the main stem is the path to the farthest tip")
-    path = [tip]
-    while parent[path[-1]] >= 0:
-        path.append(int(parent[path[-1]]))
-    path = path[::-1]
+    win_len = max(LEAN_WINDOW * (top_h - base_h), 4.0 * bin_width)
+
+    def path_to(t: int) -> list[int]:
+        p_ = [t]
+        while parent[p_[-1]] >= 0:
+            p_.append(int(parent[p_[-1]]))
+        return p_[::-1]
+
+    def lean_cut(p_: list[int]) -> int:
+        """Nodes of path p_ kept by the lean rule: in the upper half of the plant, the path ends
+        where it leans more than MAX_LEAN_DEG from up over win_len (a main stem does not run
+        sideways; a path drawn to a tip through stray Gaussians beside or above the plant does)."""
+        P_ = npos[p_]
+        s_ = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(P_, axis=0), axis=1))]
+        h_ = P_ @ up - base_h
+        for i in range(len(p_)):
+            if h_[i] < 0.5 * (top_h - base_h):
+                continue  # the base of a plant (a rosette, a pot) may run any way
+            j = int(np.searchsorted(s_, s_[i] + win_len))
+            if j >= len(p_):
+                break
+            d = P_[j] - P_[i]
+            if np.linalg.norm(d) > 0 and d @ up < math.cos(math.radians(MAX_LEAN_DEG)) * np.linalg.norm(d):
+                return i + 1
+        return len(p_)
+
+    path = path_to(tip)
+    keep_n = lean_cut(path)
+    if keep_n < len(path) and Cs is None:
+        # the farthest tip ran sideways: the main stem is the path, cut by the same rule, that
+        # reaches highest (ties: the longer one)
+        best = (float(npos[path[keep_n - 1]] @ up), keep_n, tip)
+        for t in sorted(tips, key=lambda t: -gmax[t])[:200]:
+            p_ = path_to(t)
+            n_ = lean_cut(p_)
+            cand = (float(npos[p_[n_ - 1]] @ up), n_, t)
+            if cand[:2] > best[:2]:
+                best = cand
+        if best[2] != tip:
+            rules["main_stem"] += ("; its end ran sideways, so the path (cut by the lean rule) that reaches "
+                                   "highest was taken")
+            tip = best[2]
+            path = path_to(tip)
+            keep_n = lean_cut(path)
+    if keep_n < len(path):
+        sp = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(npos[path], axis=0), axis=1))]
+        notes.append(f"the main stem was cut where it leans more than {MAX_LEAN_DEG:g} degrees from up "
+                     f"({(npos[path[keep_n - 1]] @ up - base_h) * f:.4g} {units} above the base): beyond, the "
+                     f"path ran sideways ({(sp[-1] - sp[keep_n - 1]) * f:.4g} {units} more), through stray "
+                     "Gaussians or an organ")
+        path = path[:keep_n]
     on_path = np.zeros(K, bool)
     on_path[path] = True
     def polyline(P):
@@ -451,6 +504,12 @@ def measure_organs(
     rules["smoothing"] = (f"Savitzky-Golay (scipy, quadratic) over {win} skeleton nodes" if win >= 5
                           else "none (main path of under 5 nodes)")
     out["plant"]["stem_length"] = stem.length * f
+    apex_h = float(stem.points[-1] @ up)
+    out["plant"]["apex_height"] = (apex_h - base_h) * f
+    if top_h - apex_h > 0.05 * (top_h - base_h):
+        notes.append(f"the plant's points reach {(top_h - apex_h) * f:.4g} {units} above the main stem's apex "
+                     "(organs above it, or stray Gaussians joined to the plant): plant_height is the top of "
+                     "the points, apex_height the top of the main stem")
     out["parameters"]["stem_radius"] = r_stem * f
     out["stem"] = {"polyline_model": stem.points[:: max(1, len(stem.points) // 300)].tolist()
                    + [stem.points[-1].tolist()],

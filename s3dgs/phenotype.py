@@ -1552,7 +1552,9 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
     run = Path(run_dir)
     ply = run / "point_cloud.ply"
     if not ply.is_file():
-        raise S3dgsError(f"{ply}: not found; train first (`s3dgs train SCENE --out {run}`)")
+        from s3dgs.checkpoint import train_first_advice
+
+        raise S3dgsError(f"{ply}: not found; {train_first_advice(run)}")
     try:
         rc = load_run_config(run)  # the run's scene, class activation and training resolution
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
@@ -1611,8 +1613,10 @@ def run_phenotype(run_dir, *, scale: str | None = None, up: str = "auto", scene=
         raise UsageError(f"--up cameras: no cameras found (scene {scene_dir}); pass --scene DIR or "
                          "--up ground / X,Y,Z")
     elif ground is None:
+        moved = (f" The scene recorded in {run}/config.json ({rc['scene']}) is not there (moved?): pass "
+                 "--scene DIR to use its cameras, or" if scene_dir is None and rc["scene"] is not None else " Pass")
         raise UsageError("--up: no cameras found, and no ground plane among the opaque background "
-                         "Gaussians; pass --up X,Y,Z (the plant's up direction in the model frame)")
+                         f"Gaussians.{moved} --up X,Y,Z (the plant's up direction in the model frame)")
     else:
         up_vec = ground[0]
         up_src = (f"normal of the ground plane fitted (RANSAC) to {len(bg)} opaque background "

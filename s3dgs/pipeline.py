@@ -447,6 +447,8 @@ def rescale_keypoints(src: Path, scene: Path) -> Path:
     Returns scene/keypoints."""
     from PIL import Image
 
+    from s3dgs.scene.heatmaps import KeypointFileError
+
     src = Path(src)
     if not src.is_dir():
         raise PipelineError(f"{src}: keypoint folder does not exist (expected one <stem>.json per frame)")
@@ -459,22 +461,30 @@ def rescale_keypoints(src: Path, scene: Path) -> Path:
         f = src / f"{img.stem}.json"
         if not f.is_file():
             continue
-        data = json.loads(f.read_text())
+        try:
+            data = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # the message of `s3dgs heatmaps`
+            raise KeypointFileError(f"{f}: malformed JSON ({exc}); fix or delete this keypoint file") from exc
         with Image.open(img) as im:
             w, h = im.size
-        if isinstance(data, dict) and isinstance(data.get("image"), dict) and \
-                "width" in data["image"] and "height" in data["image"]:
-            sx, sy = w / float(data["image"]["width"]), h / float(data["image"]["height"])
-            if abs(sx - 1) > 1e-9 or abs(sy - 1) > 1e-9:
-                for p in data.get("predictions", []):
-                    for k, s in (("x", sx), ("y", sy), ("width", sx), ("height", sy)):
-                        if k in p:
-                            p[k] = float(p[k]) * s
-                    for kp in p.get("keypoints", []):
-                        kp["x"], kp["y"] = float(kp["x"]) * sx, float(kp["y"]) * sy
+        try:
+            if isinstance(data, dict) and isinstance(data.get("image"), dict) and \
+                    "width" in data["image"] and "height" in data["image"]:
+                sx, sy = w / float(data["image"]["width"]), h / float(data["image"]["height"])
+                if abs(sx - 1) > 1e-9 or abs(sy - 1) > 1e-9:
+                    for p in data.get("predictions", []):
+                        for k, s in (("x", sx), ("y", sy), ("width", sx), ("height", sy)):
+                            if k in p:
+                                p[k] = float(p[k]) * s
+                        for kp in p.get("keypoints", []):
+                            kp["x"], kp["y"] = float(kp["x"]) * sx, float(kp["y"]) * sy
+        except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as exc:
+            raise KeypointFileError(f"{f}: malformed keypoint file ({type(exc).__name__}: {exc}); its \"image\" "
+                                    "size and \"predictions\" must be numbers as Roboflow writes them; fix or "
+                                    "delete this keypoint file") from exc
         if isinstance(data, dict):
             data["image"] = {"width": w, "height": h}
-        (out / f.name).write_text(json.dumps(data))
+        atomic_write_text(out / f.name, json.dumps(data))
         n += 1
     if n == 0:
         raise PipelineError(f"{src}: no <stem>.json matches the frames in {scene / 'images'} (keypoint "
@@ -683,8 +693,14 @@ def run_pipeline(cfg: RunConfig, say: Callable[[str], None] = print) -> dict:
     """Run (or continue) the whole chain for `cfg`. Returns {"scene", "run", "report", "stages"}.
 
     Raises the modules' errors (PrepareError, SceneError, TrainingError, ...) and PipelineError."""
+    from s3dgs.atomic import check_writable_folder
     from s3dgs.runlock import run_lock
 
+    check_writable_folder(cfg.out, "OUT")
+    for sub in ("scene", "run", "stages"):  # a file where the chain makes a folder
+        if (Path(cfg.out) / sub).exists() and not (Path(cfg.out) / sub).is_dir():
+            raise UsageError(f"OUT {cfg.out}: {Path(cfg.out) / sub} is a file where s3dgs run keeps a folder; "
+                             "move it away or choose another OUT")
     # one command per OUT at a time: the chain writes OUT/scene, OUT/stages and the run OUT/run
     with run_lock(cfg.out, "s3dgs run"), run_lock(Path(cfg.out) / "run", "s3dgs run"):
         return _run_pipeline_locked(cfg, say)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import tyro
 
+from s3dgs.atomic import atomic_write_text
 from s3dgs.checkpoint import (
     check_frames,
     check_resume,
@@ -109,22 +110,32 @@ class SceneInputs:
         if scene is not None and not scene.is_dir():
             raise SceneError(f"{scene}: scene folder does not exist")
 
-        def pick(explicit, default, is_file=False):
+        def pick(explicit, default, is_file=False, option=None):
             if explicit is not None:
-                return Path(explicit)
+                p = Path(explicit)
+                if option is not None and not (p.is_file() if is_file else p.is_dir()):
+                    what = "file" if is_file else "folder"
+                    why = "does not exist" if not p.exists() else f"is not a {what}"
+                    raise UsageError(f"{option} {p}: {why}; give the {what} that holds them, or leave the "
+                                     "option out to use the scene's own")
+                return p
             if scene is None:
                 return None
             p = scene / default
+            if p.exists() and (p.is_file() != is_file):  # not passed over in silence
+                raise SceneError(f"{p}: is a {'folder' if is_file else 'file'}, where the scene layout has a "
+                                 f"{'file' if is_file else 'folder'}; move it away or replace it")
             return p if (p.is_file() if is_file else p.is_dir()) else None
 
         paths = {
             "colmap_dir": Path(self.colmap_dir) if self.colmap_dir else scene,
-            "images_dir": pick(self.images_dir, "images"),
-            "heatmap_dir": None if no_semantics else pick(self.heatmap_dir, "heatmaps"),
-            "confidence_path": None if no_semantics else pick(self.confidence_path, "confidence.json", True),
+            "images_dir": pick(self.images_dir, "images", option="--images-dir"),
+            "heatmap_dir": None if no_semantics else pick(self.heatmap_dir, "heatmaps", option="--heatmap-dir"),
+            "confidence_path": None if no_semantics else pick(self.confidence_path, "confidence.json", True,
+                                                              option="--confidence-path"),
             "mask_dir": None if no_semantics else pick(None, "masks"),
             "classes_path": pick(None, "classes.json", True),
-            "depth_dir": None if no_depth else pick(self.depth_dir, "depths"),
+            "depth_dir": None if no_depth else pick(self.depth_dir, "depths", option="--depth-dir"),
             "pcd_path": pick(self.pcd_path, "points3D.ply", True),
         }
         if paths["images_dir"] is None:
@@ -243,9 +254,9 @@ class Trainer:
         self._jsonl = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115
         self._logfile.write("".join(line + "\n" for line in self._pending))
         self._logfile.flush()
-        (self.out / "config.json").write_text(json.dumps(self.config_dict, indent=2))
+        atomic_write_text(self.out / "config.json", json.dumps(self.config_dict, indent=2))
         if getattr(self, "_sfm_record", None) is not None:
-            (self.out / "depth_alignment.json").write_text(json.dumps(self._sfm_record, indent=1, default=float))
+            atomic_write_text(self.out / "depth_alignment.json", json.dumps(self._sfm_record, indent=1, default=float))
 
     def say(self, msg: str) -> None:
         """A line to the console (above the progress bar) and RUN/log.txt."""
@@ -276,7 +287,11 @@ class Trainer:
         ds = SceneDataset(**self.dataset_args, split="train" if cfg.data.test_every > 0 else "all")
         self.say(f"dataset: {ds.summary}")
         if len(ds) == 0:
-            raise SceneError(f"{p['colmap_dir']}: no training frames")
+            n_all, te = len(ds.model.views), cfg.data.test_every
+            raise UsageError(f"{p['colmap_dir']}: no training frames: the model holds {n_all} image(s) and "
+                             f"--test-every {te} holds out the first image of every {te}, so all "
+                             f"{n_all} go to the test split. Use --test-every 0 to train on every image "
+                             "(nothing held out), or give more images.")
         self.ds = ds
         self.model = read_model(p["colmap_dir"])
         self.stem_idx = stem_classes(ds.classes, self.class_table)
@@ -647,7 +662,7 @@ class Trainer:
             "frames": [f.name for f in self.ds.frames],  # what perm indexes: --resume checks them
             "elapsed_s": self.elapsed_before + time.perf_counter() - self.t_start,
             "config": self.config_dict,
-        }, self.out, step)
+        }, self.out, step, keep=self.cfg.keep_checkpoints)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -670,7 +685,7 @@ class Trainer:
             "depth_used": self.use_depth, "semantics_used": self.use_sem,
             "peak_cuda_gb": torch.cuda.max_memory_allocated() / 1024**3 if self.device.type == "cuda" else None,
         }
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
         self.say(f"done: {cfg.num_iterations} iterations in {elapsed:.1f} s, {summary['gaussians']} Gaussians -> "
                  f"{out / 'point_cloud.ply'}")
         if cfg.save_renders and cfg.data.test_every > 0:
@@ -691,8 +706,10 @@ def run_training(cfg: TrainConfig, inputs: SceneInputs, out: str | Path, *, resu
                  overwrite: bool = False, fixed: frozenset[str] | set[str] = frozenset()) -> dict:
     """Train according to ``cfg`` on ``inputs`` into the run folder ``out``; returns the summary
     (also RUN/train_summary.json; its "params" entry holds the trained Gaussians)."""
+    from s3dgs.atomic import check_writable_folder
     from s3dgs.runlock import run_lock
 
+    check_writable_folder(out, "--out", files=("config.json", "point_cloud.ply", "train_summary.json"))
     with run_lock(out, "s3dgs train"):  # one command per run folder at a time (s3dgs/runlock.py)
         trainer = Trainer(cfg, inputs, out, resume=resume, overwrite=overwrite, fixed=fixed)
         for step in range(trainer.start, cfg.num_iterations):

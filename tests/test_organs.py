@@ -367,3 +367,14 @@ def test_organ_mask_keeps_leaves_out_of_the_organ_sequence():
     assert len(with_leaf["organs"]) == len(HEIGHTS) + 1
     assert len(no_leaf["organs"]) == len(HEIGHTS)
     assert any("organ classes" in n for n in no_leaf["notes"])
+
+
+def test_a_far_tip_running_sideways_is_not_the_main_stem():
+    """A long sideways trail from the upper stem (stray Gaussians, geodesically farther than the
+    apex) must not become the main stem: the stem stays upright and reaches the plant's top."""
+    X, sm, _ = plant()
+    rng = np.random.default_rng(4)
+    trail = _cylinder(np.array([0.0, 0, 7.5]), [1.0, 0.3, 0.05], 9.0, 0.05, 0.03, rng)
+    r = measure_organs(np.concatenate([X, trail]), up=(0, 0, 1))
+    assert r["plant"]["apex_height"] == pytest.approx(10.0, abs=0.4)
+    assert "reaches highest" in r["method_rules"]["main_stem"]

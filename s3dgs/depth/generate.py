@@ -636,15 +636,18 @@ class VerifyReport:
 
 def _expected_maps(depth_dir: Path, images_dir: Path | None) -> dict[str, tuple[Path | None, tuple | None]]:
     """stem -> (image path or None, expected (w, h) or None)."""
-    if images_dir is not None:
-        return {p.stem: (p, None) for p in list_images(images_dir)}
     try:
         meta = read_meta(depth_dir)
     except DepthFileError:
         meta = {}
     images = meta.get("images") if isinstance(meta.get("images"), dict) else {}
-    if images:
-        return {stem: (None, tuple(e["size"]) if e.get("size") else None) for stem, e in images.items()}
+    listed = {stem: (None, tuple(e["size"]) if isinstance(e, dict) and e.get("size") else None)
+              for stem, e in images.items()}
+    if images_dir is not None:
+        # the images' maps, and every map meta.json lists besides (its image may have gone)
+        return {**listed, **{p.stem: (p, None) for p in list_images(images_dir)}}
+    if listed:
+        return listed
     return {p.stem: (None, None) for p in sorted(depth_dir.glob("*.png"))}
 
 

@@ -118,6 +118,8 @@ def depth_format_problem(mode: str, ndim: int = 2) -> str | None:
     channel only. An 8-bit map holds 256 levels, too coarse for a depth prior (steps of 0.4 % of
     the range, visible as terraces in the loss)."""
     if mode not in SIXTEEN_BIT_MODES or ndim != 2:
+        if mode.endswith(";16"):  # PIL reads 16-bit colour as 8 bits: `png_mode` names it
+            return f"not a 16-bit single-channel PNG (16-bit colour, {mode[:-3]}: three channels, not one)"
         bits = "8-bit " if mode in ("L", "P", "RGB", "RGBA", "LA", "1") else ""
         return f"not a 16-bit single-channel PNG ({bits}mode {mode})"
     return None
@@ -147,7 +149,7 @@ def check_depth_png(path: str | Path, size: tuple[int, int] | None = None) -> st
             arr = np.asarray(im)
     except Exception as exc:
         return f"unreadable ({type(exc).__name__}: {exc})"
-    problem = depth_format_problem(mode, arr.ndim)
+    problem = depth_format_problem(png_mode(path, mode), arr.ndim)
     if problem:
         return problem
     if size is not None and tuple(got) != tuple(size):
@@ -155,12 +157,29 @@ def check_depth_png(path: str | Path, size: tuple[int, int] | None = None) -> st
     return depth_values_problem(arr)
 
 
+def png_mode(path: str | Path, mode: str) -> str:
+    """PIL's ``mode`` of the image at ``path``, with ``";16"`` appended for a 16-bit colour PNG (RGB,
+    RGBA, LA), which PIL reads as 8 bits and names like an 8-bit one. Reads the PNG header's bit
+    depth (byte 24 of the file), which PIL does not expose."""
+    if mode not in ("RGB", "RGBA", "LA"):
+        return mode
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return mode
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16:
+        return mode + ";16"
+    return mode
+
+
 def depth_png_header(path: str | Path) -> tuple[str, tuple[int, int]]:
-    """(PIL mode, (width, height)) of a depth PNG from its header, without decoding the pixels."""
+    """(PIL mode, (width, height)) of a depth PNG from its header, without decoding the pixels
+    (mode per :func:`png_mode`: ``"RGB;16"`` for 16-bit colour)."""
     path = Path(path)
     try:
         with Image.open(path) as im:
-            return im.mode, im.size
+            return png_mode(path, im.mode), im.size
     except FileNotFoundError:
         raise DepthFileError(f"{path}: depth map not found") from None
     except Exception as exc:

@@ -131,11 +131,9 @@ def save_ply(path: str | Path, params: torch.nn.ParameterDict | dict,
     arr = np.empty(n, dtype=[(name, "f4") for name, _ in cols])
     for name, v in cols:
         arr[name] = v
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".ply.tmp")
-    PlyData([PlyElement.describe(arr, "vertex")]).write(str(tmp))
-    tmp.replace(path)
+    from s3dgs.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: PlyData([PlyElement.describe(arr, "vertex")]).write(tmp))
 
 
 def load_ply(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:

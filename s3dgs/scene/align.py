@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s3dgs.atomic import atomic_write_text
 from s3dgs.scene.colmap import SceneError, find_model_dir, import_pycolmap, read_model
 
 
@@ -60,5 +61,5 @@ def align_to_reference(scene: str | Path, reference: str | Path) -> dict:
                "centre_error_median": float(np.median(err)), "centre_error_max": float(err.max()),
                "centre_error_median_pct_of_spread": float(100 * np.median(err) / spread),
                "centre_error_max_pct_of_spread": float(100 * err.max() / spread)}
-    (scene / "alignment.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(scene / "alignment.json", json.dumps(summary, indent=2))
     return summary

@@ -159,6 +159,8 @@ def _walk_images(r: _Reader, camera_ids: set[int] | None) -> None:
         raise _Broken(f"declares {n} images in {len(r.data)} bytes")
     for k in range(n):
         image_id, *_pose, cam_id = r.take("<I7dI", f"image {k + 1} of {n}")
+        if not np.linalg.norm(_pose[:4]) > 1e-8:  # pycolmap turns it into "no rotation" silently
+            raise _Broken(f"image {image_id} has a zero rotation quaternion (QW QX QY QZ = {list(_pose[:4])})")
         end = r.data.find(b"\0", r.pos)
         if end < 0:
             raise _Broken(f"truncated: the file ends inside the name of image {image_id}")
@@ -217,6 +219,67 @@ def binary_model_problem(model_dir: str | Path, *, points: bool = True) -> tuple
     return None
 
 
+def text_model_problem(model_dir: str | Path) -> tuple[Path, str] | None:
+    """(file, what is wrong) for the first problem of a text COLMAP model that pycolmap accepts
+    silently or reports through an unrelated object, or None. pycolmap reads a zero rotation
+    quaternion as no rotation, a truncated images.txt as fewer images, and an image whose camera is
+    missing as "Rig with ID N does not exist"; this check reads only what it needs for that (camera
+    ids and sizes, the declared image count, each image line's fields), the model itself is still
+    read by pycolmap."""
+    model_dir = Path(model_dir)
+    cams_path, imgs_path = model_dir / "cameras.txt", model_dir / "images.txt"
+    if not (cams_path.is_file() and imgs_path.is_file()):
+        return None
+    fix = "; fix the file or re-run structure from motion (`s3dgs prepare`)"
+    cam_ids: set[int] = set()
+    for n, line in enumerate(cams_path.read_text(errors="replace").splitlines(), 1):
+        tok = line.split()
+        if not tok or tok[0].startswith("#"):
+            continue
+        try:
+            cam_ids.add(int(tok[0]))
+            w, h = int(tok[2]), int(tok[3])
+        except (IndexError, ValueError):
+            return cams_path, f"line {n} is not CAMERA_ID MODEL WIDTH HEIGHT PARAMS ({line[:80]!r}){fix}"
+        if w <= 0 or h <= 0:
+            return cams_path, f"line {n}: camera {tok[0]} is {w}x{h} pixels; width and height must be positive{fix}"
+    lines = imgs_path.read_text(errors="replace").splitlines()
+    declared = None
+    found, i = 0, 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("# Number of images:"):
+            try:
+                declared = int(line.split(":")[1].split(",")[0])
+            except (IndexError, ValueError):
+                pass
+        if not line or line.startswith("#"):
+            i += 1
+            continue
+        tok = line.split()
+        if len(tok) < 10:
+            return imgs_path, (f"line {i + 1} has {len(tok)} fields, not the 10 of IMAGE_ID QW QX QY QZ TX TY "
+                               f"TZ CAMERA_ID NAME: the file is truncated or malformed{fix}")
+        try:
+            quat = [float(t) for t in tok[1:5]]
+            cam = int(tok[8])
+        except ValueError:
+            return imgs_path, f"line {i + 1}: the pose or camera id of image {tok[-1]} is not a number{fix}"
+        if not np.linalg.norm(quat) > 1e-8:
+            return imgs_path, (f"line {i + 1}: image {tok[9]} has a zero rotation quaternion (QW QX QY QZ = "
+                               f"{' '.join(tok[1:5])}){fix}")
+        if cam not in cam_ids:
+            return imgs_path, (f"line {i + 1}: image {tok[9]} uses camera {cam}, which {cams_path.name} does not "
+                               f"hold (cameras: {', '.join(map(str, sorted(cam_ids))) or 'none'}){fix}")
+        found += 1
+        i += 2  # the image's line of 2D points follows, possibly empty
+    if declared is not None and found < declared:
+        return imgs_path, (f"the header declares {declared} images but the file holds {found}: it is truncated. "
+                           "Copy it again from where the model was made, or re-run structure from motion "
+                           "(`s3dgs prepare`)")
+    return None
+
+
 def _model_error(model_dir: Path, exc: Exception | None) -> SceneError:
     bad = binary_model_problem(model_dir)
     if bad is not None:
@@ -238,6 +301,9 @@ def load_reconstruction(model_dir: str | Path):
     model_dir = Path(model_dir)
     if binary_model_problem(model_dir) is not None:
         raise _model_error(model_dir, None)
+    bad = text_model_problem(model_dir)
+    if bad is not None:
+        raise SceneError(f"{bad[0]}: {bad[1]}.")
     try:
         return pycolmap.Reconstruction(str(model_dir))
     except Exception as exc:  # pycolmap raises a generic error on malformed files
@@ -285,6 +351,7 @@ def read_model(path: str | Path, *, require_pinhole: bool = True) -> ColmapModel
             width=int(cam.width), height=int(cam.height), K=_intrinsics(cam), viewmat=viewmat,
             params=np.asarray(cam.params, dtype=np.float64)))
     views.sort(key=lambda v: v.name)
+    _check_views(model_dir, views)
 
     n = rec.num_points3D()
     xyz = np.zeros((n, 3), np.float64)
@@ -295,6 +362,26 @@ def read_model(path: str | Path, *, require_pinhole: bool = True) -> ColmapModel
         rgb[i] = p.color
         err[i] = p.error if p.error >= 0 else 0.0
     return ColmapModel(path=model_dir, views=views, xyz=xyz, rgb=rgb, error=err)
+
+
+def _check_views(model_dir: Path, views: list[ColmapView]) -> None:
+    """Refuse what pycolmap accepts but no camera can be: a zero size, a focal length that is not
+    positive, two images of one name (their frames, depths and heatmaps would be one file)."""
+    fix = "Fix the model (cameras.txt / images.txt) or re-run structure from motion (`s3dgs prepare`)."
+    seen: dict[str, int] = {}
+    for v in views:
+        if v.width <= 0 or v.height <= 0:
+            raise SceneError(f"{model_dir}: camera {v.camera_id} (of image {v.name}) is {v.width}x{v.height} "
+                             f"pixels; width and height must be positive. {fix}")
+        fx, fy = float(v.K[0, 0]), float(v.K[1, 1])
+        if not (np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0):
+            raise SceneError(f"{model_dir}: camera {v.camera_id} (of image {v.name}) has focal length "
+                             f"fx={fx:g}, fy={fy:g} pixels; a focal length must be positive. {fix}")
+        if v.name in seen:
+            a, b = sorted((seen[v.name], v.image_id))
+            raise SceneError(f"{model_dir}: images {a} and {b} have the same name "
+                             f"{v.name!r}; every image needs its own frame. {fix}")
+        seen[v.name] = v.image_id
 
 
 def write_model(

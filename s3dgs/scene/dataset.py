@@ -87,6 +87,10 @@ class Frame:
         return "mask" if self.mask_path is not None else "heatmap" if self.heatmap_path is not None else None
 
 
+MIN_TRAIN_SIDE = 8
+"""The smallest image side (pixels) a frame may have after ``--resolution-scale``."""
+
+
 def split_indices(names: list[str], test_every: int = 8) -> tuple[list[int], list[int]]:
     """Train/test split over names sorted alphabetically: every `test_every`-th (index 0, 8, 16, ...)
     is held out, as 3DGS, gsplat and nerfstudio do. `test_every <= 0` keeps everything for training.
@@ -102,15 +106,41 @@ def split_indices(names: list[str], test_every: int = 8) -> tuple[list[int], lis
     return train, test
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path, alpha: list[str] | None = None) -> tuple[int, int]:
+    """(width, height) of the frame at ``path``; its name is appended to ``alpha`` when it has a
+    transparency channel."""
     try:
         with Image.open(path) as im:
-            return im.size
+            size = im.size
+            if alpha is not None and has_alpha(im):
+                alpha.append(path.name)
     except FileNotFoundError:
         raise SceneError(f"{path}: image listed in the COLMAP model is missing on disk. Put the frame "
                          "there or point --images-dir at the folder that holds it.") from None
     except Exception as exc:
         raise SceneError(f"{path}: unreadable image ({exc}). Replace or re-extract the frame.") from exc
+    if size[0] <= 0 or size[1] <= 0:
+        raise SceneError(f"{path}: the image is {size[0]}x{size[1]} pixels (empty). Replace or re-extract the frame.")
+    return size
+
+
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB. PIL's ``convert("RGB")`` clips 16-bit grey (modes I;16*, I) to 255,
+    so a 16-bit grey frame would read as white: its values are scaled to 8 bits (``v / 257``)
+    first. An alpha channel is dropped (the dataset says so once, :func:`has_alpha`)."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode == "I" and a.max(initial=0) > 65535:  # 32-bit integers: scale by their own range
+            a = a * (255.0 / a.max())
+        else:
+            a = a / 257.0
+        im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def has_alpha(im: Image.Image) -> bool:
+    """Whether ``im`` has a transparency channel (RGBA, LA, PA, or a palette with transparency)."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
 
 
 def _find_image(images_dir: Path, name: str) -> Path:
@@ -134,6 +164,9 @@ def _read_confidence(path: Path | None, classes: tuple[str, ...]) -> dict[str, n
     if not path.exists():
         raise SceneError(f"{path}: confidence file not found. Make it with `s3dgs heatmaps` or pass "
                          "confidence_path=None (all classes gated off).")
+    if path.is_dir():
+        raise SceneError(f"{path}: is a folder, not the confidence file. confidence.json maps frame stems to "
+                         "per-class confidences; make it with `s3dgs heatmaps`, or move the folder away.")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -143,6 +176,7 @@ def _read_confidence(path: Path | None, classes: tuple[str, ...]) -> dict[str, n
         raise SceneError(f"{path}: expected an object mapping frame stems to per-class confidences, got "
                          f"{type(raw).__name__}")
     out = {}
+    unknown: dict[str, str] = {}  # class name -> first entry naming it
     for stem, entry in raw.items():
         if not isinstance(entry, dict):
             raise SceneError(f"{path}: entry {stem!r} must map classes to numbers, got {entry!r}")
@@ -153,7 +187,19 @@ def _read_confidence(path: Path | None, classes: tuple[str, ...]) -> dict[str, n
             raise SceneError(f"{path}: entry {stem!r} holds a non-numeric confidence ({exc})") from exc
         if not np.isfinite(given).all():
             raise SceneError(f"{path}: entry {stem!r} holds NaN or inf")
+        bad = [f"{c}={v:g}" for c, v in zip([c for c in classes if c in entry], given) if not 0.0 <= v <= 1.0]
+        if bad:
+            raise SceneError(f"{path}: entry {stem!r} holds confidences outside [0, 1] ({', '.join(bad)}); a "
+                             "confidence is a probability. Regenerate the file with `s3dgs heatmaps`.")
+        for c in entry:
+            if c not in classes:
+                unknown.setdefault(str(c), str(stem))
         out[Path(stem).stem] = vals
+    if unknown:
+        names = ", ".join(f"{c!r} (first in {s!r})" for c, s in list(unknown.items())[:5])
+        warnings.warn(f"{path}: class name(s) {names} are not in the class table ({', '.join(classes)}); "
+                      "those confidences are ignored. Check the spelling, or the scene's classes.json.",
+                      stacklevel=3)
     return out
 
 
@@ -374,11 +420,12 @@ class SceneDataset(torch.utils.data.Dataset):
         frames: list[Frame] = []
         missing_hm = missing_depth = missing_conf = n_masks = 0
         both: list[str] = []
+        alpha_frames: list[str] = []
         rescaled_note = False
         for idx in keep:
             v = self.model.views[idx]
             path = _find_image(self.images_dir, v.name)
-            w0, h0 = _image_size(path)
+            w0, h0 = _image_size(path, alpha_frames)
             K = v.K.copy()
             if (w0, h0) != (v.width, v.height):
                 sx, sy = w0 / v.width, h0 / v.height
@@ -391,6 +438,12 @@ class SceneDataset(torch.utils.data.Dataset):
                 rescaled_note = True
             W = max(1, round(w0 * self.resolution_scale))
             H = max(1, round(h0 * self.resolution_scale))
+            if min(W, H) < MIN_TRAIN_SIDE:
+                from s3dgs.errors import UsageError
+
+                raise UsageError(f"--resolution-scale {self.resolution_scale:g} makes {path.name} ({w0}x{h0}) "
+                                 f"{W}x{H} pixels, below the smallest size of {MIN_TRAIN_SIDE} pixels a side; use "
+                                 f"--resolution-scale {MIN_TRAIN_SIDE / min(w0, h0):.3g} or more.")
             K[0] *= W / w0
             K[1] *= H / h0
             stem = Path(v.name).stem
@@ -447,6 +500,12 @@ class SceneDataset(torch.utils.data.Dataset):
                                 mask_path=mp))
         self.frames = frames
         self._warned_depth_resize = False
+        if alpha_frames and verbose:
+            warnings.warn(f"{len(alpha_frames)} frame(s) in {self.images_dir} have an alpha channel ("
+                          f"{', '.join(alpha_frames[:3])}{', ...' if len(alpha_frames) > 3 else ''}); it is "
+                          "dropped: s3dgs trains on the colour as stored, transparent pixels included. "
+                          "Composite the frames on a background first if the transparency matters.",
+                          stacklevel=2)
 
         n = len(frames)
         per_frame = sum(f.width * f.height * (3 + 2 * len(self.classes) * (f.heatmap_path is not None)
@@ -523,7 +582,7 @@ class SceneDataset(torch.utils.data.Dataset):
         f = self.frames[i]
         try:
             with Image.open(f.image_path) as im:
-                im = im.convert("RGB")
+                im = to_rgb8(im)
                 if im.size != (f.width, f.height):
                     im = im.resize((f.width, f.height), Image.Resampling.LANCZOS)
                 img = np.asarray(im, dtype=np.uint8).copy()

@@ -183,6 +183,7 @@ def keypoints_to_heatmaps(
     hotspot_sigma: float = 20.0,
     blur_sigma: float = 2.0,
     min_px: float = 5.0,
+    off_frame: list[str] | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Draw the skeleton heatmaps of one frame.
 
@@ -193,20 +194,26 @@ def keypoints_to_heatmaps(
         hotspot_sigma: sigma (px) of the Gaussian at each keypoint.
         blur_sigma: sigma (px) of the per-channel blur before normalising; 0 disables it.
         min_px: minimum line thickness (px).
+        off_frame: when given, the classes whose confident keypoints all lie outside the image are
+            appended to it.
 
     Returns:
         heatmap [H, W, 4] float32 in [0, 1] (channels = CLASSES), and the frame confidence per class
-        {"U": .., "N": .., "D": .., "P": ..} (highest keypoint confidence, 0 when missing).
+        {"U": .., "N": .., "D": .., "P": ..} (highest keypoint confidence, 0 when missing, and 0 for
+        a class whose keypoints all lie outside the image: an empty channel would otherwise say
+        "none of this class here" with the detector's confidence).
     """
     preds = parse_predictions(predictions)  # cheap; accepts already-clean predictions too
     H, W = int(height), int(width)
     heat = np.zeros((len(CLASSES), H, W), np.float32)
     conf = {c: 0.0 for c in CLASSES}
+    confident: set[str] = set()
     for p in preds:
         kp = {}
         for k in p["keypoints"]:
             conf[k["class"]] = max(conf[k["class"]], float(k["confidence"]))
             if k["confidence"] >= min_confidence:
+                confident.add(k["class"])
                 # Two keypoints of one class in one detection: keep the more confident.
                 if k["class"] not in kp or k["confidence"] > kp[k["class"]][2]:
                     kp[k["class"]] = (k["x"], k["y"], k["confidence"])
@@ -216,6 +223,11 @@ def keypoints_to_heatmaps(
                 _draw_segment(heat[CLASSES.index(ch)], kp[a][:2], kp[b][:2], thick)
         for c, (x, y, _) in kp.items():
             _draw_hotspot(heat[CLASSES.index(c)], (x, y), hotspot_sigma)
+    for c in sorted(confident):
+        if not heat[CLASSES.index(c)].any():  # every keypoint of the class fell outside the image
+            conf[c] = 0.0
+            if off_frame is not None:
+                off_frame.append(c)
     if blur_sigma > 0:
         from scipy.ndimage import gaussian_filter
 
@@ -267,6 +279,7 @@ def make_heatmaps(
     out_dir = out_scene / "heatmaps"
     out_dir.mkdir(parents=True, exist_ok=True)
     confidences: dict[str, dict[str, float]] = {}
+    outside: dict[str, list[str]] = {}  # frame stem -> classes whose keypoints all lie outside it
     it = files
     if progress:
         from tqdm import tqdm
@@ -278,11 +291,22 @@ def make_heatmaps(
         if wh is None:
             raise KeypointFileError(f"{f}: image size unknown; add \"image\": {{\"width\", \"height\"}} "
                                     f"to the file, put the frame in {out_scene / 'images'}, or pass a size")
-        heat, conf = keypoints_to_heatmaps(preds, wh[0], wh[1], **draw_kwargs)
+        off: list[str] = []
+        heat, conf = keypoints_to_heatmaps(preds, wh[0], wh[1], off_frame=off, **draw_kwargs)
+        if off:
+            outside[f.stem] = off
         arr = heat.astype(dtype)
         atomic_write(out_dir / f"{f.stem}.npy", lambda tmp, arr=arr: _save_npy(tmp, arr))
         confidences[f.stem] = {c: round(float(conf[c]), 6) for c in CLASSES}
     atomic_write_text(out_scene / "confidence.json", json.dumps(confidences, indent=1, sort_keys=True))
+    if outside:
+        import warnings
+
+        few = "; ".join(f"{s}: {', '.join(c)}" for s, c in list(outside.items())[:3])
+        warnings.warn(f"{keypoints_dir}: in {len(outside)} frame(s) every keypoint of a class lies outside the "
+                      f"image ({few}{'; ...' if len(outside) > 3 else ''}); that class's confidence is set to 0 "
+                      "there (not supervised). Check the keypoint coordinates and the files' \"image\" size.",
+                      stacklevel=2)
     return confidences
 
 
@@ -321,7 +345,10 @@ class HeatmapConfig:
 
 
 def heatmaps_main(cfg: HeatmapConfig) -> int:
+    from s3dgs.atomic import check_writable_folder
+
     cfg.validate()
+    check_writable_folder(cfg.out_scene, "OUT_SCENE", files=("confidence.json",))
     conf = make_heatmaps(cfg.keypoints_dir, cfg.out_scene, dtype=np.float32 if cfg.float32 else np.float16,
                          min_confidence=cfg.min_confidence, hotspot_sigma=cfg.hotspot_sigma,
                          blur_sigma=cfg.blur_sigma, min_px=cfg.min_px)

@@ -93,6 +93,13 @@ def initial_points(pcd_path: str | Path | None, model_xyz: np.ndarray | None, mo
             raise SceneError(f"{model_name}: {int(bad.sum())} of {len(mxyz)} 3D points have NaN or infinite "
                              "coordinates; re-run structure from motion or pass a clean --pcd-path")
     n_all = len(xyz)
+    if n_all >= 2:
+        extent = float(np.ptp(np.asarray(xyz, np.float64), axis=0).max())
+        if not extent > 1e-9 * (1.0 + float(np.abs(xyz).max())):
+            where = ", ".join(f"{v:.6g}" for v in np.asarray(xyz[0], np.float64))
+            raise SceneError(f"{src}: all {n_all} points lie at one spot ({where}): the point cloud has "
+                             "collapsed, and Gaussians started there cannot cover the scene. Re-run structure "
+                             "from motion, or pass another --pcd-path")
     if max_points > 0 and n_all > max_points:
         sel = np.random.default_rng(seed).choice(n_all, max_points, replace=False)  # as the trainer did
         xyz, rgb = xyz[sel], rgb[sel]

@@ -22,6 +22,7 @@ rings; the inputs are then made the way real ones are:
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import tyro
 
 from s3dgs import CLASSES
+from s3dgs.atomic import atomic_write, atomic_write_text
 from s3dgs.errors import UsageError
 from s3dgs.options import opt
 from s3dgs.scene.synth_plant import LABELS, Plant, PlantParams, make_plant
@@ -490,15 +492,47 @@ def write_preview(path, images, depths, labels, priors, heatmaps, n_show=4):
     out = Image.new("RGB", (im.width, im.height + 16), (255, 255, 255))
     out.paste(head, (0, 0))
     out.paste(im, (0, 16))
-    out.save(path)
+    atomic_write(path, lambda tmp: out.save(tmp, format="PNG"))
 
 
 # ------------------------------------------------------------------------------ main
 
-def make_synthetic_scene(cfg: SynthConfig) -> Path:
-    """Write the synthetic scene of `cfg` (see the module docstring). Returns the scene folder."""
+def _save_png(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
+            np.save(f, arr)
+
+    atomic_write(path, write)
+
+
+_VIEW_NAME = re.compile(r"view_(\d{3,})$")
+
+
+def _remove_stale_views(out: Path, views: int) -> list[Path]:
+    """Remove the files of views ``view_<i>`` with ``i >= views`` that an earlier, larger synthetic
+    scene left in ``out`` (images, keypoints, heatmaps, depth priors, ground truth): a scene made
+    again in the same folder holds only its own views. Returns the removed paths."""
+    removed = []
+    for sub in ("images", "keypoints", "heatmaps", "depths", "gt/depth", "gt/masks"):
+        for p in (out / sub).glob("view_*"):
+            m = _VIEW_NAME.match(p.stem)
+            if m and int(m.group(1)) >= views and p.is_file():
+                p.unlink()
+                removed.append(p)
+    if removed:
+        print(f"synth: removed {len(removed)} files of views beyond the {views} made now, left in {out} "
+              "by an earlier, larger scene")
+    return removed
+
+
+def make_synthetic_scene(cfg: SynthConfig) -> Path:
+    """Write the synthetic scene of `cfg` (see the module docstring). Returns the scene folder."""
     from s3dgs.depth.io import save_depth_png, write_meta
     from s3dgs.scene.colmap import write_model
     from s3dgs.scene.heatmaps import make_heatmaps
@@ -510,6 +544,7 @@ def make_synthetic_scene(cfg: SynthConfig) -> Path:
     out = Path(cfg.out)
     for sub in ("images", "depths", "keypoints", "gt/depth", "gt/masks", "sparse/0"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    _remove_stale_views(out, cfg.views)
 
     def stream(tag):  # independent random streams, so one knob does not reshuffle the others
         return np.random.default_rng(np.random.SeedSequence([cfg.seed, tag]))
@@ -535,15 +570,15 @@ def make_synthetic_scene(cfg: SynthConfig) -> Path:
         images.append(img8)
         depths.append(depth)
         labels.append(label)
-        Image.fromarray(img8).save(out / "images" / names[c])
-        np.save(out / "gt" / "depth" / f"{stems_[c]}.npy", depth)
-        Image.fromarray(label).save(out / "gt" / "masks" / f"{stems_[c]}.png")
+        _save_png(out / "images" / names[c], img8)
+        _save_npy(out / "gt" / "depth" / f"{stems_[c]}.npy", depth)
+        _save_png(out / "gt" / "masks" / f"{stems_[c]}.png", label)
 
     # keypoints -> heatmaps (the code of `s3dgs heatmaps`)
     kp_rng = stream(4)
     for c in range(cfg.views):
         doc = make_keypoints(cfg, plant, K, viewmats[c], depths[c], kp_rng)
-        (out / "keypoints" / f"{stems_[c]}.json").write_text(json.dumps(doc, indent=1))
+        atomic_write_text(out / "keypoints" / f"{stems_[c]}.json", json.dumps(doc, indent=1))
     make_heatmaps(out / "keypoints", out, progress=False, hotspot_sigma=cfg.hotspot_sigma)
 
     # simulated monocular prior
@@ -584,23 +619,23 @@ def make_synthetic_scene(cfg: SynthConfig) -> Path:
 
     # ground truth
     gt = out / "gt"
-    (gt / "primitives.json").write_text(json.dumps(primitives_dict(plant)))
-    (gt / "stems.json").write_text(json.dumps(stems_dict(plant)))
+    atomic_write_text(gt / "primitives.json", json.dumps(primitives_dict(plant)))
+    atomic_write_text(gt / "stems.json", json.dumps(stems_dict(plant)))
     vis = {}
     for c in range(cfg.views):
         vis[stems_[c]] = []
         for s in plant.stems:
             v, _, _ = visible(K, viewmats[c], s["points"], depths[c], 2.0 * s["radius"] + 0.002)
             vis[stems_[c]].append("".join("1" if b else "0" for b in v))
-    (gt / "visibility.json").write_text(json.dumps({
+    atomic_write_text(gt / "visibility.json", json.dumps({
         "note": "per view, per entry of stems.json: one character per centreline vertex, 1 = inside "
                 "the image and not occluded (true depth >= vertex depth - 2 r - 2 mm)",
         "views": vis}))
-    (gt / "cameras.json").write_text(json.dumps({
+    atomic_write_text(gt / "cameras.json", json.dumps({
         "width": cfg.width, "height": cfg.height, "K": _r(K, 9),
         "views": [{"name": n, "viewmat": _r(vm, 9)} for n, vm in zip(names, viewmats)]}))
     cfg_dict = {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress")}
-    (gt / "meta.json").write_text(json.dumps({
+    atomic_write_text(gt / "meta.json", json.dumps({
         "labels": {str(k): v for k, v in LABELS.items()},
         "depth": "gt/depth/<stem>.npy: float32 z-depth along the optical axis (m) of the surface hit by "
                  "the ray through each pixel centre; every pixel hits a surface (ground disk or "
@@ -625,7 +660,10 @@ def demo_synth_config(out: Path, preset: str = "default", seed: int = 0, **optio
 
 
 def synth_main(cfg: SynthConfig) -> int:
+    from s3dgs.atomic import check_writable_folder
+
     cfg.validate()
+    check_writable_folder(cfg.out, "OUT")
     make_synthetic_scene(cfg)
     return 0
 
