@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench viewer-lib
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# the 3D view's library (Spark + three.js, pinned, from the npm registry) into a git-ignored cache;
+# without npm it says so and the report falls back to its static pictures
+viewer-lib: $(STAMP)
+	$(PY) -m s3dgs.viewer fetch
+
+demo: $(STAMP) viewer-lib
 	HF_HUB_OFFLINE=1 $(VENV)/bin/s3dgs demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) viewer-lib
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 clean:

@@ -1,7 +1,11 @@
 """RUN/report.html: one self-contained page about a run (`write_report(run_dir, scene_dir)`).
 
 Everything is embedded (images as base64 PNG, styles inline); the page loads nothing from
-elsewhere and needs no JavaScript. Sections, each shown when its inputs exist in the run folder:
+elsewhere. Sections, each shown when its inputs exist in the run folder:
+
+- the interactive 3D view of point_cloud.ply (`s3dgs.viewer`: splats, class toggles, phenotype
+  overlay; the only JavaScript of the page, embedded with its pinned library; without the library
+  or without WebGL the page says so and the static pictures below are the view);
 
 - summary: train_summary.json, the stage times of `s3dgs run` (pipeline.json), how the depth priors
   were made (scene/depths/meta.json; a simulated prior is labelled as such);
@@ -9,8 +13,10 @@ elsewhere and needs no JavaScript. Sections, each shown when its inputs exist in
 - held-out views: photo | render | rendered depth | rendered semantics (renders/<stem>_*.png), with
   the depth prior and the semantic heatmaps of the frame when the scene has them;
 - per-class point clouds (classes/<C>.ply) as scatter plots from two viewpoints;
-- phenotypes (phenotypes.json and .png of `s3dgs phenotype`): the picture, plant traits,
-  internodes, nodes and the notes on what could not be measured; says so when not run;
+- phenotypes (phenotypes.json and .png of `s3dgs phenotype`): the picture (redrawn from
+  point_cloud.ply framed on the plant: the 1-99 percentile box of the opaque Gaussians, strays
+  counted), plant traits (beside the true ones, red when wrong, when the scene is a synthetic plant
+  with gt/), internodes, nodes and the notes on what could not be measured; says so when not run;
 - the metrics table (metrics.json, any groups and keys);
 - the run's configuration (config.json).
 """
@@ -391,7 +397,7 @@ def _metrics_section(run: Path) -> str:
     return _section("Metrics", "\n".join(out), "metrics")
 
 
-def _phenotypes_section(run: Path) -> str:
+def _phenotypes_section(run: Path, scene: Optional[Path] = None, colours: Optional[dict] = None) -> str:
     """RUN/phenotypes.json and .png (`s3dgs phenotype RUN`): the picture, the plant's traits, the
     internodes and the notes on what could not be measured."""
     res = _read_json(run / "phenotypes.json")
@@ -405,16 +411,24 @@ def _phenotypes_section(run: Path) -> str:
         parts.append(f"<p>Scale: {_esc(scale['source'])}. Up: {_esc(res.get('up_source', 'unknown'))}.</p>")
     if unit != "m":
         parts.append(f'<p class="note">Lengths are in <b>model units</b>, not metres: {_esc(scale.get("source", ""))}</p>')
-    data = _file_png(run / "phenotypes.png", max_side=1400)
-    if data:
+    framed = _framed_phenotype_png(run, res, colours or CLASS_COLOURS)
+    data = None if framed else _file_png(run / "phenotypes.png", max_side=1400)
+    if framed:
+        png, caption = framed
+        parts.append(f"<figure>{_img_tag(png, 'phenotypes')}<figcaption>{_esc(caption)}</figcaption></figure>")
+    elif data:
         parts.append(f"<figure>{_img_tag(data, 'phenotypes')}<figcaption>class Gaussians, fitted "
                      "centreline and numbered nodes (phenotypes.png)</figcaption></figure>")
     p = res["plant"]
     labels = (("plant_height", f"plant height ({unit})"), ("stem_length", f"stem length ({unit})"),
               ("node_count", "nodes"), ("peduncle_count", "peduncles"),
               ("stem_diameter_median", f"median stem diameter ({unit})"))
-    parts.append("<h3>Plant</h3>" + _kv_table([(lab, p.get(k) if p.get(k) is not None else "not measured")
-                                                for k, lab in labels]))
+    truth = _true_traits(scene, res)
+    if truth:
+        parts.append("<h3>Plant, measured against the synthetic plant's ground truth</h3>" + truth)
+    else:
+        parts.append("<h3>Plant</h3>" + _kv_table([(lab, p.get(k) if p.get(k) is not None else "not measured")
+                                                    for k, lab in labels]))
     rows = res.get("internodes") or []
     if rows:
         t = [f"<h3>Internodes</h3><table><tr><th>internode</th><th>length along the stem ({_esc(unit)})</th>"
@@ -442,6 +456,140 @@ def _phenotypes_section(run: Path) -> str:
     if notes:
         parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_esc(n)}</li>" for n in notes) + "</ul>")
     return _section("Phenotypes", "\n".join(parts), "phenotypes")
+
+
+def _viewer_css() -> str:
+    from s3dgs.viewer import VIEWER_CSS
+
+    return VIEWER_CSS
+
+
+def _framed_phenotype_png(run: Path, res: dict, colours: dict) -> Optional[tuple[bytes, str]]:
+    """Two side views and a top view of the run's opaque Gaussians (class colours, grey without a
+    class) with the phenotype overlay, framed on the plant: the box of `s3dgs.viewer.robust_extent`
+    (1-99 percentiles of the Gaussians of opacity > 0.1, widened by 15 %); the strays outside it are
+    counted in the caption, not drawn. None without point_cloud.ply."""
+    if not (run / "point_cloud.ply").is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from s3dgs.gaussians.model import load_ply
+    from s3dgs.viewer import robust_extent
+
+    try:
+        params, names = load_ply(run / "point_cloud.ply")
+    except Exception:
+        return None
+    X = params["means"].numpy().astype(np.float64)
+    op = 1 / (1 + np.exp(-params["opacities"].numpy().astype(np.float64).reshape(-1)))
+    keep = op > 0.1
+    cls = np.full(len(X), -1)
+    if "semantics" in params and len(names):
+        pr = 1 / (1 + np.exp(-params["semantics"].numpy().astype(np.float64)))
+        cls = np.where(pr.max(1) > 0.5, pr.argmax(1), -1)
+    up = np.asarray(res.get("up") or [0, 0, 1], np.float64)
+    up = up / (np.linalg.norm(up) or 1.0)
+    e1 = np.cross(up, [1.0, 0, 0] if abs(up[0]) < 0.9 else [0, 1.0, 0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    B = np.stack([e1, e2, up], 1)  # model -> (e1, e2, up)
+    Y = X[keep] @ B
+    ext = robust_extent(Y, np.ones(len(Y)))
+    lo, hi = np.array(ext["lo"]), np.array(ext["hi"])
+    inside = ((Y >= lo) & (Y <= hi)).all(1)
+    Y, c = Y[inside], cls[keep][inside]
+    if len(Y) > 60000:
+        pick = np.random.default_rng(0).choice(len(Y), 60000, replace=False)
+        Y, c = Y[pick], c[pick]
+    ov = {}
+    stem = res.get("stem") or {}
+    if res.get("method") == "geometry":
+        ov["line"] = stem.get("polyline_model")
+        ov["pts"] = [(o.get("index"), o.get("insertion_model")) for o in res.get("organs") or []]
+    else:
+        ov["line"] = stem.get("centreline_model")
+        ov["pts"] = [(n.get("index"), n.get("position_model")) for n in res.get("nodes") or []]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 5.4))
+    for ax, (i, j), title in zip(axes, ((0, 2), (1, 2), (0, 1)), ("side view (along e2)", "side view (along e1)",
+                                                                 "top view")):
+        grey = c < 0
+        ax.scatter(Y[grey, i], Y[grey, j], s=1, color="0.65", alpha=0.4, linewidths=0,
+                   label="no class" if i == 0 and j == 2 else None)
+        for k, name in enumerate(names):
+            m = c == k
+            if m.any():
+                ax.scatter(Y[m, i], Y[m, j], s=2, color=colours.get(name, "#777777"), linewidths=0,
+                           label=name if i == 0 and j == 2 else None)
+        if ov["line"]:
+            L = np.asarray(ov["line"], np.float64).reshape(-1, 3) @ B
+            ax.plot(L[:, i], L[:, j], "k-", lw=1.5)
+        for idx, pnt in ov["pts"]:
+            if pnt is None:
+                continue
+            q = np.asarray(pnt, np.float64) @ B
+            ax.plot(q[i], q[j], "o", mfc="none", mec="k", ms=8)
+            ax.annotate(str(idx), (q[i], q[j]), xytext=(6, 2), textcoords="offset points", fontsize=9, weight="bold")
+        ax.set_xlim(lo[i], hi[i])
+        ax.set_ylim(lo[j], hi[j])
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_title(f"{title}, model units", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, markerscale=5, loc="upper left")
+    fig.tight_layout()
+    strays = int((~inside).sum())
+    cap = (f"{int(keep.sum()):,} Gaussians of opacity > 0.1, class colours, with the "
+           + ("main stem and organ insertions" if res.get("method") == "geometry" else "stem centreline and nodes")
+           + "; framed on the plant (1-99 percentile box widened by 15 %)"
+           + (f"; {strays:,} stray Gaussians outside it are not drawn" if strays else ""))
+    return _fig_png(fig), cap
+
+
+def _true_traits(scene: Optional[Path], res: dict) -> Optional[str]:
+    """A table of the measured plant traits beside the true ones of a synthetic scene (scene/gt/, via
+    `s3dgs.scene.groundtruth`), a wrong one in red: counts must match, lengths be within 10 %.
+    None when the scene has no ground truth or the lengths are not metric."""
+    if scene is None or not (Path(scene) / "gt" / "stems.json").is_file() or res.get("units") != "m":
+        return None
+    from s3dgs.scene.groundtruth import load_ground_truth
+
+    try:
+        gt = load_ground_truth(scene)
+    except Exception:
+        return None
+    main = [np.asarray(st["points"], np.float64) for st in gt.stems if st.get("part") == "main stem"]
+    if not main:
+        return None
+    pts = np.concatenate(main)
+    pts = pts[np.argsort(pts[:, 2], kind="stable")]
+    truth = {"plant_height": float(pts[:, 2].max()),
+             "stem_length": float(sum(np.linalg.norm(np.diff(np.asarray(m), axis=0), axis=1).sum() for m in main)),
+             "node_count": len(gt.nodes),
+             "peduncle_count": sum(st.get("class") == "P" and st.get("part") == "peduncle" for st in gt.stems)}
+    if res.get("method") == "geometry":  # no nodes or peduncles: the lengths only
+        truth.pop("node_count")
+        truth.pop("peduncle_count")
+    p = res.get("plant") or {}
+    labels = {"plant_height": "plant height (m)", "stem_length": "stem length (m)", "node_count": "nodes",
+              "peduncle_count": "peduncles"}
+    rows = ["<table><tr><th>trait</th><th>measured</th><th>true</th><th></th></tr>"]
+    for k, t in truth.items():
+        v = p.get(k)
+        if isinstance(t, int):
+            ok = v == t
+            say = "" if ok else (f"found {v} of {t}" if v is not None else "not measured")
+        else:
+            ok = v is not None and abs(v - t) <= 0.1 * t
+            say = "" if ok else ("not measured" if v is None else f"off by {100 * (v - t) / t:+.0f} %")
+        style = "" if ok else ' style="color:#c00;font-weight:bold"'
+        rows.append(f"<tr{style}><td>{_esc(labels[k])}</td><td class=\"num\">"
+                    f"{_esc(_fmt(v)) if v is not None else 'not measured'}</td><td class=\"num\">{_esc(_fmt(t))}</td>"
+                    f"<td>{'&#10003;' if ok else '&#10007; ' + _esc(say)}</td></tr>")
+    rows.append("</table><p class=\"muted\">True traits from the scene's gt/stems.json; counts must match, "
+                "lengths be within 10 %.</p>")
+    return "".join(rows)
 
 
 def _summary_section(run: Path, scene: Optional[Path]) -> str:
@@ -514,33 +662,40 @@ def build_report_html(run_dir: str | Path, scene_dir: str | Path | None = None) 
     classes = run_class_table(cfg if isinstance(cfg, dict) else {}).names
     colours = run_colours(run)
     sections = [_summary_section(run, scene), _curves_section(run), _views_section(run, scene, classes, colours),
-                _clouds_section(run, colours), _phenotypes_section(run), _metrics_section(run), _config_section(run)]
+                _clouds_section(run, colours), _phenotypes_section(run, scene, colours), _metrics_section(run),
+                _config_section(run)]
+    if (run / "point_cloud.ply").is_file():
+        from s3dgs.viewer import REPORT_MAX_GAUSSIANS, viewer_section_html
+
+        try:
+            view = viewer_section_html(run, max_gaussians=REPORT_MAX_GAUSSIANS)
+        except Exception as exc:  # a damaged PLY: the rest of the report still stands
+            view = f'<p class="s3v-fallback">No interactive view: {_esc(exc)}</p>'
+        sections.insert(1, _section("3D view", view, "view3d"))
     nav = " · ".join(f'<a href="#{a}" style="color:#fff">{t}</a>' for a, t in
-                     (("summary", "summary"), ("curves", "curves"), ("views", "views"),
+                     (("summary", "summary"), ("view3d", "3D view"), ("curves", "curves"), ("views", "views"),
                       ("clouds", "point clouds"), ("phenotypes", "phenotypes"), ("metrics", "metrics"),
                       ("config", "config")))
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>s3dgs report: {_esc(run.name)}</title><style>{CSS}</style></head><body>"
+            f"<title>s3dgs report: {_esc(run.name)}</title><style>{CSS}{_viewer_css()}</style></head><body>"
             f"<header><h1>s3dgs report: {_esc(run.resolve().parent.name + '/' + run.resolve().name)}</h1>"
             f"<p>{_esc(run.resolve())} · {when} · {nav}</p></header><main>\n"
             + "\n".join(sections) + "\n</main></body></html>\n")
 
 
 def write_report(run_dir: str | Path, scene_dir: str | Path | None = None) -> Path:
-    """Write RUN/report.html (self-contained: images embedded, no external resources, no
-    JavaScript) and return its path. `scene_dir` (default: config.json's scene, else RUN/../scene)
+    """Write RUN/report.html (self-contained: images embedded, no external resources; JavaScript
+    only for the 3D view) and return its path. `scene_dir` (default: config.json's scene, else RUN/../scene)
     adds the depth priors, heatmaps and SfM summary when given."""
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: run folder does not exist")
+    from s3dgs.atomic import atomic_write_text
     from s3dgs.runlock import run_lock
 
     with run_lock(run, "the report", create=False):  # no other command writes into RUN meanwhile
         text = build_report_html(run, scene_dir)
-        path = run / "report.html"
-        tmp = run / ".report.html.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        path = atomic_write_text(run / "report.html", text)
     return path
