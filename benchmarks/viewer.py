@@ -39,6 +39,7 @@ def resample_run(src: Path, dst: Path, n: int, seed: int = 0) -> int:
 
     params, classes = load_ply(src / "point_cloud.ply")
     m = len(params["means"])
+    n = m if n <= 0 else n  # 0: the run's own Gaussians, as they are
     rng = np.random.default_rng(seed)
     if m >= n:
         idx = np.sort(rng.choice(m, n, replace=False))
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--run", type=Path, default=Path("demo_out/run"), help="a trained run folder (point_cloud.ply)")
-    ap.add_argument("--gaussians", type=int, default=250_000)
+    ap.add_argument("--gaussians", type=int, default=250_000,
+                    help="resample the run to this many Gaussians (0: the run's own, as they are)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--screenshot", type=Path, default=None)
     ap.add_argument("--class-colours", action="store_true", help="the screenshot in class colours")
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     run = a.out / "run"
     source_n = resample_run(a.run, run, a.gaussians)
     t = time.perf_counter()
-    page = write_view(run)
+    page = write_view(run).resolve()
     build_s = time.perf_counter() - t
     walls, pages = [], []
     for k in range(a.repeats):
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
     res = {"date": _dt.date.today().isoformat(), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
            "browser": chromium_version + " headless, SwiftShader (software WebGL2)",
            "library": f"@sparkjsdev/spark {SPARK_VERSION}, three {THREE_VERSION}",
-           "source_run": str(a.run), "source_gaussians": source_n, "gaussians": a.gaussians,
+           "source_run": str(a.run), "source_gaussians": source_n, "gaussians": a.gaussians if a.gaussians > 0 else source_n,
            "page_mb": round(page.stat().st_size / 1e6, 2), "page_build_s": round(build_s, 2),
            "first_frame_wall_s_median": round(statistics.median(walls), 2), "first_frame_wall_s": [round(w, 2) for w in walls],
            "first_frame_page_s_median": round(statistics.median(pages), 2),
