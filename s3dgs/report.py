@@ -550,7 +550,16 @@ def _framed_phenotype_png(run: Path, res: dict, colours: dict) -> Optional[tuple
 def _true_traits(scene: Optional[Path], res: dict) -> Optional[str]:
     """A table of the measured plant traits beside the true ones of a synthetic scene (scene/gt/, via
     `s3dgs.scene.groundtruth`), a wrong one in red: counts must match, lengths be within 10 %.
-    None when the scene has no ground truth or the lengths are not metric."""
+    None when the scene has no ground truth or the lengths are not metric. A scene aligned to a
+    synthetic reference (`s3dgs run --reference`, as `s3dgs demo` does: alignment.json) takes the
+    reference's ground truth."""
+    if scene is not None and not (Path(scene) / "gt" / "stems.json").is_file():
+        try:
+            ref = json.loads((Path(scene) / "alignment.json").read_text()).get("reference")
+        except (OSError, ValueError, AttributeError):
+            ref = None
+        if ref and (Path(ref) / "gt" / "stems.json").is_file():
+            scene = Path(ref)
     if scene is None or not (Path(scene) / "gt" / "stems.json").is_file() or res.get("units") != "m":
         return None
     from s3dgs.scene.groundtruth import load_ground_truth

@@ -234,3 +234,22 @@ def test_report_view_in_headless_chromium_and_without_webgl(tmp_path):
         fb = b.eval("document.getElementById('s3v-fallback').textContent")
         assert "No WebGL2" in fb and "static pictures" in fb
         assert b.eval("document.getElementById('s3v').style.display") == "none"
+
+
+def test_report_of_a_scene_aligned_to_a_synthetic_reference_shows_the_truth(tmp_path, monkeypatch):
+    """`s3dgs demo` trains on an SfM scene aligned to the synthetic plant (alignment.json): the
+    report takes the reference's ground truth."""
+    import json as _json
+
+    from s3dgs.report import write_report
+    from s3dgs.scene.synth import SynthConfig, make_synthetic_scene
+
+    monkeypatch.setenv("S3DGS_VIEWER_LIB", str(tmp_path / "nolib"))
+    ref = tmp_path / "synthetic"
+    make_synthetic_scene(SynthConfig(out=ref, preset="tiny"))
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    (scene / "alignment.json").write_text(_json.dumps({"reference": str(ref)}))
+    run = make_run(tmp_path, 2000)
+    text = write_report(run, scene).read_text()
+    assert "measured against the synthetic plant" in text and "found 2 of 4" in text
