@@ -436,8 +436,11 @@ def _init_ray(cfg: BatchConfig):
                          log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BatchError(f"--address {cfg.address}: cannot join the Ray cluster ({exc}); start one with "
-                             "`ray start --head`, or leave --address out for a local one" if cfg.address else
-                             f"cannot start a local Ray cluster: {exc}") from exc
+                             "`ray start --head`, or leave --address out for a local one. A cluster started "
+                             "with Ray's token authentication (the default since Ray 2.5x) needs the same "
+                             "token on this machine (RAY_AUTH_TOKEN or ~/.ray/auth_token), or the cluster and "
+                             "this command both run with RAY_AUTH_MODE=disabled on a trusted network"
+                             if cfg.address else f"cannot start a local Ray cluster: {exc}") from exc
         started = True
     return ray, started
 
