@@ -53,6 +53,19 @@ ALIASES: dict[tuple[str, str], tuple[str, str, str, str]] = {
 }
 
 
+def given_options(argv: list[str]) -> frozenset[str]:
+    """Flat names (``warmup_iterations``) of the options in `argv` (``--warmup-iterations 4000``,
+    ``--warmup-iterations=4000``, ``--no-depth-robust``)."""
+    out = set()
+    for a in argv:
+        if a.startswith("--") and len(a) > 2:
+            name = a[2:].split("=", 1)[0].replace("-", "_")
+            out.add(name)
+            if name.startswith("no_"):
+                out.add(name[3:])
+    return frozenset(out)
+
+
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = ["usage: s3dgs COMMAND [options]    (s3dgs COMMAND --help for its options)", "",
@@ -108,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
         cfg_cls = getattr(module, cfg_name)
         cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
+        # the options typed on the command line, so that "options you set yourself are kept" holds
+        # even for a value equal to its default (s3dgs.config.resolve_schedule)
+        try:
+            cfg.cli_given = given_options(rest)
+        except AttributeError:  # pragma: no cover - a frozen or slotted config
+            pass
         if hasattr(cfg, "validate"):  # every option checked before any work (exit 2 naming it)
             cfg.validate()
         result = getattr(module, fn_name)(cfg)

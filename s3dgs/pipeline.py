@@ -558,7 +558,8 @@ def do_train(cfg: RunConfig, scene: Path, run: Path, use_depth: bool, stamp_dir:
             print("[train] the scene or the training options changed since the interrupted training: "
                   "starting again")
         atomic_write_text(started, json.dumps({"key": key, "scene": fingerprint}, default=_json_default))
-    summary = run_training(tcfg, SceneInputs(scene=scene), run, resume=resume, overwrite=not resume)
+    summary = run_training(tcfg, SceneInputs(scene=scene), run, resume=resume, overwrite=not resume,
+                           fixed=getattr(cfg, "cli_given", frozenset()))
     # finished: a later run of this stage (--redo train, changed inputs) trains anew, it does not
     # "continue" from the final checkpoint
     started.unlink(missing_ok=True)
@@ -806,7 +807,9 @@ def demo_main(cfg: DemoConfig) -> int:
             synth = make_demo_scene(cfg)
             print("note: the depth priors are a SIMULATED Depth Anything V2 stand-in made from the synthetic "
                   "scene's true depth; the keypoint files stand in for a keypoint detector.")
-            res = run_pipeline(demo_run_config(cfg, synth))
+            rc = demo_run_config(cfg, synth)
+            rc.cli_given = getattr(cfg, "cli_given", frozenset())  # options typed by the user are kept
+            res = run_pipeline(rc)
     except KeyboardInterrupt:
         print("\ns3dgs demo: interrupted; rerun to continue where it stopped")
         return 130

@@ -204,7 +204,9 @@ class Trainer:
         self.cfg, self.inputs, self.out = cfg, inputs, Path(out)
         self.device = cfg.resolved_device()
         self._open_run_folder(resume, overwrite)
-        for path, (old, new) in resolve_schedule(cfg, fixed).items():
+        self.schedule_scaled = resolve_schedule(cfg, fixed)
+        self.options_given = sorted(fixed)
+        for path, (old, new) in self.schedule_scaled.items():
             self.say(f"schedule: {path} {old} -> {new} for a {cfg.num_iterations}-iteration run "
                      "(--no-scale-schedule keeps the literal values)")
         if cfg.num_threads > 0:
@@ -400,6 +402,10 @@ class Trainer:
                             "out": str(self.out), "classes": list(self.ds.classes),
                             "class_table": self.class_table.to_dict(),
                             "resolved_paths": {k: (str(v) if v else None) for k, v in self.paths.items()},
+                            # what the user set (kept as set) and what the short-run schedule resolved
+                            "options_given": self.options_given,
+                            "schedule_scaled": {k: {"default": o, "resolved": n}
+                                                for k, (o, n) in self.schedule_scaled.items()},
                             "train": config_to_dict(cfg)}
 
     def _initial_points(self) -> tuple[np.ndarray, np.ndarray, str]:
@@ -752,5 +758,6 @@ def train(
 def train_main(cmd: TrainCommand) -> int:
     """CLI: `s3dgs train SCENE --out RUN`. Errors reach s3dgs.cli.main as S3dgsError."""
     cmd.validate()
-    run_training(cmd.train, cmd.inputs, cmd.out, resume=cmd.resume, overwrite=cmd.overwrite)
+    run_training(cmd.train, cmd.inputs, cmd.out, resume=cmd.resume, overwrite=cmd.overwrite,
+                 fixed=getattr(cmd, "cli_given", frozenset()))
     return 0

@@ -192,3 +192,29 @@ def test_bad_option_in_run_and_demo(command, tmp_path, capsys, monkeypatch):
     assert "--num-iterations must be at least 1" in capsys.readouterr().err
     assert main(command + ["--redo", "bake"]) == 2
     assert "--redo bake: no such stage" in capsys.readouterr().err
+
+
+def test_an_option_you_set_to_its_default_is_kept_on_the_command_line(tmp_path, tiny_scene):
+    """`s3dgs train --warmup-iterations 4000 --num-iterations 40`: 4000 is the default, but it was
+    typed, so the short-run schedule keeps it (the semantic term never switches on, said so)."""
+    import json
+
+    from s3dgs.cli import given_options, main
+
+    assert {"warmup_iterations", "num_iterations", "depth_robust"} <= given_options(
+        ["--warmup-iterations", "4000", "--num-iterations=40", "--no-depth-robust"])
+    out = tmp_path / "run"
+    rc = main(["train", str(tiny_scene), "--out", str(out), "--num-iterations", "20", "--warmup-iterations", "4000",
+               "--no-progress", "--no-save-renders", "--sh-degree", "0"])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["semantics"]["warmup_iterations"] == 4000
+    out2 = tmp_path / "run2"
+    assert main(["train", str(tiny_scene), "--out", str(out2), "--num-iterations", "20", "--no-progress",
+                 "--no-save-renders", "--sh-degree", "0"]) == 0
+    assert json.loads((out2 / "config.json").read_text())["train"]["semantics"]["warmup_iterations"] < 4000
+    rec = json.loads((out / "config.json").read_text())
+    assert "warmup_iterations" in rec["options_given"]
+    assert "semantics.warmup_iterations" not in rec["schedule_scaled"]
+    rec2 = json.loads((out2 / "config.json").read_text())
+    assert rec2["schedule_scaled"]["semantics.warmup_iterations"]["default"] == 4000
