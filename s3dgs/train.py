@@ -198,6 +198,11 @@ class Trainer:
     """One training run. ``Trainer(cfg, inputs, out)`` sets everything up (and resumes); then
     ``train_step(step)`` for each iteration, ``after_step`` for logs and checkpoints, ``finish()``."""
 
+    DEVICE_SIDE_NONFINITE: bool | None = None
+    """None: the non-finite check syncs with the host on a CPU and is counted on the device
+    elsewhere (checked once per log window); True/False forces one (tests run the device path on a
+    CPU)."""
+
     def __init__(self, cfg: TrainConfig, inputs: SceneInputs, out: str | Path, *, resume: bool = False,
                  overwrite: bool = False, fixed: frozenset[str] | set[str] = frozenset()):
         cfg.validate()
@@ -222,6 +227,13 @@ class Trainer:
         self.acc = torch.zeros(5, device=self.device)  # loss, rgb, depth, sem, psnr
         self.acc_n = 0
         self.nonfinite = 0
+        # on an accelerator the non-finite check must not sync every step: the streak of non-finite
+        # losses is kept on the device and checked once per log window (s3dgs.train._backward)
+        self.host_nonfinite_check = (self.device.type == "cpu" if self.DEVICE_SIDE_NONFINITE is None
+                                     else not self.DEVICE_SIDE_NONFINITE)
+        self.nf_streak: torch.Tensor | None = None
+        self.nf_worst: torch.Tensor | None = None
+        self.nf_window: torch.Tensor | None = None
         self.last_ok_ckpt = self.start
         self.t_start = self.t_window = time.perf_counter()
         self.pbar = None
@@ -606,7 +618,7 @@ class Trainer:
     def _backward(self, loss: torch.Tensor, step: int) -> bool:
         """Backward, or skip a non-finite loss (True when the step goes on)."""
         finite = torch.isfinite(loss)
-        if self.device.type == "cpu" and not bool(finite):
+        if self.host_nonfinite_check and not bool(finite):
             self.nonfinite += 1
             self.say(f"Iter {step + 1:5d} | non-finite loss ({float(loss.detach())}); step skipped")
             for o in self.optimizers.values():
@@ -619,11 +631,35 @@ class Trainer:
             return False
         self.nonfinite = 0
         loss.backward()
-        if self.device.type != "cpu":  # no host sync: a non-finite step zeroes its own gradients
+        if not self.host_nonfinite_check:
+            # no host sync: a non-finite step zeroes its own gradients (Adam's momentum still moves
+            # the parameters a little), and its streak is counted on the device for the log window
             for p in self.params.values():
                 if p.grad is not None:
                     p.grad.copy_(torch.where(finite, p.grad, torch.zeros_like(p.grad)))
+            bad = (~finite).to(torch.int32)
+            self.nf_streak = bad if self.nf_streak is None else (self.nf_streak + bad) * bad
+            self.nf_worst = self.nf_streak.clone() if self.nf_worst is None else torch.maximum(self.nf_worst,
+                                                                                                self.nf_streak)
+            self.nf_window = bad if self.nf_window is None else self.nf_window + bad
         return True
+
+    def _check_device_nonfinite(self, it: int) -> None:
+        """Once per log window on an accelerator: say how many steps had a non-finite loss, and stop
+        when --max-nonfinite of them came in a row (the device-side counterpart of the CPU check)."""
+        if self.nf_window is None:
+            return
+        n_window, worst = int(self.nf_window), int(self.nf_worst)
+        self.nf_window.zero_()
+        self.nf_worst = self.nf_streak.clone()
+        if n_window:
+            self.say(f"Iter {it:5d} | {n_window} step(s) with a non-finite loss in this window; their gradients "
+                     "were zeroed")
+        if worst >= self.cfg.max_nonfinite:
+            raise TrainingError(
+                f"the loss was non-finite {worst} times in a row (seen at iteration {it}); stopping. The last "
+                f"good checkpoint is {self.out / 'ckpts'}/ckpt_{self.last_ok_ckpt}.pt. Lower the learning "
+                "rates or --lambda-depth, or check the inputs for NaN.")
 
     # -- logging, checkpoints -----------------------------------------------------------------
 
@@ -638,6 +674,7 @@ class Trainer:
         self.acc_n += 1
         it = step + 1
         if it % cfg.log_every == 0 or it == cfg.num_iterations:
+            self._check_device_nonfinite(it)
             self._log_window(it, losses)
         if it % cfg.ckpt_every == 0 and it < cfg.num_iterations:
             self.save_checkpoint(it)

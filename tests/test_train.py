@@ -161,6 +161,18 @@ def test_nonfinite_loss_skips_then_stops(tiny_scene, tmp_path, monkeypatch):
     assert "step skipped" in (tmp_path / "nan" / "log.txt").read_text()
 
 
+def test_nonfinite_loss_counted_on_the_device_stops_at_a_log_window(tiny_scene, tmp_path, monkeypatch):
+    """The accelerator path (no host sync per step), run on the CPU: the streak is counted on the
+    device, reported and checked once per log window, and --max-nonfinite stops the run."""
+    import s3dgs.train as T
+
+    monkeypatch.setattr(T.Trainer, "DEVICE_SIDE_NONFINITE", True)
+    monkeypatch.setattr(T, "rgb_loss", lambda pred, gt, lam: (pred * float("nan")).mean())
+    with pytest.raises(T.TrainingError, match="non-finite 10 times in a row"):
+        _train(tiny_scene, tmp_path / "nan", num_iterations=30, max_nonfinite=5, log_every=10)
+    assert "10 step(s) with a non-finite loss in this window" in (tmp_path / "nan" / "log.txt").read_text()
+
+
 def test_seed_loss_names_the_options_it_ignores():
     """The seed's literal loss takes no options; the trainer names those a user set in vain."""
     from s3dgs.losses import DepthLossConfig
