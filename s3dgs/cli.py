@@ -59,7 +59,7 @@ def given_options(argv: list[str]) -> frozenset[str]:
     out = set()
     for a in argv:
         if a.startswith("--") and len(a) > 2:
-            name = a[2:].split("=", 1)[0].replace("-", "_")
+            name = a[2:].split("=", 1)[0].replace("-", "_").replace(".", "_")
             out.add(name)
             if name.startswith("no_"):
                 out.add(name[3:])

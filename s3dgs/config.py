@@ -351,6 +351,26 @@ def _cli_name(cls: type, f: dataclasses.Field) -> str:
     return f.name
 
 
+def check_strategy_options(cfg: TrainConfig, given) -> None:
+    """Refuse options of the densification strategy not chosen (``--strategy mcmc`` with
+    ``--grow-grad2d``, ``--strategy default`` with ``--mcmc.cap-max``): they would be ignored.
+    ``given``: flat names the user typed (``s3dgs.cli.given_options``). Raises UsageError."""
+    from s3dgs.errors import UsageError
+
+    names = flat_names()
+    given = {g.replace(".", "_") for g in given}
+    own = {"default": "densify.", "mcmc": "mcmc."}
+    for strategy, prefix in own.items():
+        if cfg.strategy == strategy:
+            continue
+        wrong = sorted(k for k in given if names.get(k, "").startswith(prefix))
+        if wrong:
+            flags = ", ".join("--" + (k.replace("mcmc_", "mcmc.", 1) if prefix == "mcmc." else k).replace("_", "-")
+                              for k in wrong)
+            raise UsageError(f"{flags}: option(s) of --strategy {strategy}, but --strategy {cfg.strategy} is "
+                             f"chosen, so they would be ignored; drop them or pass --strategy {strategy}")
+
+
 def flat_names() -> dict[str, str]:
     """``{flat keyword: field path}`` for every option, e.g. ``{"lambda_depth": "depth.weight",
     "refine_every": "densify.refine_every", "num_iterations": "num_iterations"}``."""

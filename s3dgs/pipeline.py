@@ -746,6 +746,9 @@ def run_main(cfg: RunConfig) -> int:
     from s3dgs.runlock import RunFolderBusy
 
     cfg.validate()
+    from s3dgs.config import check_strategy_options
+
+    check_strategy_options(cfg.stages.train, getattr(cfg, "cli_given", frozenset()))
     try:
         res = run_pipeline(cfg)
     except RunFolderBusy:

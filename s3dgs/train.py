@@ -795,6 +795,9 @@ def train(
 def train_main(cmd: TrainCommand) -> int:
     """CLI: `s3dgs train SCENE --out RUN`. Errors reach s3dgs.cli.main as S3dgsError."""
     cmd.validate()
+    from s3dgs.config import check_strategy_options
+
+    check_strategy_options(cmd.train, getattr(cmd, "cli_given", frozenset()))
     run_training(cmd.train, cmd.inputs, cmd.out, resume=cmd.resume, overwrite=cmd.overwrite,
                  fixed=getattr(cmd, "cli_given", frozenset()))
     return 0

@@ -218,3 +218,16 @@ def test_an_option_you_set_to_its_default_is_kept_on_the_command_line(tmp_path, 
     assert "semantics.warmup_iterations" not in rec["schedule_scaled"]
     rec2 = json.loads((out2 / "config.json").read_text())
     assert rec2["schedule_scaled"]["semantics.warmup_iterations"]["default"] == 4000
+
+
+def test_options_of_the_strategy_not_chosen_are_refused(tmp_path, tiny_scene, capsys):
+    from s3dgs.cli import main
+
+    rc = main(["train", str(tiny_scene), "--out", str(tmp_path / "r"), "--strategy", "mcmc", "--grow-grad2d", "1e-4"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--grow-grad2d: option(s) of --strategy default, but --strategy mcmc is chosen" in err
+    rc = main(["run", str(tiny_scene), str(tmp_path / "o"), "--mcmc.cap-max", "1000"])
+    assert rc == 2
+    assert "--mcmc.cap-max: option(s) of --strategy mcmc, but --strategy default is chosen" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
