@@ -390,7 +390,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         init_logit = -3.0 if cfg.semantics.activation == "sigmoid" else 0.0
         init_opacity = cfg.init_opacity
-        if cfg.strategy == "mcmc" and init_opacity == TrainConfig().init_opacity:
+        if cfg.strategy == "mcmc" and "init_opacity" not in self.options_given \
+                and init_opacity == TrainConfig().init_opacity:
             init_opacity = 0.5  # MCMC relocates by opacity: it starts from 0.5, as gsplat's trainer does
             self.say("mcmc: initial opacity 0.5 (set --init-opacity to choose another)")
         self.params = init_params(xyz, rgb, sh_degree=cfg.sh_degree, num_classes=len(self.ds.classes),

@@ -231,3 +231,14 @@ def test_options_of_the_strategy_not_chosen_are_refused(tmp_path, tiny_scene, ca
     assert rc == 2
     assert "--mcmc.cap-max: option(s) of --strategy mcmc, but --strategy default is chosen" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_mcmc_initial_opacity_you_set_is_kept(tmp_path, tiny_scene):
+    from s3dgs.train import train
+
+    train(scene=tiny_scene, out_dir=tmp_path / "a", strategy="mcmc", num_iterations=2, progress=False,
+          save_renders=False, sh_degree=0)
+    assert "mcmc: initial opacity 0.5" in (tmp_path / "a" / "log.txt").read_text()
+    train(scene=tiny_scene, out_dir=tmp_path / "b", strategy="mcmc", init_opacity=0.1, num_iterations=2,
+          progress=False, save_renders=False, sh_degree=0)
+    assert "initial opacity 0.5" not in (tmp_path / "b" / "log.txt").read_text()
