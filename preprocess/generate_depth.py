@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", action="store_true", help="check every map after generating")
     ap.add_argument("--num_samples", "--num-samples", type=int, default=0,
                     help="with --verify: write a contact sheet of N samples")
-    ap.add_argument("--backend", choices=["gradio", "transformers", "auto"], default="gradio",
-                    help="gradio: the public Space (default, as in the seed); transformers: local model")
+    ap.add_argument("--backend", "--depth-backend", dest="backend", choices=["gradio", "transformers", "auto"],
+                    default="gradio", help="gradio: the public Space (default, as in the seed); transformers: "
+                    "local model (--depth-backend: the name `s3dgs depth` and `s3dgs run` use)")
     ap.add_argument("--space", default=DEFAULT_SPACE, help="Space id or URL (gradio backend)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="hub id or folder (transformers backend)")
     ap.add_argument("--device", default="auto", help="transformers device: auto, cpu, cuda")

@@ -628,7 +628,7 @@ class EvalConfig:
     """Render resolution factor."""
     backend: Literal["auto", "native", "torch", "gsplat"] = "auto"
     """Renderer backend."""
-    opaque_threshold: float = 0.5
+    opaque_threshold: Annotated[float, tyro.conf.arg(name="min-opacity")] = 0.5
     """Opacity from which a Gaussian counts as opaque (stem coverage, Chamfer)."""
     class_threshold: float = 0.5
     """Class probability a pixel or Gaussian needs to take that class."""
@@ -641,7 +641,7 @@ class EvalConfig:
 
         V.non_negative("--test-every", self.test_every)
         V.in_range("--resolution-scale", self.resolution_scale, 0, 8, lo_open=True)
-        V.fraction("--opaque-threshold", self.opaque_threshold)
+        V.fraction("--min-opacity", self.opaque_threshold)
         V.fraction("--class-threshold", self.class_threshold)
         V.non_negative("--max-views", self.max_views)
 

@@ -137,11 +137,11 @@ def export_classes(ply_path: str | Path, out_dir: str | Path, *, threshold: floa
 class ExportConfig:
     """Export a run's Gaussians."""
 
-    run: tyro.conf.Positional[Path]
+    run: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="RUN")]]
     """Run folder holding point_cloud.ply."""
     classes: bool = True
     """Write one point cloud per semantic class into RUN/classes/."""
-    threshold: float = 0.5
+    threshold: Annotated[float, tyro.conf.arg(name="class-threshold")] = 0.5
     """Class probability a Gaussian needs to belong to a class."""
     min_opacity: float = 0.1
     """Opacity a Gaussian needs to be exported."""
@@ -152,7 +152,7 @@ class ExportConfig:
         """Refuse nonsense options with one UsageError naming the option."""
         from s3dgs import validate as V
 
-        V.fraction("--threshold", self.threshold)
+        V.fraction("--class-threshold", self.threshold)
         V.fraction("--min-opacity", self.min_opacity)
 
 

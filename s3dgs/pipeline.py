@@ -84,10 +84,12 @@ class StageOptions:
     `s3dgs train`, by the same names), export, and which stages to redo."""
 
     train: TrainConfig = field(default_factory=_run_train_defaults)
-    export_threshold: Annotated[float, _arg("export-threshold")] = 0.5
-    """Class probability a Gaussian needs to go into its class's point cloud."""
-    export_min_opacity: Annotated[float, _arg("export-min-opacity")] = 0.1
-    """Opacity a Gaussian needs to be exported."""
+    export_threshold: Annotated[float, _arg("class-threshold")] = 0.5
+    """Class probability a Gaussian needs to take its class (export and phenotypes, as
+    `s3dgs export --class-threshold` and `s3dgs phenotype --class-threshold`)."""
+    export_min_opacity: Annotated[float, _arg("min-opacity")] = 0.1
+    """Opacity a Gaussian needs to be exported and measured (as `--min-opacity` of `s3dgs export`
+    and `s3dgs phenotype`)."""
     phenotype_scale: Annotated[Optional[str], opt("SCALE", "from known poses, else model units",
                                                   name="phenotype-scale", flat=True)] = None
     """Metric scale for the phenotypes when the poses are not metric: as `s3dgs phenotype --scale`
@@ -100,8 +102,8 @@ class StageOptions:
         from s3dgs.validate import fraction
 
         self.train.validate()
-        fraction("--export-threshold", self.export_threshold)
-        fraction("--export-min-opacity", self.export_min_opacity)
+        fraction("--class-threshold", self.export_threshold)
+        fraction("--min-opacity", self.export_min_opacity)
         unknown = set(self.redo) - set(STAGES)
         if unknown:
             raise UsageError(f"--redo {', '.join(sorted(unknown))}: no such stage; stages are {', '.join(STAGES)}")
@@ -369,7 +371,7 @@ def do_prepare(cfg: RunConfig, scene: Path) -> dict:
         return link_prepared_scene(cfg.input, scene)
 
     summary = prepare_scene(cfg.input, scene, fps=cfg.fps, max_size=cfg.max_size,
-                            min_registered=cfg.min_registered, overwrite=True, quiet=not cfg.stages.train.progress)
+                            min_registered=cfg.min_registered, overwrite=True, progress=cfg.stages.train.progress)
     print(summary.text())
     if summary.source == "romi scan":
         return {"note": f"ROMI scan: {summary.frames_used} frames with known poses, {summary.masks} class "
@@ -598,7 +600,8 @@ def do_phenotype(cfg: RunConfig, run: Path) -> dict:
     """Plant height, nodes, internodes, stem diameters, peduncles -> RUN/phenotypes.{json,csv,png}."""
     from s3dgs.phenotype import run_phenotype
 
-    res = run_phenotype(run, scale=cfg.stages.phenotype_scale)
+    res = run_phenotype(run, scale=cfg.stages.phenotype_scale, class_threshold=cfg.stages.export_threshold,
+                        min_opacity=cfg.stages.export_min_opacity)
     return {"note": res["summary"]}
 
 
@@ -676,7 +679,8 @@ def build_stages(cfg: RunConfig) -> tuple[list[Stage], dict]:
     export = Stage("export", lambda: do_export(cfg, run), lambda: [run / "classes" / "counts.json"],
                    {"threshold": cfg.stages.export_threshold, "min_opacity": cfg.stages.export_min_opacity})
     pheno = Stage("phenotype", lambda: do_phenotype(cfg, run), lambda: [run / "phenotypes.json"],
-                  {"scale": cfg.stages.phenotype_scale})
+                  {"scale": cfg.stages.phenotype_scale, "class_threshold": cfg.stages.export_threshold,
+                   "min_opacity": cfg.stages.export_min_opacity})
     report = Stage("report", lambda: do_report(run, scene), lambda: [run / "report.html"], {})
     return [prepare, align, depth_stage, heat, train, ev, export, pheno, report], ctx
 

@@ -132,8 +132,8 @@ def test_manifest_overrides_are_validated_and_paths_resolved(tmp_path):
     bad = B.Plant("x", tmp_path, {}, {"num-iterations": "many"})
     with pytest.raises(B.UsageError, match="plant x"):
         B.plant_options(B.PlantOptions(), bad)
-    bad = B.Plant("x", tmp_path, {}, {"export-threshold": "3"})
-    with pytest.raises(B.UsageError, match="--export-threshold"):
+    bad = B.Plant("x", tmp_path, {}, {"class-threshold": "3"})
+    with pytest.raises(B.UsageError, match="--class-threshold"):
         B.plant_options(B.PlantOptions(), bad)
     m.write_text("plant_id,input\na,a\na,b\n")
     with pytest.raises(B.UsageError, match="appears twice"):

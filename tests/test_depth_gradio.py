@@ -217,7 +217,7 @@ def test_unreachable_space_clear_message(tmp_path):
     url = f"http://127.0.0.1:{_free_port()}/"
     with pytest.raises(DepthBackendError, match="cannot reach") as ei:
         GradioBackend(url, retries=1, backoff=0.01, log=lambda m: None)
-    assert "--backend transformers" in str(ei.value)
+    assert "--depth-backend transformers" in str(ei.value)
     _images(tmp_path / "images", n=1)
     cfg = DepthConfig(images=tmp_path / "images", out=tmp_path / "depths", backend="gradio", space=url,
                       retries=0, progress=False)

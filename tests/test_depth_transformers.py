@@ -138,7 +138,7 @@ def test_generate_shapes_meta_and_reference(tiny, tmp_path):
 
 def test_constant_output_fails_without_blank_map(tiny_constant, tmp_path, capsys):
     _write_images(tmp_path / "images", [(32, 32), (32, 32)])
-    rc = cli_main(["depth", str(tmp_path / "images"), str(tmp_path / "depths"), "--backend", "transformers",
+    rc = cli_main(["depth", str(tmp_path / "images"), str(tmp_path / "depths"), "--depth-backend", "transformers",
                    "--model", str(tiny_constant), "--device", "cpu", "--no-progress",
                    "--input-size", str(FAST)])
     assert rc == 1
@@ -150,7 +150,7 @@ def test_constant_output_fails_without_blank_map(tiny_constant, tmp_path, capsys
 def test_missing_model_message(tmp_path):
     with pytest.raises(DepthBackendError, match="hf download") as ei:
         TransformersBackend(str(tmp_path / "no_such_model"), device="cpu")
-    assert "--backend gradio" in str(ei.value)
+    assert "--depth-backend gradio" in str(ei.value)
     with pytest.raises(DepthBackendError, match="HF_HUB_OFFLINE"):
         TransformersBackend("nobody-here/not-a-cached-model", device="cpu")
 

@@ -80,7 +80,7 @@ def test_synth_nonsense_options(tmp_path, capsys, args, text):
     (["prepare", "IN", "OUT", "--camera-model", "FISH"], "--camera-model 'FISH' is not a COLMAP camera model"),
     (["heatmaps", "KP", "OUT", "--min-confidence", "2"], "--min-confidence must be between 0 and 1, got 2"),
     (["heatmaps", "KP", "OUT", "--hotspot-sigma", "0"], "--hotspot-sigma must be greater than 0, got 0"),
-    (["export", "RUN", "--threshold", "nan"], "--threshold must be a finite number, got nan"),
+    (["export", "RUN", "--class-threshold", "nan"], "--class-threshold must be a finite number, got nan"),
     (["export", "RUN", "--min-opacity", "-1"], "--min-opacity must be between 0 and 1, got -1"),
     (["eval", "RUN", "--max-views", "-1"], "--max-views must be at least 0, got -1"),
     (["eval", "RUN", "--resolution-scale", "0"], "--resolution-scale must be in (0, 8], got 0"),
@@ -409,7 +409,7 @@ def test_depth_offline_without_a_cached_model_fails_at_once(tmp_path, capsys, mo
     out = tmp_path / "depths"
     out.mkdir()
     (out / "keep.txt").write_text("written before")
-    for extra in ([], ["--backend", "gradio"]):
+    for extra in ([], ["--depth-backend", "gradio"]):
         t0 = time.perf_counter()
         assert main(["depth", str(imgs), str(out), "--no-progress", *extra]) == 1
         cap = capsys.readouterr()

@@ -207,7 +207,7 @@ def _fake_chain(monkeypatch, calls: list, trainings: list, crash: dict):
         (scene / "sparse" / "0" / "cameras.bin").write_bytes(Path(cfg.input).name.encode())
         (scene / "prepare.json").write_text("{}")
 
-    def fake_run_training(tcfg, inputs, run, *, resume=False, overwrite=False):
+    def fake_run_training(tcfg, inputs, run, *, resume=False, overwrite=False, fixed=frozenset()):
         calls.append("train")
         trainings.append({"resume": resume, "overwrite": overwrite,
                           "frames": sorted(p.name for p in (Path(inputs.scene) / "images").iterdir())})

@@ -128,7 +128,7 @@ def test_prepare_folder_recovers_true_cameras(frames, tmp_path):
 
     src, centres = frames
     out = tmp_path / "scene"
-    summary = prepare_scene(src, out, quiet=True)
+    summary = prepare_scene(src, out, progress=False)
     assert summary.matcher == "exhaustive"
     assert summary.registered >= 15 and summary.frames_used == 16
     assert summary.mean_reprojection_error < 1.0
@@ -146,7 +146,7 @@ def test_prepare_folder_recovers_true_cameras(frames, tmp_path):
     from s3dgs.scene.prepare import PrepareError
 
     with pytest.raises(PrepareError, match="--overwrite"):
-        prepare_scene(src, out, quiet=True)
+        prepare_scene(src, out, progress=False)
 
 
 def test_prepare_video_sequential_drops_blurred(frames, tmp_path):
@@ -161,7 +161,7 @@ def test_prepare_video_sequential_drops_blurred(frames, tmp_path):
     write_video(video, [x for pair in zip(sharp, blurry) for x in pair], fps=8)
 
     out = tmp_path / "scene"
-    summary = prepare_scene(video, out, fps=4, candidates=2, matcher="sequential", quiet=True)
+    summary = prepare_scene(video, out, fps=4, candidates=2, matcher="sequential", progress=False)
     assert summary.source == "video" and summary.matcher == "sequential"
     assert summary.frames_used == 16
     assert summary.registered >= 14
@@ -188,7 +188,7 @@ def test_prepare_disconnected_and_too_few_registered(tmp_path):
         Image.fromarray((noise * 255).astype(np.uint8)).save(src / f"c_{i:04d}.png")
     out = tmp_path / "scene"
     with pytest.raises(TooFewRegisteredError, match="best model was kept") as info:
-        prepare_scene(src, out, min_registered=0.6, blur_threshold=0, quiet=True)
+        prepare_scene(src, out, min_registered=0.6, blur_threshold=0, progress=False)
     summary = info.value.summary
     assert summary.models == [8, 6]
     assert summary.registered == 8 and summary.frames_used == 17
@@ -204,25 +204,25 @@ def test_prepare_bad_inputs(tmp_path, capsys):
     from s3dgs.scene.prepare import PrepareError, prepare_scene
 
     with pytest.raises(PrepareError, match="no such file or folder"):
-        prepare_scene(tmp_path / "missing.mp4", tmp_path / "o1", quiet=True)
+        prepare_scene(tmp_path / "missing.mp4", tmp_path / "o1", progress=False)
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"this is not a video" * 100)
     with pytest.raises(PrepareError, match="could not be read as a video"):
-        prepare_scene(bad, tmp_path / "o2", quiet=True)
+        prepare_scene(bad, tmp_path / "o2", progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no frames here")
     with pytest.raises(PrepareError, match="no images found"):
-        prepare_scene(empty, tmp_path / "o3", quiet=True)
+        prepare_scene(empty, tmp_path / "o3", progress=False)
     bad_png = tmp_path / "badpng"
     bad_png.mkdir()
     (bad_png / "0001.png").write_bytes(b"not a png")
     with pytest.raises(PrepareError, match="0001.png: unreadable image"):
-        prepare_scene(bad_png, tmp_path / "o4", quiet=True)
+        prepare_scene(bad_png, tmp_path / "o4", progress=False)
     with pytest.raises(UsageError, match="not a COLMAP camera model"):
-        prepare_scene(empty, tmp_path / "o5", camera_model="NOPE", quiet=True)
+        prepare_scene(empty, tmp_path / "o5", camera_model="NOPE", progress=False)
     # through the command line: a message and exit status 1, no traceback
-    assert main(["prepare", str(bad), str(tmp_path / "o6"), "--quiet"]) == 1
+    assert main(["prepare", str(bad), str(tmp_path / "o6"), "--no-progress"]) == 1
     assert "could not be read as a video" in capsys.readouterr().err
 
 
@@ -259,7 +259,7 @@ def test_prepare_synthetic_plant_frames(plant, tmp_path):
     from s3dgs.scene.prepare import prepare_scene
 
     root, centres = plant
-    summary = prepare_scene(root, tmp_path / "scene", quiet=True)  # a scene folder: uses root/images
+    summary = prepare_scene(root, tmp_path / "scene", progress=False)  # a scene folder: uses root/images
     assert summary.frames_used == 24 and summary.matcher == "exhaustive"
     assert summary.registered >= 22, summary.text()
     err, med, n = centre_error(tmp_path / "scene", centres)
@@ -274,7 +274,7 @@ def test_prepare_synthetic_plant_video(plant, tmp_path):
     names = sorted(centres)
     video = tmp_path / "plant.mp4"
     write_video(video, [np.asarray(Image.open(root / "images" / n).convert("RGB")) for n in names], fps=8)
-    summary = prepare_scene(video, tmp_path / "scene", fps=8, candidates=1, quiet=True)
+    summary = prepare_scene(video, tmp_path / "scene", fps=8, candidates=1, progress=False)
     assert summary.source == "video" and summary.matcher == "exhaustive"  # a small set
     assert summary.frames_used == 24
     assert summary.registered >= 22, summary.text()

@@ -220,12 +220,12 @@ def test_prepare_cli_reads_a_scan(tmp_path, capsys):
 
     scan, out = tmp_path / "scan", tmp_path / "scene"
     make_scan(scan, n=5)
-    assert main(["prepare", str(scan), str(out), "--quiet"]) == 0
+    assert main(["prepare", str(scan), str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "ROMI scan: known poses, no SfM" in text and "radius 300.0 mm" in text
     assert (out / "sparse" / "0").is_dir() and (out / "points3D.ply").is_file()
     # a second prepare into the same OUT refuses without --overwrite, naming it
-    assert main(["prepare", str(scan), str(out), "--quiet"]) != 0
+    assert main(["prepare", str(scan), str(out), "--no-progress"]) != 0
     assert "--overwrite" in capsys.readouterr().err
 
 

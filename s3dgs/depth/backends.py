@@ -139,8 +139,8 @@ def _is_hub_id(model: str) -> bool:
 def missing_model_message(model: str, reason: str) -> str:
     hub_id = model if _is_hub_id(model) else DEFAULT_MODEL
     space = ("  or, where the Hugging Face hub is reachable (HF_HUB_OFFLINE unset), use the public "
-             "Space instead: --backend gradio" if offline() else
-             "  or use the public Space instead: --backend gradio")
+             "Space instead: --depth-backend gradio" if offline() else
+             "  or use the public Space instead: --depth-backend gradio")
     return (f"Depth Anything V2 model {model!r} is not available: {reason}.\n"
             f"  Get it once where the hub is reachable:  hf download {hub_id}\n"
             f"  (then it is used offline from the cache), or pass a local folder saved with "
@@ -167,10 +167,10 @@ def permanent_error_message(space: str, exc: BaseException) -> str:
                 f"({_first_line(exc)}).\n"
                 "  Run locally instead: get the model once where the hub is reachable with "
                 f"`hf download {DEFAULT_MODEL}` (then it is used offline from the cache), or pass a "
-                "local folder with --model /local/folder and --backend transformers;\n"
+                "local folder with --model /local/folder and --depth-backend transformers;\n"
                 "  or unset HF_HUB_OFFLINE where the hub is reachable to use the Space.")
     return (f"the depth {space_label(space)} cannot be used: {_first_line(exc)}.\n"
-            "  Check the Space id (--space owner/name or a URL), or run locally: --backend transformers")
+            "  Check the Space id (--space owner/name or a URL), or run locally: --depth-backend transformers")
 
 
 def resolve_device(device: str) -> str:
@@ -353,7 +353,7 @@ class GradioBackend:
             f"cannot reach the depth {space_label(self.space)} after {self.retries + 1} attempts: "
             f"{_first_line(last)}.\n"
             "  Check the network and the Space's status page (it may be sleeping, over quota or "
-            "down),\n  pass another Space id or URL with --space, or run locally: --backend transformers")
+            "down),\n  pass another Space id or URL with --space, or run locally: --depth-backend transformers")
 
     def call(self, path: str | Path):
         """One raw API call; returns gradio_client's result (a tuple of three)."""

@@ -235,7 +235,7 @@ def _make_backend(backend: str, model: str, space: str, device: str, batch_size:
             # the hub Space cannot be reached in offline mode either: say how to get the model
             raise DepthBackendError(missing_model_message(model, reason))
         else:
-            log(f"Local model not available ({reason}); using the {space_label(space)} (--backend gradio)")
+            log(f"Local model not available ({reason}); using the {space_label(space)} (--depth-backend gradio)")
             backend = "gradio"
     if backend == "transformers":
         log(f"Loading Depth Anything V2 model {model}...")
@@ -552,7 +552,7 @@ def _run_gradio(engine: GradioBackend, todo, finish, say, log, tile=None) -> Non
                 say(f"✗ API connection failed: {exc}")
                 raise DepthBackendError(
                     f"{exc}\n  The {space_label(engine.space)} did not answer; check the network and "
-                    "the Space's status, pass another --space, or run locally with --backend "
+                    "the Space's status, pass another --space, or run locally with --depth-backend "
                     "transformers") from None
             say("✓ API connection successful!")
             say(f"  Result type: {type(result)}")
@@ -827,7 +827,7 @@ class DepthConfig:
     """Folder of input frames (jpg, png, ...)."""
     out: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="OUT")]]
     """Output folder for `<stem>.png` maps and meta.json (conventionally SCENE/depths)."""
-    backend: Literal["auto", "transformers", "gradio"] = "auto"
+    backend: Annotated[Literal["auto", "transformers", "gradio"], tyro.conf.arg(name="depth-backend")] = "auto"
     """transformers: local model (CPU/CUDA, private, no rate limit); gradio: the public Space (no model download, ~1.25 s/image, rate-limited); auto: transformers when the model is available (local folder, cache, or downloadable), else gradio."""
     model: str = DEFAULT_MODEL
     """transformers model: hub id (Depth-Anything-V2-{Small,Base,Large}-hf) or a local folder."""

@@ -151,8 +151,8 @@ class PrepareConfig:
     """CPU threads for pycolmap (-1: all)."""
     overwrite: bool = False
     """Replace an existing scene in OUT."""
-    quiet: bool = False
-    """No progress bars."""
+    progress: bool = True
+    """Progress bars (--no-progress turns them off)."""
     verbose: bool = False
     """Show pycolmap's own log."""
     units: Literal["auto", "mm", "cm", "m", "model"] = "auto"
@@ -591,7 +591,7 @@ def prepare_scene(
         out: scene directory: out/images, out/sparse/0, out/points3D.ply, out/prepare.json, and the
             structure-from-motion work in out/colmap/.
         cfg: options (PrepareConfig; `input`/`out` in it are ignored); keyword overrides, e.g.
-            `prepare_scene(video, out, fps=4, quiet=True)`.
+            `prepare_scene(video, out, fps=4, progress=False)`.
 
     Returns:
         PrepareSummary (registered frames, reprojection error, points, timings, warnings).
@@ -605,7 +605,7 @@ def prepare_scene(
     base = cfg if cfg is not None else PrepareConfig(input=input, out=out)
     cfg = PrepareConfig(**{**asdict(base), **overrides, "input": input, "out": out})
     cfg.validate()
-    progress = not cfg.quiet
+    progress = cfg.progress
     if not input.exists():
         raise PrepareError(f"{input}: no such file or folder. Pass a video file, a folder of frames or a "
                            "ROMI scan folder.")
