@@ -12,7 +12,7 @@ work that failed, 130 for an interruption.
 
 from __future__ import annotations
 
-__all__ = ["S3dgsError", "UsageError", "WorkError"]
+__all__ = ["S3dgsError", "SceneError", "UsageError", "WorkError"]
 
 
 class S3dgsError(Exception):
@@ -29,3 +29,9 @@ class UsageError(S3dgsError, ValueError):
 
 class WorkError(S3dgsError, RuntimeError):
     """Work that was asked for could not be done (a file could not be written, a stage failed)."""
+
+
+class SceneError(S3dgsError, ValueError):
+    """An input file is missing or malformed. The message names the file and the fix. (Defined
+    here, the bottom of the import table, so that every layer that reads a file can raise it;
+    `s3dgs.scene.colmap` re-exports it.)"""

@@ -147,7 +147,7 @@ def load_ply(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]
         holding NaN/inf."""
     from plyfile import PlyData
 
-    from s3dgs.scene.colmap import SceneError
+    from s3dgs.errors import SceneError
 
     path = Path(path)
     fix = (f"write it again from the run's last checkpoint (`s3dgs train SCENE --out {path.parent} "

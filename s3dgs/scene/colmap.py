@@ -16,14 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from s3dgs.errors import S3dgsError
+from s3dgs.errors import SceneError  # defined at the bottom of the import table; re-exported here
 
 # Camera models s3dgs renders directly; everything else must be undistorted first.
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
-
-
-class SceneError(S3dgsError, ValueError):
-    """An input file is missing or malformed. The message names the file and the fix."""
 
 
 @dataclass
