@@ -137,8 +137,9 @@ class TrainConfig:
     num_iterations: Annotated[int, _arg("num-iterations")] = SEED_ITERATIONS
     """Training iterations (one view per iteration)."""
     scale_schedule: Annotated[bool, _arg("scale-schedule")] = True
-    """Scale the integration guide's 7,000-iteration schedule (semantic warm-up, opacity reset, densification
-    start, SH degree steps, log period) to shorter runs; options you set yourself are kept."""
+    """Scale the integration guide's 7,000-iteration schedule (semantic warm-up, opacity reset,
+    densification start, SH degree steps, log period) to shorter runs; options you set yourself are
+    kept."""
     seed: Annotated[int, _arg("seed")] = 0
     """Random seed of the training (initial rotations, view order); not the synthetic plant's seed."""
     sh_degree: Annotated[int, _arg("sh-degree")] = 3

@@ -49,8 +49,8 @@ def _arg(name: str) -> Any:
 
 @dataclass
 class DepthLossConfig:
-    """The depth-prior term: its weight and every option of :func:`depth_prior_loss`, passed whole
-    to it. Command-line names are those of the fields' annotations (``--lambda-depth`` ...)."""
+    """The depth-prior term: its weight and every option of the depth-prior loss (this group is
+    passed whole to depth_prior_loss)."""
 
     weight: Annotated[float, _arg("lambda-depth")] = 0.1
     """Weight of the depth-prior term (0 switches it off)."""
@@ -139,16 +139,16 @@ class DepthLossConfig:
 
 @dataclass
 class SemanticConfig:
-    """The semantic term: supervision of the rendered class probabilities by skeleton heatmaps or
-    class masks (``SCENE/masks``), after a warm-up, through :func:`semantic_loss`.
+    """The semantic term: the rendered class probabilities supervised by skeleton heatmaps or class
+    masks (SCENE/masks), after a warm-up.
 
-    Class masks are one-hot targets with unlabelled pixels left out (``valid``). Their loss is the
-    same per-class squared error with ``--mask-fg-weight`` (default 1) in place of ``--fg-weight``:
-    with weight 1 it is the Brier score, like the per-class binary cross-entropy a proper scoring
-    rule for the independent per-class sigmoid outputs (both are minimised by the true class
-    probability), and bounded where cross-entropy is not, which suits alpha-blended renders whose
-    boundary pixels mix classes. The heatmaps' foreground weight (20) is meant for thin skeleton
-    lines and would fatten dense mask regions.
+    Class masks are one-hot targets with unlabelled pixels left out. Their loss is the same
+    per-class squared error with --mask-fg-weight (default 1) in place of --fg-weight: with weight 1
+    it is the Brier score, like the per-class binary cross-entropy a proper scoring rule for the
+    independent per-class sigmoid outputs (both are minimised by the true class probability), and
+    bounded where cross-entropy is not, which suits alpha-blended renders whose boundary pixels mix
+    classes. The heatmaps' foreground weight (20) is meant for thin skeleton lines and would fatten
+    dense mask regions.
     """
 
     weight: Annotated[float, _arg("lambda-sem")] = 0.2

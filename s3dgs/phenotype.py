@@ -88,6 +88,7 @@ from s3dgs.atomic import atomic_write, atomic_write_text
 from s3dgs.classes import CLASSES
 from s3dgs.classes import class_color as _class_color
 from s3dgs.errors import S3dgsError, UsageError
+from s3dgs.options import opt
 
 __all__ = ["PhenotypeConfig", "phenotype_main", "run_phenotype", "measure_plant", "parse_scale",
            "up_from_cameras", "fit_ground_plane", "silhouette_diameter", "fit_centreline",
@@ -1736,7 +1737,7 @@ class PhenotypeConfig:
 
     run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder holding point_cloud.ply (and config.json, which names the scene)."""
-    scale: Optional[str] = None
+    scale: Annotated[Optional[str], opt("SCALE", "from known poses, else model units")] = None
     """Metric scale when the poses are not metric. A factor, metres per model unit (0.012); a known
     size, METRES=MODEL_LENGTH (0.30=2.45: an object 0.30 m long measures 2.45 in the model); or a
     known distance, METRES=x1,y1,z1,x2,y2,z2 (two points picked in the model, e.g. a ruler's ends).
@@ -1745,15 +1746,15 @@ class PhenotypeConfig:
     up: str = "auto"
     """The plant's up axis: auto (the camera ring's normal, else the ground plane), cameras, ground
     (plane fitted to background Gaussians), or a vector X,Y,Z in the model frame."""
-    scene: Optional[Path] = None
-    """Scene folder (default: the one in RUN/config.json, else RUN/../scene)."""
+    scene: Annotated[Optional[Path], opt("DIR", "RUN/config.json's scene, else RUN/../scene")] = None
+    """Scene folder (for the cameras, the scale and the scan's box)."""
     metric_poses: bool = False
     """The scene's camera poses are in metres (e.g. from a calibrated rig)."""
     class_threshold: float = 0.5
     """Class probability a Gaussian needs to belong to a class."""
     min_opacity: float = 0.1
     """Opacity a Gaussian needs to count."""
-    node_separation: Optional[float] = None
+    node_separation: Annotated[Optional[float], opt("M", "0.025 m, or 3 stem diameters")] = None
     """Node clustering cut and peduncle attachment tolerance (metres when the scale is known);
     default 0.025 m with a metric scale (tomato internodes are 3-12 cm), else 3 median stem
     diameters."""
@@ -1764,7 +1765,7 @@ class PhenotypeConfig:
     geometry (the shape of the opaque Gaussians alone: main stem, lateral organs, internodes and
     divergence angles in ROMI's convention; main-stem classes, where present, guide the main stem),
     or auto (classes when the model has confident U and D Gaussians, else geometry)."""
-    reference: Optional[Path] = None
+    reference: Annotated[Optional[Path], opt("FILE", "none")] = None
     """A ROMI angles_internodes.json to compare the measured organ sequence with (geometry method):
     organs found / missed / extra and median angle and internode errors, in phenotypes.json."""
     reference_scale: float = 1.0

@@ -49,6 +49,7 @@ import numpy as np
 import tyro
 
 from s3dgs.errors import S3dgsError, UsageError, WorkError
+from s3dgs.options import opt
 
 __all__ = [
     "SPARK_VERSION",
@@ -531,7 +532,7 @@ class ViewConfig:
     """Run folder (holds point_cloud.ply)."""
     no_open: tyro.conf.FlagCreatePairsOff[bool] = False
     """Write the page without opening it."""
-    max_gaussians: int | None = None
+    max_gaussians: Annotated[int | None, opt("INT", "all")] = None
     """Embed at most this many Gaussians (a random subset); all by default."""
     fetch: bool = True
     """Fetch the viewer library with npm when it is not in the cache yet."""

@@ -189,8 +189,22 @@ class MCMCStrategy(FloaterPruning, _GsplatMCMC):
     cap_max: int = 200_000
     """Most Gaussians the model may grow to (gsplat's own default is 1,000,000; 200,000 bounds a
     CPU step)."""
+    # gsplat's fields, declared again with the same defaults so that --help explains them in this
+    # project's words
+    noise_lr: float = 5e5
+    """Scale of the position noise added to every Gaussian each step (times the means' learning rate)."""
+    refine_start_iter: int = 500
+    """Iteration from which dead Gaussians are relocated and new ones added."""
+    refine_stop_iter: int = 25_000
+    """Iteration after which relocation and addition stop."""
+    refine_every: int = 100
+    """Iterations between relocations and additions."""
+    min_opacity: float = 0.005
+    """Gaussians below this opacity are dead: relocated onto live ones."""
+    verbose: bool = False
+    """Print what each refinement did."""
     noise_unit_invariant: bool = True
-    """Divide the position noise by scene_scale^2 (see initialize_state), so it does not depend on
+    """Divide the position noise by the square of the scene's scale, so it does not depend on
     the scene's units; equal to gsplat's noise when scene_scale is 1."""
 
     def initialize_state(self, scene_scale: float = 1.0) -> dict[str, Any]:

@@ -30,9 +30,10 @@ is how many there were at the last refinement. ``state["n_resets"]`` counts opac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
+import tyro
 from gsplat.strategy import DefaultStrategy as _GsplatDefault
 from gsplat.strategy.ops import remove, reset_opa
 
@@ -85,6 +86,46 @@ class DefaultStrategy(FloaterPruning, _GsplatDefault):
     """Densification (gsplat's DefaultStrategy: 3DGS split, clone and prune, AbsGS gradients), with
     the opacity reset that gsplat 1.5.3 never fires, a lower split/clone threshold for Gaussians on
     stem pixels (grow_grad2d_stem) and depth-guided floater pruning (prune_floaters)."""
+
+    # gsplat's fields, declared again with the same defaults so that --help explains them in this
+    # project's words (gsplat's docstrings state gsplat's defaults, which the trainer overrides)
+    prune_opa: float = 0.005
+    """Gaussians whose opacity falls below this are pruned at refinement steps."""
+    grow_grad2d: float = 0.0002
+    """Gaussians whose mean 2D position gradient (since the last refinement) exceeds this are split
+    (large ones) or cloned (small ones)."""
+    grow_scale3d: float = 0.01
+    """Gaussians larger than this (a fraction of the scene's scale) are split rather than cloned."""
+    grow_scale2d: float = 0.05
+    """Gaussians larger on screen than this (a fraction of the image) are split too, until
+    --refine-scale2d-stop-iter."""
+    prune_scale3d: float = 0.1
+    """Gaussians larger than this (a fraction of the scene's scale) are pruned after an opacity reset."""
+    prune_scale2d: float = 0.15
+    """Gaussians larger on screen than this (a fraction of the image) are pruned too, until
+    --refine-scale2d-stop-iter."""
+    refine_scale2d_stop_iter: int = 0
+    """Iteration until which the screen-size rules above apply (0: never)."""
+    refine_start_iter: int = 500
+    """Iteration from which Gaussians are split, cloned and pruned (scaled to shorter runs)."""
+    refine_stop_iter: int = 15_000
+    """Iteration after which the number of Gaussians stays put."""
+    reset_every: int = 3000
+    """Iterations between opacity resets (scaled to shorter runs)."""
+    refine_every: int = 100
+    """Iterations between refinements (split, clone, prune)."""
+    pause_refine_after_reset: int = 0
+    """Iterations after an opacity reset without refinement (0: no pause)."""
+    absgrad: bool = False
+    """Use the absolute 2D gradients for splitting (AbsGS; with it --grow-grad2d is typically about
+    four times higher)."""
+    revised_opacity: bool = False
+    """Halve the opacity of cloned and split Gaussians by the revised rule of arXiv:2404.06109
+    (experimental)."""
+    verbose: bool = False
+    """Print what each refinement did."""
+    key_for_gradient: Annotated[Literal["means2d", "gradient_2dgs"], tyro.conf.Suppress] = "means2d"
+    """Which 2D gradient drives refinement (gsplat's; 3DGS uses means2d): not an option."""
 
     grow_grad2d_stem: Annotated[Optional[float], opt("FLOAT", "off")] = None
     """Split/clone gradient threshold for Gaussians on stem pixels (None: off, every Gaussian uses
