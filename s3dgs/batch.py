@@ -84,6 +84,9 @@ def _plant_options_class() -> type:
     from tyro._docstrings import get_field_docstring
     from tyro.conf._confstruct import _ArgConfig
 
+    from s3dgs.options import reflow_help
+
+    reflow_help(RunConfig)  # the help texts as `s3dgs run` shows them (sentences not broken)
     hints = typing.get_type_hints(RunConfig, include_extras=True)
     fields = []
     for f in dataclasses.fields(RunConfig):
@@ -95,11 +98,13 @@ def _plant_options_class() -> type:
                 base, meta = typing.get_args(tp)[0], list(typing.get_args(tp)[1:])
             else:
                 base, meta = tp, []
-            old = next((m for m in meta if isinstance(m, _ArgConfig)), tyro.conf.arg())
+            argcs = [m for m in meta if isinstance(m, _ArgConfig)]
+            old = argcs[0] if argcs else tyro.conf.arg()
+            helptext = next((m.help for m in reversed(argcs) if m.help), None)
             meta = [m for m in meta if not isinstance(m, _ArgConfig)]
             doc = get_field_docstring(RunConfig, f.name, ())
             tp = Annotated.__class_getitem__((base, *meta, dataclasses.replace(old, prefix_name=False,
-                                                                                help=old.help or doc)))
+                                                                                help=helptext or doc)))
         if f.default_factory is not dataclasses.MISSING:
             new = field(default_factory=f.default_factory)
         else:

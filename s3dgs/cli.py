@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
         cfg_cls = getattr(module, cfg_name)
+        from s3dgs.options import reflow_help
+
+        reflow_help(cfg_cls)  # --help flows sentences instead of breaking them where the source does
         cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
         # the options typed on the command line, so that "options you set yourself are kept" holds
         # even for a value equal to its default (s3dgs.config.resolve_schedule)

@@ -40,6 +40,14 @@ def test_help_reads_as_plain_text(cmd, monkeypatch):
     for m in re.finditer(r"Default (?:is|to) ([^.\s]+)\.?.{0,200}?\(default: ([^)]+)\)", flat):
         if m.group(1).replace("_", "") != m.group(2):
             bad.append(f"docstring default {m.group(1)} vs shown default {m.group(2)}")
+    # a sentence broken where the source breaks it: a short description line (not an option's
+    # overflowing name) followed by a continuation that starts in lower case
+    lines = text.splitlines()
+    for a, b in zip(lines, lines[1:]):
+        da, db = a[27:-1].rstrip(), b[27:-1].strip()
+        if (da and db and not b[2:27].strip() and "{" not in a and "}" not in a and len(da) < 25
+                and re.match(r"^[a-z]", db) and not da.endswith((".", ":", ")"))):
+            bad.append(f"a line broken mid-sentence: {da!r} / {db[:40]!r}")
     assert not bad, "\n".join(bad)
 
 
