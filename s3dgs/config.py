@@ -256,9 +256,6 @@ class TrainConfig:
             raise UsageError(f"--device {self.device}: only cpu and cuda are supported")
         return dev
 
-    @property
-    def depth_used_by_loss(self) -> bool:
-        return self.depth.weight > 0 and not self.data.no_depth
 
 
 # -----------------------------------------------------------------------------------------------

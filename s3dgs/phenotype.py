@@ -89,6 +89,8 @@ from s3dgs.classes import CLASSES
 from s3dgs.classes import class_color as _class_color
 from s3dgs.errors import S3dgsError, UsageError
 from s3dgs.options import opt
+from s3dgs.render.raster import ALPHA_MAX  # (the rasteriser's clamp, as gsplat)
+from s3dgs.render.raster import ALPHA_THRESHOLD as ALPHA_MIN  # (alphas below are skipped)
 
 __all__ = ["PhenotypeConfig", "phenotype_main", "run_phenotype", "measure_plant", "parse_scale",
            "up_from_cameras", "fit_ground_plane", "silhouette_diameter", "fit_centreline",
@@ -98,8 +100,6 @@ __all__ = ["PhenotypeConfig", "phenotype_main", "run_phenotype", "measure_plant"
 NODE_SEPARATION_M = 0.025
 """Default node clustering cut with a metric scale: tomato internodes are 3-12 cm long and the
 labelled region around a node 1-2 cm."""
-ALPHA_MAX = 0.999  # the rasteriser's clamp (s3dgs.render.raster, as gsplat)
-ALPHA_MIN = 1.0 / 255.0  # alphas below are skipped by the rasteriser
 EPS2D = 0.3  # the rasteriser's low-pass, pixels^2
 
 CSV_COLUMNS = ("scope", "index", "from_node", "to_node", "internode_length", "internode_straight_length",

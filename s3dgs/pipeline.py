@@ -56,6 +56,7 @@ from s3dgs.config import TrainConfig, _arg, load_run_config
 from s3dgs.errors import S3dgsError, UsageError
 from s3dgs.losses import SemanticConfig
 from s3dgs.options import opt
+from s3dgs.scene.frames import IMAGE_EXTS  # the one list of frame files
 
 __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "run_main", "demo_main",
            "PipelineError", "chain_keys", "scene_fingerprint", "is_prepared_scene"]
@@ -63,7 +64,6 @@ __all__ = ["RunConfig", "DemoConfig", "Stage", "run_stages", "run_pipeline", "ru
 log = logging.getLogger("s3dgs")
 
 STAGES = ("prepare", "align", "depth", "heatmaps", "train", "eval", "export", "phenotype", "report")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
 class PipelineError(S3dgsError, RuntimeError):
@@ -317,7 +317,7 @@ def _fmt_s(s: float) -> str:
 
 def _scene_images(scene: Path) -> list[Path]:
     d = scene / "images"
-    return sorted(p for p in d.iterdir() if p.suffix in IMAGE_EXTS) if d.is_dir() else []
+    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS) if d.is_dir() else []
 
 
 def is_prepared_scene(path: Path) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 from s3dgs.errors import UsageError
 
-__all__ = ["flag", "finite", "positive", "non_negative", "at_least", "at_most", "in_range",
+__all__ = ["flag", "finite", "positive", "non_negative", "at_least", "in_range",
            "fraction", "one_of", "multiple_of", "integer"]
 
 
@@ -95,15 +95,6 @@ def at_least(name: str, value, lo, *, hint: str = ""):
         return None
     if _number(name, value) < lo:
         raise UsageError(f"{name} must be at least {_fmt(lo)}, got {_fmt(value)}" + (f" ({hint})" if hint else ""))
-    return value
-
-
-def at_most(name: str, value, hi, *, hint: str = ""):
-    """A finite number <= ``hi``."""
-    if value is None:
-        return None
-    if _number(name, value) > hi:
-        raise UsageError(f"{name} must be at most {_fmt(hi)}, got {_fmt(value)}" + (f" ({hint})" if hint else ""))
     return value
 
 

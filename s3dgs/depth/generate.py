@@ -60,8 +60,8 @@ from s3dgs.depth.io import (
 from s3dgs.depth.tiles import DEFAULT_OVERLAP, auto_tiles, predict_tiled
 from s3dgs.errors import S3dgsError
 from s3dgs.options import opt
+from s3dgs.scene.frames import IMAGE_EXTS  # the one list of frame files
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LOCK_NAME = ".s3dgs-depth.lock"
 PNG_COMPRESS_LEVEL = 1  # 16-bit maps barely compress (noisy low bits); level 1 is ~3x faster than 6
 META_EVERY_S = 2.0

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from s3dgs.classes import CLASSES
-
-SH_C0 = 0.28209479177387814
+from s3dgs.render.projection import SH_C0  # (re-exported: the one definition)
 
 
 def rgb_to_sh(rgb: torch.Tensor) -> torch.Tensor:

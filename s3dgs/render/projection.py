@@ -209,7 +209,7 @@ def project_gaussians(
 
 
 # Real spherical-harmonic basis constants (degree 0..4), the convention used by 3DGS and gsplat.
-_SH_C0 = 0.28209479177387814
+SH_C0 = 0.28209479177387814  # the degree-0 spherical harmonic, 1 / (2 sqrt(pi)): the one definition
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
           0.5462742152960396)
@@ -222,7 +222,7 @@ _SH_C4 = (2.5033429417967046, -1.7701307697799304, 0.9461746957575601, -0.669046
 
 def _sh_terms(degree: int, x: Tensor, y: Tensor, z: Tensor) -> list[Tensor]:
     """The ``(degree+1)^2`` SH basis values at unit directions with components ``x, y, z``."""
-    out = [torch.full_like(x, _SH_C0)]
+    out = [torch.full_like(x, SH_C0)]
     if degree >= 1:
         out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
     if degree >= 2:
@@ -321,7 +321,7 @@ def sh_colors(degree: int, means: Tensor, coeffs: Tensor, viewmats: Tensor) -> T
     direction from the camera centre to the mean, ``+0.5``, clamped at 0."""
     C = viewmats.shape[0]
     if degree == 0:
-        rgb = (_SH_C0 * coeffs[:, 0, :])[None].expand(C, -1, -1)
+        rgb = (SH_C0 * coeffs[:, 0, :])[None].expand(C, -1, -1)
         return torch.clamp_min(rgb + 0.5, 0.0)
     if not 0 <= degree <= 4:
         raise ValueError(f"sh_degree must be in 0..4, got {degree}")

@@ -20,6 +20,7 @@ import numpy as np
 from s3dgs.scene.colmap import SceneError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+"""The frame files every command reads (compared in lower case): the one list of them."""
 VIDEO_EXTS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".3gp")
 
 
@@ -88,10 +89,6 @@ def _resize(img, max_size: int):
         img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))),
                          Image.Resampling.LANCZOS)
     return img
-
-
-def is_video(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() not in IMAGE_EXTS
 
 
 def video_frames(
