@@ -107,6 +107,12 @@ METHODS = {
     "+stem_densify": ({"grow_grad2d_stem": 2e-4}, False),
     "+prune_floaters": ({"prune_floaters": True}, True),
     "+mcmc": ({"strategy": "mcmc"}, False),
+    # issue 22: the depth term that trusts the prior only where it resolves the plant (not yet run
+    # at full size: BENCHMARKS.md says so)
+    "+thin_one_sided": ({"depth_thin": "one-sided"}, True),
+    "+thin_down": ({"depth_thin": "down"}, True),
+    "+gate": ({"depth_gate_disagreement": 3.0}, True),
+    "+patch": ({"depth_alignment": "patch"}, True),
 }
 ROWS = (*BASE_ROWS, *METHODS, "best_combo")
 SCORE_RULE = ("score = stem coverage (any class) - plant-region floater fraction - 0.01 x breaks "
