@@ -62,8 +62,10 @@ def main(argv=None) -> int:
     im = m["images"]
     from PIL import Image
 
-    with Image.open(next(p for p in sorted((a.scene / "images").iterdir()) if p.suffix.lower() in
-                         (".jpg", ".jpeg", ".png"))) as first:
+    from s3dgs.scene.frames import IMAGE_EXTS
+
+    with Image.open(next(p for p in sorted((a.scene / "images").iterdir())
+                         if p.suffix.lower() in IMAGE_EXTS)) as first:
         w0, h0 = first.size
     res = {
         "scene": str(a.scene), "run": str(a.out),

@@ -160,9 +160,9 @@ def _raster_run(p, feats, W, H, backend: str, absgrad: bool):
         img, alpha, _ = rasterize_native(*ins, p.radii, p.depths, W, H, 8, absgrad=absgrad)
     else:
         from s3dgs.render import api
-        from s3dgs.render.raster import build_plan, rasterize
+        from s3dgs.render.raster import build_plan, chunk_budget, rasterize
 
-        budget = api.DEFAULT_BUDGET or (1 << 20 if torch.get_num_threads() > 1 else 1 << 18)
+        budget = api.DEFAULT_BUDGET or chunk_budget()
         plan = build_plan(ins[0], p.radii, p.depths, W, H, 8, budget, conics=p.conics, opacities=p.opacities)
         img, alpha = rasterize(*ins, plan, absgrad=absgrad)
     loss = img.square().mean() + alpha.mean()

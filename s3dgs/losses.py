@@ -49,17 +49,18 @@ def _arg(name: str) -> Any:
 
 @dataclass
 class DepthLossConfig:
-    """The depth-prior term: its weight and every option of the depth-prior loss (this group is
-    passed whole to depth_prior_loss)."""
+    """The depth-prior term: its weight and every option of the depth-prior loss."""
+
+    # (the group is passed whole to depth_prior_loss as its `config`)
 
     weight: Annotated[float, _arg("lambda-depth")] = 0.1
     """Weight of the depth-prior term (0 switches it off)."""
     schedule: Annotated[Literal["constant", "exp"], _arg("depth-schedule")] = "constant"
     """Depth weight over the run: constant, or exponential decay to 1 % (as 3DGS decays 1.0 -> 0.01)."""
     loss: Annotated[Literal["prior", "original", "seed"], _arg("depth-loss")] = "prior"
-    """'prior': depth_prior_loss with the options below; 'original': the formula of the integration
-    guide the project started from (scale_invariant_depth_loss on rendered depth against the prior
-    value), which takes no options ('seed' is its older name)."""
+    """'prior': the depth-prior loss with the options below; 'original': the formula of the
+    integration guide the project started from (its scale-invariant loss on rendered depth against
+    the prior value), which takes no options ('seed' is its older name)."""
     space: Annotated[Literal["disparity", "depth"], _arg("depth-space")] = "disparity"
     """Where rendered depth is compared: disparity (1/z; Depth Anything V2 predicts affine-invariant
     inverse depth, so this is the right relation) or depth (the integration guide's formula)."""

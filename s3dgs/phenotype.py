@@ -1741,8 +1741,8 @@ class PhenotypeConfig:
     """Metric scale when the poses are not metric. A factor, metres per model unit (0.012); a known
     size, METRES=MODEL_LENGTH (0.30=2.45: an object 0.30 m long measures 2.45 in the model); or a
     known distance, METRES=x1,y1,z1,x2,y2,z2 (two points picked in the model, e.g. a ruler's ends).
-    Default: metric when the scene's poses are (the synthetic scene, or a scene aligned with
-    `s3dgs run --reference`), else model units, labelled so."""
+    Known poses are metric for the synthetic scene, a scene aligned with `s3dgs run --reference`, or
+    with --metric-poses; otherwise lengths are in model units, labelled so."""
     up: str = "auto"
     """The plant's up axis: auto (the camera ring's normal, else the ground plane), cameras, ground
     (plane fitted to background Gaussians), or a vector X,Y,Z in the model frame."""
@@ -1754,10 +1754,10 @@ class PhenotypeConfig:
     """Class probability a Gaussian needs to belong to a class."""
     min_opacity: float = 0.1
     """Opacity a Gaussian needs to count."""
-    node_separation: Annotated[Optional[float], opt("M", "0.025 m, or 3 stem diameters")] = None
-    """Node clustering cut and peduncle attachment tolerance (metres when the scale is known);
-    default 0.025 m with a metric scale (tomato internodes are 3-12 cm), else 3 median stem
-    diameters."""
+    node_separation: Annotated[Optional[float], opt(
+        "M", "0.025 m with a metric scale, else 3 median stem diameters")] = None
+    """Node clustering cut and peduncle attachment tolerance (metres when the scale is known; tomato
+    internodes are 3-12 cm)."""
     extend_stem: bool = True
     """Follow the stem past its labelled ends through opaque Gaussians (to the soil and the tip)."""
     method: Literal["auto", "classes", "geometry"] = "auto"

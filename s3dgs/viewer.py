@@ -217,7 +217,9 @@ def encode_gaussians(params: dict, classes, *, class_threshold: float = 0.5, max
     quats = arr("quats").astype(np.float64).reshape(-1, 4)[idx]
     opac = 1.0 / (1.0 + np.exp(-arr("opacities").astype(np.float64).reshape(-1)[idx]))
     sh0 = arr("sh0").astype(np.float64).reshape(n_all, -1)[idx, :3]
-    rgb = np.clip(0.5 + 0.28209479177387814 * sh0, 0, 1)
+    from s3dgs.gaussians.model import SH_C0
+
+    rgb = np.clip(0.5 + SH_C0 * sh0, 0, 1)
     K = len(classes)
     cls = np.full(len(idx), K, np.uint8)  # K: "other"
     if K and "semantics" in params and params["semantics"] is not None:
@@ -533,7 +535,7 @@ class ViewConfig:
     no_open: tyro.conf.FlagCreatePairsOff[bool] = False
     """Write the page without opening it."""
     max_gaussians: Annotated[int | None, opt("INT", "all")] = None
-    """Embed at most this many Gaussians (a random subset); all by default."""
+    """Embed at most this many Gaussians (a random subset)."""
     fetch: bool = True
     """Fetch the viewer library with npm when it is not in the cache yet."""
 

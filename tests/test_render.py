@@ -724,3 +724,28 @@ def test_gsplat_backend_auto_and_zero_gaussians():
     out = run_render(s, backend="auto")
     assert out.meta["backend"] == "gsplat"
     assert out.colors.shape == (1, s["H"], s["W"], 3)
+
+
+def test_chunk_budget_follows_the_threads_and_render_uses_it(monkeypatch):
+    """The torch backend's chunk size has one rule (raster.chunk_budget), which render(...) follows
+    unless render.api.DEFAULT_BUDGET overrides it."""
+    from s3dgs.render import raster
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert raster.chunk_budget() == raster.DEFAULT_BUDGET == 1 << 18
+        torch.set_num_threads(2)
+        assert raster.chunk_budget() == 1 << 20
+    finally:
+        torch.set_num_threads(n)
+    seen = []
+    real = render_api.build_plan
+    monkeypatch.setattr(render_api, "build_plan", lambda *a, **k: seen.append(a[6]) or real(*a, **k))
+    monkeypatch.setattr(raster, "chunk_budget", lambda: 4096)
+    monkeypatch.setattr(render_api, "chunk_budget", raster.chunk_budget)
+    s = make_scene(N=20, W=16, H=16, C=1)
+    run_render(s, backend="torch")
+    monkeypatch.setattr(render_api, "DEFAULT_BUDGET", 2048)
+    run_render(s, backend="torch")
+    assert seen == [4096, 2048]

@@ -844,7 +844,7 @@ class DepthConfig:
     backoff: float = 2.0
     """gradio backend: first retry delay in seconds (doubles each retry)."""
     overwrite: bool = False
-    """Regenerate maps that already exist and are valid (default: skip them)."""
+    """Regenerate maps that already exist and are valid (without it they are kept)."""
     tiles: Annotated[str, opt("N|auto", "1")] = "1"
     """Tiles per side: N x N overlapping crops, each predicted at the network's input size, aligned to the whole-frame prediction and blended (thin stems resolve better; N*N+1 passes per image). auto: enough that each tile's short side is at most --input-size frame pixels (1 for frames that small). Existing maps are skipped: add --overwrite to redo them tiled."""
     tile_overlap: float = DEFAULT_OVERLAP

@@ -182,9 +182,9 @@ def mcmc_regularization(params, opacity_reg: float = 0.01, scale_reg: float = 0.
 @dataclass
 class MCMCStrategy(FloaterPruning, _GsplatMCMC):
     """MCMC densification (gsplat's MCMCStrategy, 3DGS as Markov Chain Monte Carlo) on any device: a
-    budget of cap_max Gaussians, dead ones relocated onto live ones, 5 % added per refinement, position
-    noise every step; optional depth-guided floater relocation (prune_floaters). state counts
-    n_relocated, n_added, n_capped and n_floaters."""
+    budget of --mcmc.cap-max Gaussians, dead ones relocated onto live ones, 5 % added per
+    refinement, position noise every step; optional depth-guided floater relocation
+    (--mcmc.prune-floaters)."""
 
     cap_max: int = 200_000
     """Most Gaussians the model may grow to (gsplat's own default is 1,000,000; 200,000 bounds a
@@ -205,9 +205,11 @@ class MCMCStrategy(FloaterPruning, _GsplatMCMC):
     """Print what each refinement did."""
     noise_unit_invariant: bool = True
     """Divide the position noise by the square of the scene's scale, so it does not depend on
-    the scene's units; equal to gsplat's noise when scene_scale is 1."""
+    the scene's units; equal to gsplat's noise when the scene's scale is 1."""
 
     def initialize_state(self, scene_scale: float = 1.0) -> dict[str, Any]:
+        """gsplat's state, plus ``scene_scale`` and the counts ``n_relocated``, ``n_added``,
+        ``n_capped`` and ``n_floaters`` (the log's figures)."""
         if self.cap_max < 1:
             raise UsageError(f"cap_max must be at least 1, got {self.cap_max}")
         state = super().initialize_state()

@@ -85,7 +85,7 @@ def stem_hits(stem_mask: torch.Tensor, means2d: torch.Tensor, radii: torch.Tenso
 class DefaultStrategy(FloaterPruning, _GsplatDefault):
     """Densification (gsplat's DefaultStrategy: 3DGS split, clone and prune, AbsGS gradients), with
     the opacity reset that gsplat 1.5.3 never fires, a lower split/clone threshold for Gaussians on
-    stem pixels (grow_grad2d_stem) and depth-guided floater pruning (prune_floaters)."""
+    stem pixels (--grow-grad2d-stem) and depth-guided floater pruning (--prune-floaters)."""
 
     # gsplat's fields, declared again with the same defaults so that --help explains them in this
     # project's words (gsplat's docstrings state gsplat's defaults, which the trainer overrides)
@@ -128,8 +128,8 @@ class DefaultStrategy(FloaterPruning, _GsplatDefault):
     """Which 2D gradient drives refinement (gsplat's; 3DGS uses means2d): not an option."""
 
     grow_grad2d_stem: Annotated[Optional[float], opt("FLOAT", "off")] = None
-    """Split/clone gradient threshold for Gaussians on stem pixels (None: off, every Gaussian uses
-    grow_grad2d). Below grow_grad2d, thin stems are refined before the rest."""
+    """Split/clone gradient threshold for Gaussians on stem pixels (off: every Gaussian uses
+    --grow-grad2d). Below --grow-grad2d, thin stems are refined before the rest."""
     stem_min_fraction: float = 0.5
     """A Gaussian is on a stem when its 2D mean fell on a stem pixel in at least this fraction of the
     steps (since the last refinement) in which it was drawn and a stem mask was given."""

@@ -11,14 +11,13 @@ from ..errors import UsageError
 from .native import native_available, rasterize_native
 from .native_project import native_project_available, project_native
 from .projection import project_gaussians
-from .raster import build_plan, rasterize
+from .raster import build_plan, chunk_budget, rasterize
 from .types import RenderOutput, color_features
 
 BACKENDS = ("auto", "native", "torch", "gsplat")
 
-# Elements per [tiles, pixels, Gaussians] chunk of the torch backend; None picks 2^18 with one
-# thread (cache-friendly, fastest measured) and 2^20 with several: fewer, larger parallel
-# regions, which on an oversubscribed CPU with spinning OpenMP threads was measured 2-10x faster.
+# Elements per [tiles, pixels, Gaussians] chunk of the torch backend: None follows
+# raster.chunk_budget() (the one rule); a number overrides it (tests force small chunks).
 DEFAULT_BUDGET: int | None = None
 
 logger = logging.getLogger("s3dgs.render")
@@ -175,9 +174,7 @@ def render(
             height, tile_size, absgrad=absgrad,
         )
     else:
-        budget = DEFAULT_BUDGET
-        if budget is None:
-            budget = 1 << 20 if torch.get_num_threads() > 1 else 1 << 18
+        budget = DEFAULT_BUDGET if DEFAULT_BUDGET is not None else chunk_budget()
         plan = build_plan(
             proj.means2d, proj.radii, proj.depths, width, height, tile_size, budget,
             conics=proj.conics, opacities=proj.opacities,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-ALPHA_THRESHOLD = 1.0 / 255.0
+from .raster import ALPHA_THRESHOLD  # (re-exported: the rasteriser's one definition)
+
 EXTENT_SIGMAS = 3.33
 
 __all__ = [

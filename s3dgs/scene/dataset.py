@@ -56,10 +56,9 @@ from s3dgs.depth.io import (
     read_meta,
 )
 from s3dgs.scene.colmap import ColmapModel, SceneError, read_model
+from s3dgs.scene.frames import IMAGE_SUFFIXES  # the one list of frame files
 
 log = logging.getLogger("s3dgs")
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
 
 
 @dataclass

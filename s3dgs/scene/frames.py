@@ -21,6 +21,8 @@ from s3dgs.scene.colmap import SceneError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 """The frame files every command reads (compared in lower case): the one list of them."""
+IMAGE_SUFFIXES = IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS)
+"""The same, in both cases: the suffixes to try when a frame is looked up by its stem."""
 VIDEO_EXTS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".3gp")
 
 

@@ -40,7 +40,7 @@ import tyro
 from s3dgs import CLASSES
 from s3dgs.atomic import atomic_write, atomic_write_text
 from s3dgs.scene.colmap import SceneError
-from s3dgs.scene.frames import IMAGE_EXTS  # the one list of frame files
+from s3dgs.scene.frames import IMAGE_SUFFIXES  # the one list of frame files
 
 LINES = (("U", "N", "U", "width", 0.40), ("N", "D", "D", "width", 0.40), ("N", "P", "P", "height", 0.15))
 """(from, to, channel, box side, fraction): the skeleton segments of one detection."""
@@ -243,7 +243,7 @@ def keypoints_to_heatmaps(
 
 
 def _image_size(scene: Path, stem: str) -> tuple[int, int] | None:
-    for ext in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS):
+    for ext in IMAGE_SUFFIXES:
         p = scene / "images" / f"{stem}{ext}"
         if p.exists():
             from PIL import Image

@@ -54,7 +54,7 @@ import numpy as np
 
 from s3dgs.atomic import atomic_write, atomic_write_text
 from s3dgs.scene.colmap import import_pycolmap, write_model
-from s3dgs.scene.frames import PrepareError
+from s3dgs.scene.frames import IMAGE_SUFFIXES, PrepareError
 from s3dgs.scene.ply import write_points_ply
 
 __all__ = ["RomiView", "RomiSummary", "is_romi_scan", "read_romi_scan", "prepare_romi", "carve",
@@ -71,8 +71,6 @@ POINTS_PER_VOXEL = 8
 
 UNITS = {"mm": 0.001, "cm": 0.01, "m": 1.0, "model": None}
 """Scan units -> metres per unit (None: model units, no metric scale)."""
-
-_RGB_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
 @dataclass
@@ -187,7 +185,7 @@ def read_romi_scan(scan: str | Path) -> tuple[list[RomiView], dict]:
         if meta.get("channel", "rgb") != "rgb" or (not meta.get("camera") and not meta.get("colmap_camera")):
             continue  # the masks' metadata of a virtual scan, or a photo without a camera
         name = mp.stem  # NNNNN_rgb
-        image = next((scan / "images" / f"{name}{s}" for s in _RGB_SUFFIXES
+        image = next((scan / "images" / f"{name}{s}" for s in IMAGE_SUFFIXES
                       if (scan / "images" / f"{name}{s}").is_file()), None)
         if image is None:
             raise PrepareError(f"{mp}: its photo images/{name}.jpg/.png is missing")

@@ -89,12 +89,14 @@ class SynthConfig:
     focal_scale: Annotated[Optional[float], opt("FLOAT", "from the preset")] = None
     """Focal length in units of the image width (0.9: about 58 degrees horizontal field of view;
     1.8: about 31 degrees) (preset: 0.9 / 0.9 / 0.9 / 1.8)."""
-    ring_heights: Annotated[Optional[tuple[float, ...]], opt("FLOAT ...", "see below")] = None
-    """Camera height of each ring, as a fraction of the plant height (default: 0.5 for one ring,
-    0.36 0.84 for two, evenly spread for more; closeup: 0.2 0.5 0.95)."""
-    ring_targets: Annotated[Optional[tuple[float, ...]], opt("FLOAT ...", "see below")] = None
-    """Height each ring looks at, as a fraction of the plant height (default: 0.5, the middle of
-    the plant, for every ring; closeup: 0.2 0.5 0.8, each ring its own band)."""
+    ring_heights: Annotated[Optional[tuple[float, ...]], opt(
+        "FLOAT ...", "0.5 for one ring, 0.36 0.84 for two, evenly spread for more; "
+        "closeup: 0.2 0.5 0.95")] = None
+    """Camera height of each ring, as a fraction of the plant height."""
+    ring_targets: Annotated[Optional[tuple[float, ...]], opt(
+        "FLOAT ...", "0.5, the middle of the plant, for every ring; "
+        "closeup: 0.2 0.5 0.8, each ring its own band")] = None
+    """Height each ring looks at, as a fraction of the plant height."""
 
     # plant
     plant_height: float = 0.5
@@ -131,8 +133,9 @@ class SynthConfig:
     """Probability that a keypoint of a detected node is missing."""
     kp_low_conf: float = 0.1
     """Probability that a keypoint gets a low confidence (< 0.5, so it is ignored)."""
-    hotspot_sigma: Annotated[Optional[float], opt("FLOAT", "20 px at 1920 px width, scaled (min 3)")] = None
-    """Heatmap hotspot sigma (px); default 20 px at 1920 px width, scaled to the width (min 3)."""
+    hotspot_sigma: Annotated[Optional[float], opt(
+        "FLOAT", "20 px at 1920 px width, scaled to the width (min 3)")] = None
+    """Heatmap hotspot sigma (px)."""
 
     # simulated monocular prior
     prior_scale_shift: bool = True
@@ -152,13 +155,13 @@ class SynthConfig:
     prior_thin_blur_px: float = 10.79
     """Opening size in pixels of the network's input (a 518 px short side, as Depth Anything V2):
     structures thinner than this at that size fade into the background; in frame pixels it is
-    this x short side / 518 (10.79: 5 px on a 320x240 frame, as before this option followed the
-    network's input; before, it was px at 320 px width, default 5)."""
+    this x short side / 518 (10.79: 5 px on a 320x240 frame, the opening used before this option
+    followed the network's input)."""
     prior_thin_blur_strength: float = 0.7
     """How much of the opened map replaces the sharp one (0 keeps thin stems, 1 erases them)."""
     prior_blur_sigma_px: float = 2.158
     """Gaussian blur sigma after the opening, in pixels of the network's input (518 px short side;
-    2.158: 1 px on a 320x240 frame; before, px at 320 px width, default 1)."""
+    2.158: 1 px on a 320x240 frame, the blur used before this option followed the network's input)."""
     prior_tiles: int = 1
     """Simulate tiled inference (`s3dgs depth --tiles N`): N x N overlapping tiles, each blurred at
     its own scale (its short side maps to the network's 518 px, so thin structures blur less), with
