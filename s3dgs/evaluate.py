@@ -45,6 +45,7 @@ from s3dgs.atomic import atomic_write_text
 from s3dgs.classes import CLASSES, GT_LABELS, run_class_table
 from s3dgs.config import load_run_config
 from s3dgs.options import opt
+from s3dgs.scene.dataset import resize_nearest
 
 __all__ = ["EvalConfig", "eval_main", "evaluate_run", "format_table", "geometry_tolerances", "heatmap_iou", "mask_iou",
            "plant_region", "sample_plant_surface"]
@@ -70,16 +71,6 @@ def _clean(x):
         x = float(x)
         return x if math.isfinite(x) else None
     return x
-
-
-def _resize_nearest(a: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resize of [H, W, ...] sampling at pixel centres (for masks and depth)."""
-    H, W = a.shape[:2]
-    if (H, W) == (h, w):
-        return a
-    ys = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
-    xs = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
-    return a[ys][:, xs]
 
 
 def _class_ids(gmask: np.ndarray, classes) -> np.ndarray:
@@ -121,10 +112,10 @@ def heatmap_iou(scene_dir, stems, *, shape: tuple[int, int] | None = None, class
             g = np.asarray(im, np.uint8)
         h = np.load(hp).astype(np.float32)
         H, W = shape or g.shape[:2]
-        h = _resize_nearest(h, H, W)
+        h = resize_nearest(h, H, W)
         h = np.stack([h[..., i] if i is not None else np.zeros((H, W), np.float32) for i in order], -1)
         pred.append(h.reshape(-1, len(classes)))
-        gt.append(_class_ids(_resize_nearest(g, H, W), classes).reshape(-1))
+        gt.append(_class_ids(resize_nearest(g, H, W), classes).reshape(-1))
     if not pred:
         return {"available": False, "reason": "no views"}
     s = M.semantic_iou(np.concatenate(pred), np.concatenate(gt), threshold=threshold, class_names=classes)
@@ -356,9 +347,9 @@ def evaluate_run(run_dir, scene_dir=None, *, test_every: int | None = None,
             from PIL import Image
 
             with Image.open(gt_mask_dir / f"{stem}.png") as im:
-                gmask = _resize_nearest(np.asarray(im, np.uint8), H, W)
+                gmask = resize_nearest(np.asarray(im, np.uint8), H, W)
         if gt_depth_dir is not None and (gt_depth_dir / f"{stem}.npy").exists():
-            gd = _resize_nearest(np.load(gt_depth_dir / f"{stem}.npy").astype(np.float64), H, W)
+            gd = resize_nearest(np.load(gt_depth_dir / f"{stem}.npy").astype(np.float64), H, W)
             preds_d.append(r.depths[0, ..., 0].cpu().numpy().astype(np.float64))
             gts_d.append(gd)
             alpha_ok = r.alphas[0, ..., 0].cpu().numpy() > 0.5
@@ -648,7 +639,6 @@ class EvalConfig:
 
 def eval_main(cfg: EvalConfig) -> int:
     from s3dgs.errors import WorkError
-
     from s3dgs.runlock import run_lock
 
     cfg.validate()

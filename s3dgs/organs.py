@@ -78,6 +78,14 @@ organ classes (chosen on one run of the ROMI virtual plant, benchmarks/romi_stud
 fruits whose pedicels were labelled stem; 0.25 and 0.1 gave the same organs)."""
 
 
+def length_units(metres_per_unit: float | None) -> tuple[float, str]:
+    """(factor to metres, unit label) of lengths measured in model units: metres when a scale is
+    known, else model units. Raises UsageError for a scale that is not a positive number."""
+    if metres_per_unit is not None and not (math.isfinite(metres_per_unit) and metres_per_unit > 0):
+        raise UsageError(f"metres_per_unit must be a positive number, got {metres_per_unit}")
+    return (1.0, "model units") if metres_per_unit is None else (float(metres_per_unit), "m")
+
+
 def _unit(v) -> np.ndarray:
     v = np.asarray(v, np.float64).reshape(3)
     n = float(np.linalg.norm(v))
@@ -243,10 +251,7 @@ def measure_organs(
         raise UsageError(f"stem_mask has {len(sm)} entries for {N} points")
     ok = np.isfinite(X).all(1)
     up = _unit(up)
-    if metres_per_unit is not None and not (math.isfinite(metres_per_unit) and metres_per_unit > 0):
-        raise UsageError(f"metres_per_unit must be a positive number, got {metres_per_unit}")
-    f = 1.0 if metres_per_unit is None else float(metres_per_unit)
-    units = "m" if metres_per_unit is not None else "model units"
+    f, units = length_units(metres_per_unit)
     notes: list[str] = []
     out: dict = {"method": "geometry", "units": units, "metres_per_unit": metres_per_unit,
                  "up": up.tolist(),

@@ -742,10 +742,9 @@ def measure_plant(
     if pr.shape[1] != len(classes):
         raise S3dgsError(f"probs has {pr.shape[1]} columns but {len(classes)} classes were named")
     up = _unit(up)
-    if metres_per_unit is not None and not (math.isfinite(metres_per_unit) and metres_per_unit > 0):
-        raise UsageError(f"metres_per_unit must be a positive number, got {metres_per_unit}")
-    f = 1.0 if metres_per_unit is None else float(metres_per_unit)
-    units = "m" if metres_per_unit is not None else "model units"
+    from s3dgs.organs import length_units
+
+    f, units = length_units(metres_per_unit)
     notes: list[str] = []
 
     def cls(name):

@@ -269,7 +269,7 @@ def _find_mask(mask_dir: Path, stem: str, table: ClassTable, image: Path, size: 
     return None
 
 
-def _resize_nearest(a: np.ndarray, h: int, w: int) -> np.ndarray:
+def resize_nearest(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """Nearest-neighbour resize of ``[H, W, ...]``, sampling at pixel centres (masks: no new ids)."""
     H, W = a.shape[:2]
     if (H, W) == (h, w):
@@ -331,8 +331,8 @@ def load_mask(path: str | Path, table: ClassTable, height: int | None = None,
     except Exception as exc:
         raise SceneError(f"{path}: unreadable class mask ({exc}). {_MASK_FIX}") from exc
     if height and width and target.shape[:2] != (height, width):
-        target = _resize_nearest(target, height, width)
-        valid = _resize_nearest(valid, height, width)
+        target = resize_nearest(target, height, width)
+        valid = resize_nearest(valid, height, width)
     return np.ascontiguousarray(target), np.ascontiguousarray(valid)
 
 
