@@ -130,12 +130,14 @@ def test_an_out_that_is_a_file_is_one_message(tiny_scene, run_dir, tmp_path, cap
 def test_eval_and_phenotype_check_their_output_before_working(run_dir, tmp_path, capsys, monkeypatch, cmd, name):
     import s3dgs.evaluate
     import s3dgs.phenotype
+    import s3dgs.phenotypes.run
 
     def never(*a, **k):
         raise AssertionError("work started before the output was checked")
 
     monkeypatch.setattr(s3dgs.evaluate, "evaluate_run", never)
     monkeypatch.setattr(s3dgs.phenotype, "run_phenotype", never)
+    monkeypatch.setattr(s3dgs.phenotypes.run, "run_phenotype", never)  # where phenotype_main looks it up
     run = Path(shutil.copytree(run_dir, tmp_path / "run"))
     (run / name).mkdir()  # a folder where the command writes its file
     assert main([cmd, str(run)]) == 2
