@@ -502,28 +502,7 @@ def prepare_romi(
                            "scans whose photos share one camera size")
 
     # 1. frames: undistort, then find the black bars
-    rgbs, covs = [], []
-    it = views
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(views, desc="reading the scan", unit="photo")
-    maps: dict[tuple, object] = {}
-    for v in it:
-        img = _load_rgb(v.image)
-        if img.shape[:2] != (v.height, v.width):
-            raise PrepareError(f"{v.image}: the photo is {img.shape[1]}x{img.shape[0]}, its camera says "
-                               f"{v.width}x{v.height}")
-        key = (v.model, tuple(v.params))
-        if key not in maps:
-            maps[key] = _undistort_map(v)
-        src = maps[key]
-        rgbs.append(_remap(img, src, order=1))
-        if masks and v.masks:
-            c = {k: _remap(_load_coverage(p, img.shape[:2]), src, order=0) for k, p in v.masks.items()}
-            covs.append(c)
-        else:
-            covs.append(None)
+    rgbs, covs = _read_undistorted(views, masks, progress)
     timings["read + undistort"] = time.perf_counter() - t0
     H, W = rgbs[0].shape[:2]
     x0, y0, x1, y1 = _black_border(rgbs) if crop == "auto" else (0, 0, W, H)
@@ -587,16 +566,10 @@ def prepare_romi(
     pts, edge, cinfo = carve(sils, Ks, viewmats, box, max_voxels=max_voxels, tolerance=tol, progress=progress)
     cinfo["box_source"] = box_src
     cinfo["silhouettes"] = "class masks" if n_masks else f"excess green > {exg_threshold}"
-    rng = np.random.default_rng(seed)
     if len(pts) == 0:
         warnings.append("space carving kept no voxel (are the silhouettes right? see --exg-threshold); "
                         "training starts from random points in the box")
-        pts = rng.uniform(box[0], box[1], size=(max_points, 3))
-        edge = 0.0
-    else:
-        n = min(max_points, POINTS_PER_VOXEL * len(pts))  # a small plant gets fewer points
-        idx = rng.choice(len(pts), size=n, replace=len(pts) < n)
-        pts = pts[idx] + rng.uniform(-0.5, 0.5, size=(n, 3)) * edge
+    pts = _draw_points(pts, edge, box, max_points, seed)
     rgb = _colour_points(pts, frames, Ks, viewmats)
     write_points_ply(out / "points3D.ply", pts, rgb)
     sparse = out / "sparse" / "0"
@@ -620,6 +593,46 @@ def prepare_romi(
 
     atomic_write_text(out / "prepare.json", json.dumps(asdict(summary), indent=2) + "\n")
     return summary
+
+
+def _read_undistorted(views: list[RomiView], masks: bool, progress: bool) -> tuple[list, list]:
+    """Step 1: every photo read and undistorted (one pycolmap map per camera), with its organ
+    coverages when `masks` and the scan has them: ``(rgbs [C] of [H, W, 3] uint8, covs [C] of
+    {class: [H, W] uint8} or None)``."""
+    rgbs, covs = [], []
+    it = views
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(views, desc="reading the scan", unit="photo")
+    maps: dict[tuple, object] = {}
+    for v in it:
+        img = _load_rgb(v.image)
+        if img.shape[:2] != (v.height, v.width):
+            raise PrepareError(f"{v.image}: the photo is {img.shape[1]}x{img.shape[0]}, its camera says "
+                               f"{v.width}x{v.height}")
+        key = (v.model, tuple(v.params))
+        if key not in maps:
+            maps[key] = _undistort_map(v)
+        src = maps[key]
+        rgbs.append(_remap(img, src, order=1))
+        if masks and v.masks:
+            c = {k: _remap(_load_coverage(p, img.shape[:2]), src, order=0) for k, p in v.masks.items()}
+            covs.append(c)
+        else:
+            covs.append(None)
+    return rgbs, covs
+
+
+def _draw_points(pts: np.ndarray, edge: float, box: np.ndarray, max_points: int, seed: int) -> np.ndarray:
+    """Step 3: the initial points, up to POINTS_PER_VOXEL per carved voxel (jittered inside it,
+    at most `max_points`), or `max_points` random points in the box when carving kept nothing."""
+    rng = np.random.default_rng(seed)
+    if len(pts) == 0:
+        return rng.uniform(box[0], box[1], size=(max_points, 3))
+    n = min(max_points, POINTS_PER_VOXEL * len(pts))  # a small plant gets fewer points
+    idx = rng.choice(len(pts), size=n, replace=len(pts) < n)
+    return pts[idx] + rng.uniform(-0.5, 0.5, size=(n, 3)) * edge
 
 
 def _colour_points(pts: np.ndarray, frames: list[np.ndarray], Ks: np.ndarray, viewmats: np.ndarray,
