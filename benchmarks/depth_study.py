@@ -67,7 +67,7 @@ PRIOR_KNOBS = {"prior_perfect": {"perfect_prior": True},
 def schedule(iterations: int) -> dict:
     """Trainer settings scaled to a run of `iterations` (the trainer's defaults suit 7000+)."""
     it = iterations
-    return {"num_iterations": it, "warmup_iterations": min(4000, it // 3),
+    return {"num_iterations": it, "sem_warmup_iterations": min(4000, it // 3),
             "refine_start_iter": max(10, min(500, it // 6)), "refine_every": 100 if it >= 1000 else 50,
             "refine_stop_iter": int(0.8 * it), "reset_every": 3000 if it >= 6000 else 10 * it + 1,
             "sh_degree_interval": max(1, min(1000, it // 8))}

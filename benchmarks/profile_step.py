@@ -142,7 +142,7 @@ def profile_one(scale: str, backend: str, steps: int, threads: int, root: Path) 
     pcd = grown_points(scene, spec["gaussians"], root)
     cfg, given = config_from_flat(num_iterations=7000, backend=backend, resolution_scale=spec["resolution_scale"],
                                   progress=False, save_renders=False, num_threads=threads, sh_degree=3,
-                                  max_init_points=spec["gaussians"], warmup_iterations=0,
+                                  max_init_points=spec["gaussians"], sem_warmup_iterations=0,
                                   log_every=10_000, ckpt_every=10_000)
     out = root / f"run_{scale}_{backend}"
     trainer = Trainer(cfg, SceneInputs(scene=scene, pcd_path=pcd), out, overwrite=True, fixed=given)

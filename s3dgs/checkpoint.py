@@ -165,7 +165,7 @@ _MODEL_KEYS = {
     "--no-depth": lambda c: ((c.get("train") or {}).get("data") or {}).get("no_depth"),
     "--resolution-scale": lambda c: ((c.get("train") or {}).get("data") or {}).get("resolution_scale"),
     "--test-every": lambda c: ((c.get("train") or {}).get("data") or {}).get("test_every"),
-    "--semantic-activation": lambda c: ((c.get("train") or {}).get("semantics") or {}).get("activation"),
+    "--sem-activation": lambda c: ((c.get("train") or {}).get("semantics") or {}).get("activation"),
     "--strategy": lambda c: (c.get("train") or {}).get("strategy"),
 }
 # Not in the list: --num-iterations (a resumed run may be extended; the schedule follows the new

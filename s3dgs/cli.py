@@ -54,8 +54,8 @@ ALIASES: dict[tuple[str, str], tuple[str, str, str, str]] = {
 
 
 def given_options(argv: list[str]) -> frozenset[str]:
-    """Flat names (``warmup_iterations``) of the options in `argv` (``--warmup-iterations 4000``,
-    ``--warmup-iterations=4000``, ``--no-depth-robust``)."""
+    """Flat names (``sem_warmup_iterations``) of the options in `argv` (``--sem-warmup-iterations 4000``,
+    ``--sem-warmup-iterations=4000``, ``--no-depth-robust``)."""
     out = set()
     for a in argv:
         if a.startswith("--") and len(a) > 2:
@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         from s3dgs.options import reflow_help
 
         reflow_help(cfg_cls)  # --help flows sentences instead of breaking them where the source does
+        config = sys.modules.get("s3dgs.config")  # imported by every command that nests TrainConfig
+        if config is not None:  # an option renamed since (--warmup-iterations): one line naming the new one
+            config.check_renamed_options(cfg_cls, rest)
         cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
         # the options typed on the command line, so that "options you set yourself are kept" holds
         # even for a value equal to its default (s3dgs.config.resolve_schedule)

@@ -44,7 +44,7 @@ from s3dgs.gaussians.mcmc import MCMCStrategy
 from s3dgs.gaussians.strategy import DefaultStrategy
 from s3dgs.losses import DepthLossConfig, SemanticConfig
 from s3dgs.options import opt
-from s3dgs.validate import at_least, in_range, non_negative, positive
+from s3dgs.validate import at_least, flag, in_range, non_negative, positive
 
 __all__ = [
     "SEED_ITERATIONS",
@@ -53,9 +53,11 @@ __all__ = [
     "LearningRates",
     "SemanticConfig",
     "TrainConfig",
+    "check_renamed_options",
     "config_from_flat",
     "config_to_dict",
     "flat_names",
+    "given_paths",
     "load_run_config",
     "resolve_schedule",
     "schedule_warnings",
@@ -89,8 +91,8 @@ class DataConfig:
     """Semantic classes: a built-in table (tomato, arabidopsis) or a JSON table file (s3dgs/classes.py)."""
 
     def validate(self) -> None:
-        in_range("--resolution-scale", self.resolution_scale, 0.0, 1.0, lo_open=True)
-        non_negative("--test-every", self.test_every)
+        in_range(flag(self, "resolution_scale"), self.resolution_scale, 0.0, 1.0, lo_open=True)
+        non_negative(flag(self, "test_every"), self.test_every)
         if self.class_table is not None:
             from s3dgs.classes import load_class_table
             from s3dgs.errors import S3dgsError, UsageError
@@ -98,7 +100,7 @@ class DataConfig:
             try:
                 load_class_table(self.class_table)
             except S3dgsError as exc:
-                raise UsageError(f"--class-table: {exc}") from None
+                raise UsageError(f"{flag(self, 'class_table')}: {exc}") from None
 
 
 @dataclass
@@ -122,7 +124,7 @@ class LearningRates:
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
-            positive(f"--lr-{f.name}", getattr(self, f.name))
+            positive(flag(self, f.name), getattr(self, f.name))
 
 
 def _default_densify() -> DefaultStrategy:
@@ -193,45 +195,46 @@ class TrainConfig:
     def validate(self) -> None:
         """Check every option's range (UsageError naming the option); called by every entry point
         (tyro would swallow an error raised while it builds the dataclass, see s3dgs.validate)."""
-        at_least("--num-iterations", self.num_iterations, 1)
-        in_range("--sh-degree", self.sh_degree, 0, 4)
-        at_least("--sh-degree-interval", self.sh_degree_interval, 1)
-        in_range("--init-opacity", self.init_opacity, 0.0, 1.0, lo_open=True, hi_open=True)
-        positive("--init-scale", self.init_scale)
-        at_least("--max-init-points", self.max_init_points, 1)
-        in_range("--lambda-ssim", self.lambda_ssim, 0.0, 1.0)
+        at_least(flag(self, "num_iterations"), self.num_iterations, 1)
+        in_range(flag(self, "sh_degree"), self.sh_degree, 0, 4)
+        at_least(flag(self, "sh_degree_interval"), self.sh_degree_interval, 1)
+        in_range(flag(self, "init_opacity"), self.init_opacity, 0.0, 1.0, lo_open=True, hi_open=True)
+        positive(flag(self, "init_scale"), self.init_scale)
+        at_least(flag(self, "max_init_points"), self.max_init_points, 1)
+        in_range(flag(self, "lambda_ssim"), self.lambda_ssim, 0.0, 1.0)
         for c in self.background:
-            in_range("--background", c, 0.0, 1.0)
-        non_negative("--num-threads", self.num_threads)
-        at_least("--log-every", self.log_every, 1)
-        at_least("--ckpt-every", self.ckpt_every, 1)
-        non_negative("--keep-checkpoints", self.keep_checkpoints)
-        at_least("--max-nonfinite", self.max_nonfinite, 1)
+            in_range(flag(self, "background"), c, 0.0, 1.0)
+        non_negative(flag(self, "num_threads"), self.num_threads)
+        at_least(flag(self, "log_every"), self.log_every, 1)
+        at_least(flag(self, "ckpt_every"), self.ckpt_every, 1)
+        non_negative(flag(self, "keep_checkpoints"), self.keep_checkpoints)
+        at_least(flag(self, "max_nonfinite"), self.max_nonfinite, 1)
         for group in (self.data, self.depth, self.semantics, self.lr):
             group.validate()
         d = self.densify
         for name in ("prune_opa", "grow_grad2d", "grow_scale3d", "grow_scale2d", "prune_scale3d",
                      "prune_scale2d"):
-            non_negative("--" + name.replace("_", "-"), getattr(d, name))
-        non_negative("--refine-start-iter", d.refine_start_iter)
+            non_negative(flag(d, name), getattr(d, name))
+        non_negative(flag(d, "refine_start_iter"), d.refine_start_iter)
         for name in ("refine_stop_iter", "refine_every", "reset_every"):
-            at_least("--" + name.replace("_", "-"), getattr(d, name), 1)
-        at_least("--mcmc.cap-max", self.mcmc.cap_max, 1)
-        at_least("--mcmc.refine-every", self.mcmc.refine_every, 1)
-        positive("--grow-grad2d-stem", d.grow_grad2d_stem)
+            at_least(flag(d, name), getattr(d, name), 1)
+        at_least(flag(self.mcmc, "cap_max", prefix="mcmc."), self.mcmc.cap_max, 1)
+        at_least(flag(self.mcmc, "refine_every", prefix="mcmc."), self.mcmc.refine_every, 1)
+        positive(flag(d, "grow_grad2d_stem"), d.grow_grad2d_stem)
         strat = {"default": d, "mcmc": self.mcmc}.get(self.strategy)
         if strat is not None and strat.prune_floaters:
             from s3dgs.errors import UsageError
 
             if self.depth.original_formula:
-                raise UsageError("floater pruning needs the aligned prior of --depth-loss prior; "
-                                 f"--depth-loss {self.depth.loss} fits no alignment to keep")
+                loss = flag(self.depth, "loss")
+                raise UsageError(f"floater pruning needs the aligned prior of {loss} prior; "
+                                 f"{loss} {self.depth.loss} fits no alignment to keep")
         dev = self.resolved_device()  # raises UsageError for an unknown or unavailable device
         if (self.backend, dev.type) in (("gsplat", "cpu"), ("native", "cuda")):
             from s3dgs.errors import UsageError
 
             ok = "auto, native or torch" if dev.type == "cpu" else "auto, gsplat or torch"
-            raise UsageError(f"--backend {self.backend} does not run on {dev.type}; use {ok}")
+            raise UsageError(f"{flag(self, 'backend')} {self.backend} does not run on {dev.type}; use {ok}")
 
     def resolved_device(self):
         """The torch device ``--device`` names; UsageError when it is unknown or not present."""
@@ -241,19 +244,20 @@ class TrainConfig:
 
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        opt_ = flag(self, "device")
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError):
-            raise UsageError(f"--device {self.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+            raise UsageError(f"{opt_} {self.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise UsageError(f"--device {self.device}: CUDA is not available on this machine; use "
-                                 "--device cpu (or auto)")
+                raise UsageError(f"{opt_} {self.device}: CUDA is not available on this machine; use "
+                                 f"{opt_} cpu (or auto)")
             if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise UsageError(f"--device {self.device}: this machine has {torch.cuda.device_count()} "
+                raise UsageError(f"{opt_} {self.device}: this machine has {torch.cuda.device_count()} "
                                  "CUDA device(s)")
         elif dev.type != "cpu":
-            raise UsageError(f"--device {self.device}: only cpu and cuda are supported")
+            raise UsageError(f"{opt_} {self.device}: only cpu and cuda are supported")
         return dev
 
 
@@ -288,16 +292,18 @@ def _set(cfg: Any, path: str, value: Any) -> None:
 def resolve_schedule(cfg: TrainConfig, fixed: frozenset[str] | set[str] = frozenset()) -> dict[str, tuple]:
     """Scale the integration guide's schedule to a run shorter than 7,000 iterations, in place (module docstring).
 
-    ``fixed``: field paths (``"semantics.warmup_iterations"``) or flat names (``"warmup_iterations"``)
-    the caller set explicitly; they are kept. Values that differ from their defaults are kept too.
-    Returns ``{path: (old, new)}`` for every value changed (empty when nothing was scaled)."""
+    ``fixed``: field paths (``"semantics.warmup_iterations"``) or flat names (``"sem_warmup_iterations"``,
+    the guide's ``"warmup_iterations"``) the caller set explicitly; they are kept. Values that differ
+    from their defaults are kept too. Returns ``{path: (old, new)}`` for every value changed (empty
+    when nothing was scaled)."""
     n = cfg.num_iterations
     if not cfg.scale_schedule or n >= SEED_ITERATIONS:
         return {}
+    fixed = given_paths(fixed)
     default = TrainConfig()
     changed = {}
     for path, rule in _SCHEDULE_RULES.items():
-        if path in fixed or path.rsplit(".", 1)[-1] in fixed:
+        if path in fixed:
             continue
         old = _get(cfg, path)
         if old != _get(default, path):
@@ -313,19 +319,21 @@ def schedule_warnings(cfg: TrainConfig, semantics_present: bool = True) -> list[
     """Sentences naming settings that mean a term never switches on in this run."""
     n = cfg.num_iterations
     out = []
+    iters = flag(cfg, "num_iterations")
     if semantics_present and cfg.semantics.weight > 0 and cfg.semantics.warmup_iterations >= n:
-        out.append(f"--warmup-iterations {cfg.semantics.warmup_iterations} is not below --num-iterations {n}: "
-                   "the semantic term never switches on")
+        out.append(f"{flag(cfg.semantics, 'warmup_iterations')} {cfg.semantics.warmup_iterations} is not "
+                   f"below {iters} {n}: the semantic term never switches on")
     if cfg.strategy == "default":
         d = cfg.densify
+        stop = f"{flag(d, 'refine_stop_iter')} {d.refine_stop_iter}"
         if d.refine_start_iter >= min(n, d.refine_stop_iter):
-            out.append(f"--refine-start-iter {d.refine_start_iter} is not below the run's end ({n}) or "
-                       f"--refine-stop-iter {d.refine_stop_iter}: densification never runs")
+            out.append(f"{flag(d, 'refine_start_iter')} {d.refine_start_iter} is not below the run's end ({n}) or "
+                       f"{stop}: densification never runs")
         elif d.reset_every >= min(n, d.refine_stop_iter):
-            out.append(f"--reset-every {d.reset_every} is not below the run's end ({n}) or "
-                       f"--refine-stop-iter {d.refine_stop_iter}: the opacity reset never fires")
+            out.append(f"{flag(d, 'reset_every')} {d.reset_every} is not below the run's end ({n}) or "
+                       f"{stop}: the opacity reset never fires")
     if cfg.sh_degree > 0 and cfg.sh_degree_interval >= n:
-        out.append(f"--sh-degree-interval {cfg.sh_degree_interval} is not below --num-iterations {n}: "
+        out.append(f"{flag(cfg, 'sh_degree_interval')} {cfg.sh_degree_interval} is not below {iters} {n}: "
                    "the colours stay at SH degree 0")
     return out
 
@@ -337,16 +345,77 @@ def schedule_warnings(cfg: TrainConfig, semantics_present: bool = True) -> list[
 _GROUPS = ("data", "depth", "semantics", "lr", "densify")
 
 
+# Options renamed since the integration guide (the semantic options took the --sem- prefix, the
+# depth options' one unprefixed option --depth-): old flat keyword -> new flat keyword. The old
+# keywords stay accepted by train(...) / config_from_flat (the guide's warmup_iterations= among
+# them); on the command line the old flag stops with one line naming the new one.
+_RENAMED = {
+    "warmup_iterations": "sem_warmup_iterations",
+    "conf_threshold": "sem_conf_threshold",
+    "fg_weight": "sem_fg_weight",
+    "mask_fg_weight": "sem_mask_fg_weight",
+    "semantic_activation": "sem_activation",
+    "stem_weight": "depth_stem_weight",
+}
+
+
 def _cli_name(cls: type, f: dataclasses.Field) -> str:
-    """The command-line name tyro gives field ``f`` of ``cls`` (``--lambda-depth`` -> lambda_depth)."""
+    """The flat keyword of field ``f`` of ``cls``: its command-line name with '_' (``--lambda-depth``
+    -> lambda_depth; the name is read from the field's annotation by :func:`s3dgs.validate.flag`)."""
+    return flag(cls, f.name)[2:].replace("-", "_")
+
+
+def _path_flag(path: str) -> str:
+    """The command-line flag of a field path (``semantics.warmup_iterations`` ->
+    ``--sem-warmup-iterations``, ``mcmc.cap_max`` -> ``--mcmc.cap-max``)."""
+    if "." not in path:
+        return flag(TrainConfig, path)
+    group, leaf = path.split(".", 1)
+    return flag(getattr(TrainConfig(), group), leaf, prefix="mcmc." if group == "mcmc" else "")
+
+
+def given_paths(given) -> set[str]:
+    """Field paths of ``given``: flat keywords (``sem_warmup_iterations``, the guide's old
+    ``warmup_iterations``, ``mcmc_cap_max``), names as :func:`s3dgs.cli.given_options` reads them
+    from a command line, or field paths (``semantics.warmup_iterations``) already."""
+    names = flat_names()
+    out = set()
+    for g in given:
+        k = _RENAMED.get(g, g)
+        if k in names:
+            out.add(names[k])
+        elif g.replace(".", "_") in names:  # --mcmc.cap-max typed on the command line
+            out.add(names[g.replace(".", "_")])
+        else:
+            out.add(g)
+    return out
+
+
+def check_renamed_options(cfg_cls: type, argv: list[str]) -> None:
+    """Stop with one line naming the new flag when ``argv`` uses a flag renamed since (``--warmup-iterations``
+    -> ``--sem-warmup-iterations``) and the command ``cfg_cls`` nests a TrainConfig (so the old name
+    is not another option of it). Raises UsageError; called by s3dgs.cli.main before parsing."""
     import typing
 
-    hints = typing.get_type_hints(cls, include_extras=True)
-    for meta in getattr(hints.get(f.name), "__metadata__", ()):
-        name = getattr(meta, "name", None)
-        if isinstance(name, str):
-            return name.replace("-", "_")
-    return f.name
+    def nests(cls, seen=()) -> bool:
+        if cls is TrainConfig:
+            return True
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or cls in seen:
+            return False
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):
+            return False
+        return any(nests(t, seen + (cls,)) for h in hints.values()
+                   for t in (typing.get_args(h) or (h,)))
+
+    old = {"--" + k.replace("_", "-"): "--" + v.replace("_", "-") for k, v in _RENAMED.items()}
+    hits = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in old]
+    if hits and nests(cfg_cls):
+        from s3dgs.errors import UsageError
+
+        raise UsageError("; ".join(f"{h} was renamed {old[h]}" for h in dict.fromkeys(hits))
+                         + " (the semantic options share the --sem- prefix, the depth options --depth-)")
 
 
 def check_strategy_options(cfg: TrainConfig, given) -> None:
@@ -355,18 +424,17 @@ def check_strategy_options(cfg: TrainConfig, given) -> None:
     ``given``: flat names the user typed (``s3dgs.cli.given_options``). Raises UsageError."""
     from s3dgs.errors import UsageError
 
-    names = flat_names()
-    given = {g.replace(".", "_") for g in given}
+    paths = given_paths(given)
     own = {"default": "densify.", "mcmc": "mcmc."}
+    opt_ = flag(cfg, "strategy")
     for strategy, prefix in own.items():
         if cfg.strategy == strategy:
             continue
-        wrong = sorted(k for k in given if names.get(k, "").startswith(prefix))
+        wrong = sorted(p for p in paths if p.startswith(prefix))
         if wrong:
-            flags = ", ".join("--" + (k.replace("mcmc_", "mcmc.", 1) if prefix == "mcmc." else k).replace("_", "-")
-                              for k in wrong)
-            raise UsageError(f"{flags}: option(s) of --strategy {strategy}, but --strategy {cfg.strategy} is "
-                             f"chosen, so they would be ignored; drop them or pass --strategy {strategy}")
+            flags = ", ".join(_path_flag(p) for p in wrong)
+            raise UsageError(f"{flags}: option(s) of {opt_} {strategy}, but {opt_} {cfg.strategy} is "
+                             f"chosen, so they would be ignored; drop them or pass {opt_} {strategy}")
 
 
 def flat_names() -> dict[str, str]:
@@ -382,14 +450,15 @@ def flat_names() -> dict[str, str]:
             out[_cli_name(TrainConfig, f)] = f.name
     for g in dataclasses.fields(MCMCStrategy):
         out[f"mcmc_{g.name}"] = f"mcmc.{g.name}"
-    # the integration guide's one renamed keyword: `densify=False` switched densification off
     return out
 
 
 def config_from_flat(**kwargs) -> tuple[TrainConfig, set[str]]:
     """A TrainConfig from flat keywords (the integration guide's ``lambda_depth=``, ``warmup_iterations=``, any
-    CLI name with ``_``; ``densify=False`` means ``strategy="none"``). Returns the config and the
-    set of field paths given (for :func:`resolve_schedule`). Unknown keywords raise TypeError."""
+    CLI name with ``_``; ``densify=False`` means ``strategy="none"``; a keyword renamed since
+    (``_RENAMED``: ``warmup_iterations`` is now ``sem_warmup_iterations``) is taken as its new name).
+    Returns the config and the set of field paths given (for :func:`resolve_schedule`). Unknown
+    keywords, or an old and a new name together, raise TypeError."""
     from s3dgs.errors import UsageError
 
     names = flat_names()
@@ -397,6 +466,12 @@ def config_from_flat(**kwargs) -> tuple[TrainConfig, set[str]]:
     given: set[str] = set()
     if "densify" in kwargs and isinstance(kwargs["densify"], bool):
         kwargs["strategy"] = kwargs.get("strategy", "default") if kwargs.pop("densify") else "none"
+    for old, new in _RENAMED.items():
+        if old in kwargs:
+            if new in kwargs:
+                raise TypeError(f"training options {old} and {new} are one option ({old} is its old name); "
+                                "pass one")
+            kwargs[new] = kwargs.pop(old)
     unknown = sorted(k for k in kwargs if k not in names)
     if unknown:
         raise TypeError(f"unknown training option(s): {', '.join(unknown)}")
@@ -455,7 +530,7 @@ def load_run_config(run: str | Path) -> dict:
         train = config_from_dict(d["train"])
     else:  # a flat config.json written before the configuration was nested
         names = flat_names()
-        kw = {k: v for k, v in d.items() if k in names}
+        kw = {k: v for k, v in d.items() if k in names or k in _RENAMED}
         kw.pop("densify", None)
         try:
             train, _ = config_from_flat(**kw)

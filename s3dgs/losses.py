@@ -81,7 +81,7 @@ class DepthLossConfig:
     """Weight pixels by depths/<stem>.conf.png when such maps exist."""
     stem_aware: Annotated[bool, _arg("depth-stem-aware")] = False
     """Trust the prior less where the heatmaps show thin stems (monocular models blur them)."""
-    stem_weight: Annotated[float, _arg("stem-weight")] = 0.1
+    stem_weight: Annotated[float, _arg("depth-stem-weight")] = 0.1
     """Weight of stem pixels in the depth loss when --depth-stem-aware is on (0-1)."""
     stem_one_sided: Annotated[bool, _arg("depth-stem-one-sided")] = False
     """On stem pixels (heatmap U/D/P > 0.5) penalise only rendered depth farther than the prior: a
@@ -105,14 +105,14 @@ class DepthLossConfig:
     thin stems, but also floaters the prior would remove."""
 
     def validate(self) -> None:
-        from s3dgs.validate import fraction, in_range, non_negative
+        from s3dgs.validate import flag, fraction, in_range, non_negative
 
-        non_negative("--lambda-depth", self.weight)
-        fraction("--stem-weight", self.stem_weight)
-        fraction("--depth-thin-weight", self.thin_weight)
-        in_range("--depth-thin-max-width", self.thin_max_width, 1, 32)
-        non_negative("--depth-gate-disagreement", self.gate_disagreement)
-        in_range("--depth-patch-size", self.patch_size, 4, 4096)
+        non_negative(flag(self, "weight"), self.weight)
+        fraction(flag(self, "stem_weight"), self.stem_weight)
+        fraction(flag(self, "thin_weight"), self.thin_weight)
+        in_range(flag(self, "thin_max_width"), self.thin_max_width, 1, 32)
+        non_negative(flag(self, "gate_disagreement"), self.gate_disagreement)
+        in_range(flag(self, "patch_size"), self.patch_size, 4, 4096)
 
     @property
     def original_formula(self) -> bool:
@@ -123,14 +123,14 @@ class DepthLossConfig:
         """The options set here that the original formula (``--depth-loss original``) ignores."""
         if not self.original_formula:
             return []
-        return [n for n, on in (("--depth-alignment sfm", self.alignment == "sfm"),
-                                ("--depth-multiscale", self.multiscale),
-                                ("--depth-edge-aware", self.edge_aware),
-                                ("--depth-stem-aware", self.stem_aware),
-                                ("--depth-stem-one-sided", self.stem_one_sided),
-                                ("--depth-alignment patch", self.alignment == "patch"),
-                                (f"--depth-thin {self.thin}", self.thin != "off"),
-                                ("--depth-gate-disagreement", self.gate_disagreement > 0)) if on]
+        from s3dgs.validate import flag
+
+        on = {"alignment": self.alignment in ("sfm", "patch"), "multiscale": self.multiscale,
+              "edge_aware": self.edge_aware, "stem_aware": self.stem_aware,
+              "stem_one_sided": self.stem_one_sided, "thin": self.thin != "off",
+              "gate_disagreement": self.gate_disagreement > 0}
+        valued = {"alignment": self.alignment, "thin": self.thin}  # shown with their value
+        return [flag(self, f) + (f" {valued[f]}" if f in valued else "") for f, set_ in on.items() if set_]
 
     @property
     def thin_widths(self) -> tuple[float, ...]:
@@ -144,7 +144,7 @@ class SemanticConfig:
     masks (SCENE/masks), after a warm-up.
 
     Class masks are one-hot targets with unlabelled pixels left out. Their loss is the same
-    per-class squared error with --mask-fg-weight (default 1) in place of --fg-weight: with weight 1
+    per-class squared error with --sem-mask-fg-weight (default 1) in place of --sem-fg-weight: with weight 1
     it is the Brier score, like the per-class binary cross-entropy a proper scoring rule for the
     independent per-class sigmoid outputs (both are minimised by the true class probability), and
     bounded where cross-entropy is not, which suits alpha-blended renders whose boundary pixels mix
@@ -154,25 +154,25 @@ class SemanticConfig:
 
     weight: Annotated[float, _arg("lambda-sem")] = 0.2
     """Weight of the semantic term after the warm-up (0 switches it off)."""
-    warmup_iterations: Annotated[int, _arg("warmup-iterations")] = 4000
+    warmup_iterations: Annotated[int, _arg("sem-warmup-iterations")] = 4000
     """Iterations before the semantic term switches on (scaled to shorter runs, see --scale-schedule)."""
-    conf_threshold: Annotated[float, _arg("conf-threshold")] = 0.5
+    conf_threshold: Annotated[float, _arg("sem-conf-threshold")] = 0.5
     """A class whose frame confidence is at or below this is not supervised in that frame (0-1)."""
-    fg_weight: Annotated[float, _arg("fg-weight")] = 20.0
+    fg_weight: Annotated[float, _arg("sem-fg-weight")] = 20.0
     """Weight of heatmap foreground pixels (target > 0.1) in the semantic loss."""
-    mask_fg_weight: Annotated[float, _arg("mask-fg-weight")] = 1.0
+    mask_fg_weight: Annotated[float, _arg("sem-mask-fg-weight")] = 1.0
     """Weight of class-mask foreground pixels in the semantic loss (1: the Brier score of the one-hot masks)."""
-    activation: Annotated[Literal["sigmoid", "softmax"], _arg("semantic-activation")] = "sigmoid"
+    activation: Annotated[Literal["sigmoid", "softmax"], _arg("sem-activation")] = "sigmoid"
     """Per-class sigmoid (heatmaps are independent per class) or the original softmax."""
 
     def validate(self) -> None:
-        from s3dgs.validate import in_range, non_negative, positive
+        from s3dgs.validate import flag, in_range, non_negative, positive
 
-        non_negative("--lambda-sem", self.weight)
-        non_negative("--warmup-iterations", self.warmup_iterations)
-        in_range("--conf-threshold", self.conf_threshold, 0.0, 1.0, hi_open=True)
-        positive("--fg-weight", self.fg_weight)
-        positive("--mask-fg-weight", self.mask_fg_weight)
+        non_negative(flag(self, "weight"), self.weight)
+        non_negative(flag(self, "warmup_iterations"), self.warmup_iterations)
+        in_range(flag(self, "conf_threshold"), self.conf_threshold, 0.0, 1.0, hi_open=True)
+        positive(flag(self, "fg_weight"), self.fg_weight)
+        positive(flag(self, "mask_fg_weight"), self.mask_fg_weight)
 
 
 # --------------------------------------------------------------------------------------------

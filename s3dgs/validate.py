@@ -21,6 +21,7 @@ through ``s3dgs.cli.main`` and its ``s3dgs CMD: error: ...`` line.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -31,9 +32,38 @@ __all__ = ["flag", "finite", "positive", "non_negative", "at_least", "in_range",
            "fraction", "one_of", "multiple_of", "integer"]
 
 
-def flag(field: str) -> str:
-    """The command-line spelling of a dataclass field: ``ring_radius`` -> ``--ring-radius``."""
-    return "--" + field.replace("_", "-")
+def flag(owner: Any, field: str | None = None, *, prefix: str = "") -> str:
+    """The command-line spelling of a dataclass field, written once: in the field's annotation.
+
+    ``flag(cls_or_instance, "field")`` reads the name tyro gives the field (``tyro.conf.arg(name=...)``
+    in its ``Annotated[...]``, e.g. ``flag(SemanticConfig, "warmup_iterations")`` ->
+    ``--sem-warmup-iterations``); a field without one is spelled as tyro spells it
+    (``--refine-every``). ``prefix`` is the group prefix tyro puts in front (``"mcmc."``).
+    ``flag("ring_radius")`` (one string) is the plain spelling ``--ring-radius``. A name that is not
+    a field of the dataclass raises KeyError (a typo in the code, caught by the tests)."""
+    if field is None:
+        return "--" + prefix + str(owner).replace("_", "-")
+    cls = owner if isinstance(owner, type) else type(owner)
+    return "--" + prefix + _field_names(cls)[field]
+
+
+@functools.cache
+def _field_names(cls: type) -> dict[str, str]:
+    """``{field: command-line name without --}`` of dataclass ``cls`` (its tyro annotations)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(cls):
+        name = None
+        for meta in getattr(hints.get(f.name), "__metadata__", ()):
+            n = getattr(meta, "name", None)
+            if isinstance(n, str):
+                name = n
+                break
+        out[f.name] = name if name is not None else f.name.replace("_", "-")
+    return out
 
 
 def _fmt(v: Any) -> str:

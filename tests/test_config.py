@@ -66,7 +66,7 @@ def _cli_args(flat: str, value, text):
 def test_flat_names_are_unique_and_cover_every_option():
     names = flat_names()
     assert len(set(names.values())) == len(names)
-    assert names["lambda_depth"] == "depth.weight" and names["warmup_iterations"] == "semantics.warmup_iterations"
+    assert names["lambda_depth"] == "depth.weight" and names["sem_warmup_iterations"] == "semantics.warmup_iterations"
     assert names["refine_every"] == "densify.refine_every" and names["lr_means"] == "lr.means"
     assert names["mcmc_cap_max"] == "mcmc.cap_max"
     leaves = sum(len(dataclasses.fields(type(getattr(TrainConfig(), g))))
@@ -129,9 +129,12 @@ def test_schedule_scaled_to_a_short_run():
 
 def test_explicit_values_are_kept_and_warned_about():
     cfg = TrainConfig(num_iterations=1000)
-    resolve_schedule(cfg, fixed={"warmup_iterations"})
+    resolve_schedule(cfg, fixed={"sem_warmup_iterations"})
     assert cfg.semantics.warmup_iterations == 4000 and cfg.densify.reset_every == 429
-    assert any("--warmup-iterations 4000" in w and "never switches on" in w for w in schedule_warnings(cfg))
+    guide = TrainConfig(num_iterations=1000)  # the integration guide's keyword counts as set too
+    resolve_schedule(guide, fixed={"warmup_iterations"})
+    assert guide.semantics.warmup_iterations == 4000
+    assert any("--sem-warmup-iterations 4000" in w and "never switches on" in w for w in schedule_warnings(cfg))
     off = TrainConfig(num_iterations=1000, scale_schedule=False)
     assert resolve_schedule(off) == {} and off.densify.reset_every == 3000
     assert any("opacity reset never fires" in w for w in schedule_warnings(off))
@@ -157,8 +160,10 @@ BAD_OPTIONS = [
     (["--num-iterations", "0"], "--num-iterations"),
     (["--num-iterations", "-10"], "--num-iterations"),
     (["--lr-means", "-1"], "--lr-means"),
-    (["--conf-threshold", "5"], "--conf-threshold"),
-    (["--warmup-iterations", "-100"], "--warmup-iterations"),
+    (["--sem-conf-threshold", "5"], "--sem-conf-threshold"),
+    (["--sem-warmup-iterations", "-100"], "--sem-warmup-iterations"),
+    (["--sem-fg-weight", "0"], "--sem-fg-weight"),
+    (["--depth-stem-weight", "2"], "--depth-stem-weight"),
     (["--test-every", "-1"], "--test-every"),
     (["--resolution-scale", "0"], "--resolution-scale"),
     (["--ckpt-every", "0"], "--ckpt-every"),
@@ -197,16 +202,16 @@ def test_bad_option_in_run_and_demo(command, tmp_path, capsys, monkeypatch):
 
 
 def test_an_option_you_set_to_its_default_is_kept_on_the_command_line(tmp_path, tiny_scene):
-    """`s3dgs train --warmup-iterations 4000 --num-iterations 40`: 4000 is the default, but it was
+    """`s3dgs train --sem-warmup-iterations 4000 --num-iterations 40`: 4000 is the default, but it was
     typed, so the short-run schedule keeps it (the semantic term never switches on, said so)."""
     import json
 
     from s3dgs.cli import given_options, main
 
-    assert {"warmup_iterations", "num_iterations", "depth_robust"} <= given_options(
-        ["--warmup-iterations", "4000", "--num-iterations=40", "--no-depth-robust"])
+    assert {"sem_warmup_iterations", "num_iterations", "depth_robust"} <= given_options(
+        ["--sem-warmup-iterations", "4000", "--num-iterations=40", "--no-depth-robust"])
     out = tmp_path / "run"
-    rc = main(["train", str(tiny_scene), "--out", str(out), "--num-iterations", "20", "--warmup-iterations", "4000",
+    rc = main(["train", str(tiny_scene), "--out", str(out), "--num-iterations", "20", "--sem-warmup-iterations", "4000",
                "--no-progress", "--no-save-renders", "--sh-degree", "0"])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
@@ -216,7 +221,7 @@ def test_an_option_you_set_to_its_default_is_kept_on_the_command_line(tmp_path, 
                  "--no-save-renders", "--sh-degree", "0"]) == 0
     assert json.loads((out2 / "config.json").read_text())["train"]["semantics"]["warmup_iterations"] < 4000
     rec = json.loads((out / "config.json").read_text())
-    assert "warmup_iterations" in rec["options_given"]
+    assert "sem_warmup_iterations" in rec["options_given"]
     assert "semantics.warmup_iterations" not in rec["schedule_scaled"]
     rec2 = json.loads((out2 / "config.json").read_text())
     assert rec2["schedule_scaled"]["semantics.warmup_iterations"]["default"] == 4000
