@@ -140,12 +140,12 @@ def profile_one(scale: str, backend: str, steps: int, threads: int, root: Path) 
     spec = SCALES[scale]
     scene = make_scene(root, scale)
     pcd = grown_points(scene, spec["gaussians"], root)
-    cfg, given = config_from_flat(num_iterations=7000, backend=backend, resolution_scale=spec["resolution_scale"],
-                                  progress=False, save_renders=False, num_threads=threads, sh_degree=3,
-                                  max_init_points=spec["gaussians"], sem_warmup_iterations=0,
-                                  log_every=10_000, ckpt_every=10_000)
+    cfg, _ = config_from_flat(num_iterations=7000, backend=backend, resolution_scale=spec["resolution_scale"],
+                              progress=False, save_renders=False, num_threads=threads, sh_degree=3,
+                              max_init_points=spec["gaussians"], sem_warmup_iterations=0,
+                              log_every=10_000, ckpt_every=10_000)
     out = root / f"run_{scale}_{backend}"
-    trainer = Trainer(cfg, SceneInputs(scene=scene, pcd_path=pcd), out, overwrite=True, fixed=given)
+    trainer = Trainer(cfg, SceneInputs(scene=scene, pcd_path=pcd), out, overwrite=True)
     step0 = 3001  # SH degree 3, semantics on; no refinement or opacity reset due in these steps
     for k in range(3):  # warm-up (the native kernel's first call loads it)
         trainer.train_step(step0 + k)

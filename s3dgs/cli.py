@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         if config is not None:  # an option renamed since (--warmup-iterations): one line naming the new one
             config.check_renamed_options(cfg_cls, rest)
         cfg = tyro.cli(cfg_cls, args=rest, prog=prog, description=text)
-        # the options typed on the command line, so that "options you set yourself are kept" holds
-        # even for a value equal to its default (s3dgs.config.resolve_schedule)
+        # the options typed on the command line (s3dgs.config.check_strategy_options refuses those of
+        # the densification strategy not chosen)
         try:
             cfg.cli_given = given_options(rest)
         except AttributeError:  # pragma: no cover - a frozen or slotted config

@@ -22,16 +22,21 @@ those literal values never switches the semantic term on and never resets opacit
 - SH degree raised every ``max(1, min(1000, n // (sh_degree + 1)))``,
 - a log line every ``max(10, min(100, n // 50))`` iterations.
 
-Only values left at their defaults are scaled: a value the user set is kept (``train(...)`` marks
-every schedule keyword its caller passed, so the integration guide's literal ``warmup_iterations=4000`` stays
-4,000), and ``--no-scale-schedule`` keeps every literal value. :func:`schedule_warnings` names an
-explicit setting that means a term never switches on.
+These options are "auto" (None) until set: :func:`resolve_schedule` returns a resolved copy in which
+every auto value is filled (scaled as above, or the guide's literal value for 7,000 iterations and
+more, or with ``--no-scale-schedule``), and never changes the configuration it is given. A value the
+user set is kept whatever it equals (the integration guide's literal ``warmup_iterations=4000`` stays
+4,000 in a 1,000-iteration run). The initial opacity is auto too: 0.1, or 0.5 with ``--strategy mcmc``
+(gsplat's MCMC trainer). RUN/config.json holds the resolved configuration under ``"train"`` and the
+options as the user gave them (None for auto) under ``"options"``. :func:`schedule_warnings` names a
+setting that means a term never switches on.
 
 See ``docs/ARCHITECTURE.md`` for how the configuration flows through a run.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -43,12 +48,13 @@ import tyro
 from s3dgs.gaussians.mcmc import MCMCStrategy
 from s3dgs.gaussians.strategy import DefaultStrategy
 from s3dgs.losses import DepthLossConfig, SemanticConfig
-from s3dgs.options import opt
+from s3dgs.options import auto_opt, opt
 from s3dgs.validate import at_least, flag, in_range, non_negative, positive
 
 __all__ = [
     "SEED_ITERATIONS",
     "DataConfig",
+    "DensifyConfig",
     "DepthLossConfig",
     "LearningRates",
     "SemanticConfig",
@@ -129,7 +135,28 @@ class LearningRates:
 
 def _default_densify() -> DefaultStrategy:
     # AbsGS gradients (gsplat advises grow_grad2d ~ 8e-4 with them); the renderer provides absgrad
-    return DefaultStrategy(absgrad=True, grow_grad2d=8e-4)
+    return DensifyConfig(absgrad=True, grow_grad2d=8e-4)
+
+
+def _auto(metavar: str, name: str, words: str) -> Any:
+    """A field whose None means "auto": ``(default: auto: WORDS)`` in ``--help``."""
+    return auto_opt(metavar, words, name=name)
+
+
+@dataclass
+class DensifyConfig(DefaultStrategy):
+    """Densification (gsplat's DefaultStrategy: 3DGS split, clone and prune, AbsGS gradients), with
+    the opacity reset that gsplat 1.5.3 never fires, a lower split/clone threshold for Gaussians on
+    stem pixels (--grow-grad2d-stem) and depth-guided floater pruning (--prune-floaters). The start
+    of refinement and the reset period are auto until set: scaled with --num-iterations (see
+    --scale-schedule)."""
+
+    refine_start_iter: Annotated[Optional[int], _auto(
+        "INT", "refine-start-iter", "500, n/5 but 50-500 for a run of n < 7000")] = None
+    """Iteration from which Gaussians are split, cloned and pruned."""
+    reset_every: Annotated[Optional[int], _auto(
+        "INT", "reset-every", "3000, 3/7 of a run shorter than 7,000 iterations")] = None
+    """Iterations between opacity resets."""
 
 
 @dataclass
@@ -140,16 +167,18 @@ class TrainConfig:
     """Training iterations (one view per iteration)."""
     scale_schedule: Annotated[bool, _arg("scale-schedule")] = True
     """Scale the integration guide's 7,000-iteration schedule (semantic warm-up, opacity reset,
-    densification start, SH degree steps, log period) to shorter runs; options you set yourself are
-    kept."""
+    densification start, SH degree steps, log period) to shorter runs: only options left at auto are
+    scaled, a value you set is kept (--no-scale-schedule: auto gives the guide's values)."""
     seed: Annotated[int, _arg("seed")] = 0
     """Random seed of the training (initial rotations, view order); not the synthetic plant's seed."""
     sh_degree: Annotated[int, _arg("sh-degree")] = 3
     """Maximum spherical-harmonics degree of the colours (0-4), raised one step at a time."""
-    sh_degree_interval: Annotated[int, _arg("sh-degree-interval")] = 1000
+    sh_degree_interval: Annotated[Optional[int], _auto(
+        "INT", "sh-degree-interval", "1000, a run shorter than 7,000 iterations split evenly over the SH degrees")] = None
     """Iterations between raising the SH degree by one."""
-    init_opacity: Annotated[float, _arg("init-opacity")] = 0.1
-    """Opacity of the initial Gaussians."""
+    init_opacity: Annotated[Optional[float], _auto("FLOAT", "init-opacity", "0.1, 0.5 with --strategy mcmc")] = None
+    """Opacity of the initial Gaussians (MCMC relocates by opacity and starts from 0.5, as gsplat's
+    trainer does)."""
     init_scale: Annotated[float, _arg("init-scale")] = 1.0
     """Initial Gaussian size, as a multiple of the mean distance to the 3 nearest points."""
     max_init_points: Annotated[int, _arg("max-init-points")] = 200_000
@@ -168,7 +197,7 @@ class TrainConfig:
     """Densification: 'default' (3DGS split/clone/prune with the opacity reset, gsplat's
     DefaultStrategy, options below), 'mcmc' (gsplat's MCMCStrategy with a Gaussian budget,
     --mcmc.* options), 'none' (the initial Gaussians only)."""
-    densify: Annotated[DefaultStrategy, tyro.conf.OmitArgPrefixes] = field(default_factory=_default_densify)
+    densify: Annotated[DensifyConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=_default_densify)
     mcmc: Annotated[MCMCStrategy, tyro.conf.arg(name="mcmc", prefix_name=False)] = field(
         default_factory=lambda: MCMCStrategy(cap_max=200_000))
 
@@ -179,7 +208,7 @@ class TrainConfig:
     """Where to train: auto (CUDA when available, else the CPU), cpu, cuda, cuda:N."""
     num_threads: Annotated[int, _arg("num-threads")] = 0
     """CPU threads for torch and the native kernel (0: torch's default, usually one per core)."""
-    log_every: Annotated[int, _arg("log-every")] = 100
+    log_every: Annotated[Optional[int], _auto("INT", "log-every", "100, n/50 but at least 10 for a run of n < 5000")] = None
     """Iterations between log lines (console, RUN/log.txt, RUN/metrics.jsonl)."""
     ckpt_every: Annotated[int, _arg("ckpt-every")] = 1000
     """Iterations between checkpoints (a final one is always written)."""
@@ -197,15 +226,18 @@ class TrainConfig:
         (tyro would swallow an error raised while it builds the dataclass, see s3dgs.validate)."""
         at_least(flag(self, "num_iterations"), self.num_iterations, 1)
         in_range(flag(self, "sh_degree"), self.sh_degree, 0, 4)
-        at_least(flag(self, "sh_degree_interval"), self.sh_degree_interval, 1)
-        in_range(flag(self, "init_opacity"), self.init_opacity, 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.sh_degree_interval is not None:  # None: auto (resolve_schedule)
+            at_least(flag(self, "sh_degree_interval"), self.sh_degree_interval, 1)
+        if self.init_opacity is not None:
+            in_range(flag(self, "init_opacity"), self.init_opacity, 0.0, 1.0, lo_open=True, hi_open=True)
         positive(flag(self, "init_scale"), self.init_scale)
         at_least(flag(self, "max_init_points"), self.max_init_points, 1)
         in_range(flag(self, "lambda_ssim"), self.lambda_ssim, 0.0, 1.0)
         for c in self.background:
             in_range(flag(self, "background"), c, 0.0, 1.0)
         non_negative(flag(self, "num_threads"), self.num_threads)
-        at_least(flag(self, "log_every"), self.log_every, 1)
+        if self.log_every is not None:
+            at_least(flag(self, "log_every"), self.log_every, 1)
         at_least(flag(self, "ckpt_every"), self.ckpt_every, 1)
         non_negative(flag(self, "keep_checkpoints"), self.keep_checkpoints)
         at_least(flag(self, "max_nonfinite"), self.max_nonfinite, 1)
@@ -215,9 +247,11 @@ class TrainConfig:
         for name in ("prune_opa", "grow_grad2d", "grow_scale3d", "grow_scale2d", "prune_scale3d",
                      "prune_scale2d"):
             non_negative(flag(d, name), getattr(d, name))
-        non_negative(flag(d, "refine_start_iter"), d.refine_start_iter)
+        if d.refine_start_iter is not None:
+            non_negative(flag(d, "refine_start_iter"), d.refine_start_iter)
         for name in ("refine_stop_iter", "refine_every", "reset_every"):
-            at_least(flag(d, name), getattr(d, name), 1)
+            if getattr(d, name) is not None:
+                at_least(flag(d, name), getattr(d, name), 1)
         at_least(flag(self.mcmc, "cap_max", prefix="mcmc."), self.mcmc.cap_max, 1)
         at_least(flag(self.mcmc, "refine_every", prefix="mcmc."), self.mcmc.refine_every, 1)
         positive(flag(d, "grow_grad2d_stem"), d.grow_grad2d_stem)
@@ -266,14 +300,20 @@ class TrainConfig:
 # the schedule rule for short runs
 # -----------------------------------------------------------------------------------------------
 
-# field path -> rule(n, cfg); paths name fields of TrainConfig and its groups
+# field path -> (the guide's value for 7,000 iterations, rule(n, cfg) for a run of n < 7,000);
+# paths name fields of TrainConfig and its groups; each field is None ("auto") until set
 _SCHEDULE_RULES = {
-    "semantics.warmup_iterations": lambda n, c: round(4000 * n / SEED_ITERATIONS),
-    "densify.reset_every": lambda n, c: max(1, round(3000 * n / SEED_ITERATIONS)),
-    "densify.refine_start_iter": lambda n, c: min(500, max(50, n // 5)),
-    "sh_degree_interval": lambda n, c: max(1, min(1000, n // (c.sh_degree + 1))),
-    "log_every": lambda n, c: max(10, min(100, n // 50)),
+    "semantics.warmup_iterations": (4000, lambda n, c: round(4000 * n / SEED_ITERATIONS)),
+    "densify.reset_every": (3000, lambda n, c: max(1, round(3000 * n / SEED_ITERATIONS))),
+    "densify.refine_start_iter": (500, lambda n, c: min(500, max(50, n // 5))),
+    "sh_degree_interval": (1000, lambda n, c: max(1, min(1000, n // (c.sh_degree + 1)))),
+    "log_every": (100, lambda n, c: max(10, min(100, n // 50))),
 }
+
+INIT_OPACITY = {"mcmc": 0.5}
+"""The auto initial opacity per strategy (MCMC relocates by opacity: gsplat's MCMC trainer starts
+from 0.5); any other strategy starts from ``INIT_OPACITY_DEFAULT``."""
+INIT_OPACITY_DEFAULT = 0.1
 
 
 def _get(cfg: Any, path: str) -> Any:
@@ -289,34 +329,36 @@ def _set(cfg: Any, path: str, value: Any) -> None:
     setattr(cfg, last, value)
 
 
-def resolve_schedule(cfg: TrainConfig, fixed: frozenset[str] | set[str] = frozenset()) -> dict[str, tuple]:
-    """Scale the integration guide's schedule to a run shorter than 7,000 iterations, in place (module docstring).
+def resolve_schedule(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, tuple]]:
+    """The configuration a run uses: a deep copy of ``cfg`` with every auto (None) value filled
+    (module docstring); ``cfg`` itself is never changed.
 
-    ``fixed``: field paths (``"semantics.warmup_iterations"``) or flat names (``"sem_warmup_iterations"``,
-    the guide's ``"warmup_iterations"``) the caller set explicitly; they are kept. Values that differ
-    from their defaults are kept too. Returns ``{path: (old, new)}`` for every value changed (empty
-    when nothing was scaled)."""
-    n = cfg.num_iterations
-    if not cfg.scale_schedule or n >= SEED_ITERATIONS:
-        return {}
-    fixed = given_paths(fixed)
-    default = TrainConfig()
+    An auto schedule value becomes the guide's value scaled to a run shorter than 7,000 iterations,
+    or the guide's literal value (7,000 iterations and more, or ``--no-scale-schedule``); a value
+    the user set (not None) is kept, whatever it equals. The auto initial opacity becomes 0.5 with
+    ``--strategy mcmc``, else 0.1. Returns ``(resolved, changed)``, ``changed`` being ``{path:
+    (guide's value, resolved value)}`` for every auto schedule value scaled to another value (empty
+    when nothing was scaled). Resolving a resolved configuration returns an equal copy."""
+    out = copy.deepcopy(cfg)
+    n = out.num_iterations
+    scale = out.scale_schedule and n < SEED_ITERATIONS
     changed = {}
-    for path, rule in _SCHEDULE_RULES.items():
-        if path in fixed:
+    for path, (guide, rule) in _SCHEDULE_RULES.items():
+        if _get(out, path) is not None:
             continue
-        old = _get(cfg, path)
-        if old != _get(default, path):
-            continue
-        new = rule(n, cfg)
-        if new != old:
-            _set(cfg, path, new)
-            changed[path] = (old, new)
-    return changed
+        new = rule(n, out) if scale else guide
+        _set(out, path, new)
+        if new != guide:
+            changed[path] = (guide, new)
+    if out.init_opacity is None:
+        out.init_opacity = INIT_OPACITY.get(out.strategy, INIT_OPACITY_DEFAULT)
+    return out, changed
 
 
 def schedule_warnings(cfg: TrainConfig, semantics_present: bool = True) -> list[str]:
-    """Sentences naming settings that mean a term never switches on in this run."""
+    """Sentences naming settings that mean a term never switches on in this run (of ``cfg`` with
+    its auto values resolved)."""
+    cfg = resolve_schedule(cfg)[0]
     n = cfg.num_iterations
     out = []
     iters = flag(cfg, "num_iterations")
@@ -457,7 +499,8 @@ def config_from_flat(**kwargs) -> tuple[TrainConfig, set[str]]:
     """A TrainConfig from flat keywords (the integration guide's ``lambda_depth=``, ``warmup_iterations=``, any
     CLI name with ``_``; ``densify=False`` means ``strategy="none"``; a keyword renamed since
     (``_RENAMED``: ``warmup_iterations`` is now ``sem_warmup_iterations``) is taken as its new name).
-    Returns the config and the set of field paths given (for :func:`resolve_schedule`). Unknown
+    Returns the config and the set of field paths given (what the caller passed; an option not
+    passed keeps its default, None, "auto", for the schedule, see :func:`resolve_schedule`). Unknown
     keywords, or an old and a new name together, raise TypeError."""
     from s3dgs.errors import UsageError
 
@@ -520,11 +563,15 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 def load_run_config(run: str | Path) -> dict:
     """What a run folder's config.json says: ``{"scene": Path | None, "paths": {...},
-    "train": TrainConfig, "found": bool}`` (defaults when there is no config.json; older flat
-    config.json files are read too)."""
+    "train": TrainConfig, "options": TrainConfig | None, "found": bool}``. ``train`` is the
+    configuration the run used (every auto value resolved); ``options`` the options as the user gave
+    them (None for auto; None for a run folder written before they were recorded). Without a
+    config.json ``train`` is the default configuration, resolved; older flat config.json files are
+    read too."""
     p = Path(run) / "config.json"
     if not p.is_file():
-        return {"scene": None, "paths": {}, "train": TrainConfig(), "found": False}
+        return {"scene": None, "paths": {}, "train": resolve_schedule(TrainConfig())[0], "options": None,
+                "found": False}
     d = json.loads(p.read_text())
     if "train" in d and isinstance(d["train"], dict):
         train = config_from_dict(d["train"])
@@ -536,6 +583,8 @@ def load_run_config(run: str | Path) -> dict:
             train, _ = config_from_flat(**kw)
         except (TypeError, ValueError):
             train = TrainConfig()
+    train = resolve_schedule(train)[0]  # a value an older version did not write: its guide value
+    options = config_from_dict(d["options"]) if isinstance(d.get("options"), dict) else None
     scene = d.get("scene")
     return {"scene": Path(scene) if scene else None, "paths": dict(d.get("resolved_paths") or {}),
-            "train": train, "found": True}
+            "train": train, "options": options, "found": True}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -45,6 +45,13 @@ def _arg(name: str) -> Any:
     from s3dgs.options import opt
 
     return opt(name=name, flat=True)
+
+
+def _auto_arg(name: str, words: str) -> Any:
+    """As :func:`_arg`, for an integer option whose None means "auto" (s3dgs.options.auto_opt)."""
+    from s3dgs.options import auto_opt
+
+    return auto_opt("INT", words, name=name)
 
 
 @dataclass
@@ -154,8 +161,10 @@ class SemanticConfig:
 
     weight: Annotated[float, _arg("lambda-sem")] = 0.2
     """Weight of the semantic term after the warm-up (0 switches it off)."""
-    warmup_iterations: Annotated[int, _arg("sem-warmup-iterations")] = 4000
-    """Iterations before the semantic term switches on (scaled to shorter runs, see --scale-schedule)."""
+    warmup_iterations: Annotated[Optional[int], _auto_arg(
+        "sem-warmup-iterations", "4000, 4/7 of a run shorter than 7,000 iterations")] = None
+    """Iterations before the semantic term switches on (auto scales with --num-iterations, see
+    --scale-schedule)."""
     conf_threshold: Annotated[float, _arg("sem-conf-threshold")] = 0.5
     """A class whose frame confidence is at or below this is not supervised in that frame (0-1)."""
     fg_weight: Annotated[float, _arg("sem-fg-weight")] = 20.0
@@ -169,7 +178,8 @@ class SemanticConfig:
         from s3dgs.validate import flag, in_range, non_negative, positive
 
         non_negative(flag(self, "weight"), self.weight)
-        non_negative(flag(self, "warmup_iterations"), self.warmup_iterations)
+        if self.warmup_iterations is not None:  # None: auto
+            non_negative(flag(self, "warmup_iterations"), self.warmup_iterations)
         in_range(flag(self, "conf_threshold"), self.conf_threshold, 0.0, 1.0, hi_open=True)
         positive(flag(self, "fg_weight"), self.fg_weight)
         positive(flag(self, "mask_fg_weight"), self.mask_fg_weight)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["opt", "reflow_help"]
+__all__ = ["auto_opt", "opt", "reflow_help"]
 
 
 def opt(metavar: str | None = None, default: str | None = None, *, name: str | None = None,
@@ -23,6 +23,18 @@ def opt(metavar: str | None = None, default: str | None = None, *, name: str | N
 
     return tyro.conf.arg(name=name, metavar=metavar, prefix_name=False if flat else None,
                          help_behavior_hint=f"(default: {default})" if default is not None else None)
+
+
+def auto_opt(metavar: str, words: str, *, name: str, flat: bool = True) -> Any:
+    """A ``tyro.conf.arg`` for an option whose None means "auto": ``--help`` reads ``(default: auto:
+    WORDS)``, or the value itself where a command's preset sets one (``s3dgs demo``'s warm-up)."""
+    import tyro
+
+    def hint(default: str) -> str:
+        return f"(default: auto: {words})" if default == "None" else f"(default: {default})"
+
+    return tyro.conf.arg(name=name, metavar=metavar, prefix_name=False if flat else None,
+                         help_behavior_hint=hint)
 
 
 def reflow_help(cls: type, _seen: set | None = None) -> None:

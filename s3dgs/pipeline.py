@@ -560,8 +560,7 @@ def do_train(cfg: RunConfig, scene: Path, run: Path, use_depth: bool, stamp_dir:
             print("[train] the scene or the training options changed since the interrupted training: "
                   "starting again")
         atomic_write_text(started, json.dumps({"key": key, "scene": fingerprint}, default=_json_default))
-    summary = run_training(tcfg, SceneInputs(scene=scene), run, resume=resume, overwrite=not resume,
-                           fixed=getattr(cfg, "cli_given", frozenset()))
+    summary = run_training(tcfg, SceneInputs(scene=scene), run, resume=resume, overwrite=not resume)
     # finished: a later run of this stage (--redo train, changed inputs) trains anew, it does not
     # "continue" from the final checkpoint
     started.unlink(missing_ok=True)

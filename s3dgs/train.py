@@ -204,16 +204,18 @@ class Trainer:
     CPU)."""
 
     def __init__(self, cfg: TrainConfig, inputs: SceneInputs, out: str | Path, *, resume: bool = False,
-                 overwrite: bool = False, fixed: frozenset[str] | set[str] = frozenset()):
+                 overwrite: bool = False):
         cfg.validate()
+        # ``options``: the configuration as given (None for "auto"), never changed; ``cfg``: the
+        # resolved copy every step reads (s3dgs.config.resolve_schedule)
+        self.options = cfg
+        cfg, self.schedule_scaled = resolve_schedule(cfg)
         self.cfg, self.inputs, self.out = cfg, inputs, Path(out)
         self.device = cfg.resolved_device()
         self._open_run_folder(resume, overwrite)
-        self.schedule_scaled = resolve_schedule(cfg, fixed)
-        self.options_given = sorted(fixed)
         for path, (old, new) in self.schedule_scaled.items():
             self.say(f"schedule: {path} {old} -> {new} for a {cfg.num_iterations}-iteration run "
-                     "(--no-scale-schedule keeps the literal values)")
+                     "(auto; set the option to choose, --no-scale-schedule keeps the guide's values)")
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         self._load_data()
@@ -389,13 +391,10 @@ class Trainer:
         random.seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         init_logit = -3.0 if cfg.semantics.activation == "sigmoid" else 0.0
-        init_opacity = cfg.init_opacity
-        if cfg.strategy == "mcmc" and "init_opacity" not in self.options_given \
-                and init_opacity == TrainConfig().init_opacity:
-            init_opacity = 0.5  # MCMC relocates by opacity: it starts from 0.5, as gsplat's trainer does
-            self.say("mcmc: initial opacity 0.5 (set --init-opacity to choose another)")
+        if cfg.strategy == "mcmc" and self.options.init_opacity is None:
+            self.say(f"mcmc: initial opacity {cfg.init_opacity} (set --init-opacity to choose another)")
         self.params = init_params(xyz, rgb, sh_degree=cfg.sh_degree, num_classes=len(self.ds.classes),
-                                  init_opacity=init_opacity, init_scale=cfg.init_scale, seed=cfg.seed,
+                                  init_opacity=cfg.init_opacity, init_scale=cfg.init_scale, seed=cfg.seed,
                                   init_semantic_logit=init_logit).to(self.device)
         self.optimizers = self._make_optimizers()
         # the strategy is the configuration's own dataclass (gsplat style), used as it is
@@ -415,11 +414,13 @@ class Trainer:
                             "out": str(self.out), "classes": list(self.ds.classes),
                             "class_table": self.class_table.to_dict(),
                             "resolved_paths": {k: (str(v) if v else None) for k, v in self.paths.items()},
-                            # what the user set (kept as set) and what the short-run schedule resolved
-                            "options_given": self.options_given,
+                            # the auto schedule values scaled to this run: the guide's value and this run's
                             "schedule_scaled": {k: {"default": o, "resolved": n}
                                                 for k, (o, n) in self.schedule_scaled.items()},
-                            "train": config_to_dict(cfg)}
+                            # what the run used (every auto value resolved) and what the user set
+                            # (None: auto), e.g. warmup_iterations 4000 in both when set, or 571 / None
+                            "train": config_to_dict(cfg),
+                            "options": config_to_dict(self.options)}
 
     def _initial_points(self) -> tuple[np.ndarray, np.ndarray, str]:
         """(xyz, rgb, a sentence saying where they came from)."""
@@ -747,15 +748,16 @@ class Trainer:
 
 
 def run_training(cfg: TrainConfig, inputs: SceneInputs, out: str | Path, *, resume: bool = False,
-                 overwrite: bool = False, fixed: frozenset[str] | set[str] = frozenset()) -> dict:
-    """Train according to ``cfg`` on ``inputs`` into the run folder ``out``; returns the summary
-    (also RUN/train_summary.json; its "params" entry holds the trained Gaussians)."""
+                 overwrite: bool = False) -> dict:
+    """Train according to ``cfg`` (its auto values resolved for the run, ``cfg`` itself unchanged)
+    on ``inputs`` into the run folder ``out``; returns the summary (also RUN/train_summary.json;
+    its "params" entry holds the trained Gaussians)."""
     from s3dgs.atomic import check_writable_folder
     from s3dgs.runlock import run_lock
 
     check_writable_folder(out, "--out", files=("config.json", "point_cloud.ply", "train_summary.json"))
     with run_lock(out, "s3dgs train"):  # one command per run folder at a time (s3dgs/runlock.py)
-        trainer = Trainer(cfg, inputs, out, resume=resume, overwrite=overwrite, fixed=fixed)
+        trainer = Trainer(cfg, inputs, out, resume=resume, overwrite=overwrite)
         for step in range(trainer.start, cfg.num_iterations):
             trainer.after_step(step, trainer.train_step(step))
         return trainer.finish()
@@ -780,7 +782,7 @@ def train(
     (the command-line name with ``_``: ``scene=``, ``depth_space=``, ``log_every=``,
     ``refine_every=`` ...), and ``resume=`` / ``overwrite=``. A schedule value passed here is kept as
     given (the integration guide's ``warmup_iterations=4000`` stays 4000 even in a short run); those not passed
-    are scaled to a short run (s3dgs.config). Returns :func:`run_training`'s summary."""
+    are auto, scaled to a short run (s3dgs.config). Returns :func:`run_training`'s summary."""
     inputs = SceneInputs(scene=kwargs.pop("scene", None), colmap_dir=colmap_dir, images_dir=images_dir, heatmap_dir=heatmap_dir,
                          confidence_path=confidence_path, pcd_path=pcd_path, depth_dir=depth_dir)
     out = Path(out_dir if out_dir is not None else kwargs.pop("out", "runs/run"))
@@ -788,9 +790,9 @@ def train(
     resume, overwrite = bool(kwargs.pop("resume", False)), bool(kwargs.pop("overwrite", False))
     if warmup_iterations is not None:
         kwargs["warmup_iterations"] = warmup_iterations
-    cfg, given = config_from_flat(lambda_depth=lambda_depth, lambda_sem=lambda_sem, num_iterations=num_iterations,
-                                  resolution_scale=resolution_scale, **kwargs)
-    return run_training(cfg, inputs, out, resume=resume, overwrite=overwrite, fixed=given)
+    cfg, _ = config_from_flat(lambda_depth=lambda_depth, lambda_sem=lambda_sem, num_iterations=num_iterations,
+                              resolution_scale=resolution_scale, **kwargs)
+    return run_training(cfg, inputs, out, resume=resume, overwrite=overwrite)
 
 
 def train_main(cmd: TrainCommand) -> int:
@@ -799,6 +801,5 @@ def train_main(cmd: TrainCommand) -> int:
     from s3dgs.config import check_strategy_options
 
     check_strategy_options(cmd.train, getattr(cmd, "cli_given", frozenset()))
-    run_training(cmd.train, cmd.inputs, cmd.out, resume=cmd.resume, overwrite=cmd.overwrite,
-                 fixed=getattr(cmd, "cli_given", frozenset()))
+    run_training(cmd.train, cmd.inputs, cmd.out, resume=cmd.resume, overwrite=cmd.overwrite)
     return 0

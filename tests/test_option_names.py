@@ -147,7 +147,7 @@ def test_renamed_keywords_still_work_in_python():
             cfg.semantics.fg_weight, cfg.semantics.mask_fg_weight, cfg.semantics.activation) == \
         (4000, 0.3, 0.2, 5.0, 2.0, "softmax")
     assert {"semantics.warmup_iterations", "depth.stem_weight"} <= given
-    resolve_schedule(cfg, given)
+    cfg, _ = resolve_schedule(cfg)
     assert cfg.semantics.warmup_iterations == 4000  # the guide's keyword, given, is kept in a short run
     assert cfg.densify.reset_every == 429  # what was not given is scaled
     new, _ = config_from_flat(sem_warmup_iterations=4000, num_iterations=1000)
