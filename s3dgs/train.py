@@ -560,8 +560,8 @@ class Trainer:
         if fr.thin is None:
             from s3dgs.thin import thin_structure_map
 
-            m = thin_structure_map(item["image"].numpy(), self.cfg.depth.thin_widths)
-            fr.thin = torch.from_numpy((m * 255.0 + 0.5).astype(np.uint8))
+            m = thin_structure_map(item["image"].to(self.device), self.cfg.depth.thin_widths)  # torch path
+            fr.thin = (m * 255.0 + 0.5).to(torch.uint8).cpu()
         return fr.thin.to(self.device, non_blocking=True).float().div_(255.0)
 
     def depth_loss(self, r, item: dict, fr: FrameInputs, image: torch.Tensor, idx: int) -> torch.Tensor:

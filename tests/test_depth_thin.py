@@ -88,7 +88,7 @@ def _line_grad(cfg: DepthLossConfig, line_z=1.0, **kw):
 @pytest.mark.parametrize("alignment", ["per_view", "patch", "sfm"])
 @pytest.mark.parametrize("robust", [True, False])
 def test_off_pulls_the_line_back_one_sided_never_does(space, alignment, robust):
-    base = DepthLossConfig(space=space, alignment=alignment, robust=robust, patch_size=16)
+    base = DepthLossConfig(space=space, alignment=alignment, robust=robust, patch_size=16, thin="off")
     g_off, _, _ = _line_grad(base)
     # off: gradient descent raises the line's depth toward the wall (dL/dz < 0 on the line)
     assert g_off.mean() < 0 and (g_off < 0).all()
@@ -124,8 +124,8 @@ def test_thin_options_keep_the_rest_of_the_view_supervised():
 
 def test_off_ignores_the_thin_map():
     z, prior, thin, _ = _scene()
-    a = depth_prior_loss(z, prior, None, config=DepthLossConfig(), thin_map=thin)
-    b = depth_prior_loss(z, prior, None, config=DepthLossConfig())
+    a = depth_prior_loss(z, prior, None, config=DepthLossConfig(thin="off"), thin_map=thin)
+    b = depth_prior_loss(z, prior, None, config=DepthLossConfig(thin="off"))
     assert torch.equal(a, b)
 
 

@@ -61,4 +61,4 @@ def test_combo_keeps_one_thin_mode_and_the_better_prior():
     assert opts == {"depth_thin": "one-sided", "depth_alignment": "patch"}
     assert "+thin_down" in left
     opts, used, base, left = study.combo({m: -0.1 for m in gains}, {"prior": 0.6, "tiled": 0.5})
-    assert used == [] and base == "prior" and opts == {}
+    assert used == [] and base == "prior" and opts == {"depth_thin": "off"}
