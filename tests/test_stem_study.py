@@ -78,7 +78,7 @@ def test_combination_of_methods():
     cfg, used, left = study.combine_methods(gains, bases, "prior", own)
     # +mcmc beats +stem_densify (the default strategy's), and pruning goes through MCMC's own switch
     assert used == ["+stem_one_sided", "+prune_floaters", "+mcmc"] and "+stem_densify" in left
-    assert cfg == {"depth_stem_one_sided": True, "strategy": "mcmc", "mcmc_cap_max": 5000,
+    assert cfg == {"depth_thin": "off", "depth_stem_one_sided": True, "strategy": "mcmc", "mcmc_cap_max": 5000,
                    "mcmc_prune_floaters": True}
     # on an rgb base the depth methods ran on prior: they cannot join
     bases = {m: ("prior" if needs else "rgb") for m, (_, needs) in study.METHODS.items()}
@@ -135,7 +135,7 @@ def test_stem_study_tiny_end_to_end(tiny_scene, tmp_path, monkeypatch, capsys):
         s = row["summary"]["psnr"]
         assert s["min"] <= s["mean"] <= s["max"] and s["n"] == 2
     rows = {row["name"]: row for row in p["rows"]}
-    assert rows["rgb"]["config"] == {"lambda_depth": 0.0, "no_depth": True} and rows["prior"]["config"] == {}
+    assert rows["rgb"]["config"] == {"lambda_depth": 0.0, "no_depth": True} and rows["prior"]["config"] == {"depth_thin": "off"}
     cfg = json.loads((out / "runs/tiny/+stem_densify/seed1/config.json").read_text())["train"]
     assert cfg["seed"] == 1 and cfg["num_iterations"] == 6 and cfg["densify"]["grow_grad2d_stem"] == 2e-4
     base = rows["+mcmc"]["base"]
