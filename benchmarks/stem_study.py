@@ -95,6 +95,8 @@ from study_runs import (  # noqa: E402
     now_iso,
     spread,
     train_and_evaluate,
+    write_study,
+    earlier_presets,
 )
 
 CLASSES = ("U", "N", "D", "P")
@@ -611,11 +613,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join([".venv/bin/python", "benchmarks/stem_study.py", *argv])
     result = {"study": "stem study (issue 12)", "presets": {}}
-    if (out / "stem_study.json").exists():
-        try:
-            result["presets"] = json.loads((out / "stem_study.json").read_text()).get("presets", {})
-        except json.JSONDecodeError:
-            pass
+    result["presets"] = earlier_presets(out / "stem_study.json")
     try:
         for preset in presets:
             scene = ensure_scene((a.scenes or out / "scenes") / preset, preset, a.scene_seed)
@@ -627,14 +625,7 @@ def main(argv=None) -> int:
     except StudyError as exc:
         print(f"stem_study: {exc}", file=sys.stderr)
         return 2
-    from s3dgs.atomic import atomic_write_text
-
-    result.update(machine=machine(), date=now_iso(), command=command)
-    atomic_write_text(out / "stem_study.json", json.dumps(result, indent=2, default=str))
-    md = markdown(result)
-    atomic_write_text(out / "stem_study.md", md)
-    print(md)
-    print(f"-> {out / 'stem_study.md'}, {out / 'stem_study.json'}, {out / 'plots'}")
+    write_study(out, "stem_study", result, markdown, command)
     return 0
 
 

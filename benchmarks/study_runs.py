@@ -151,3 +151,25 @@ def fmt_spread(s: dict | None, fmt: str = "{:.3f}") -> str:
     if s["n"] == 1:
         return fmt.format(s["mean"])
     return f"{fmt.format(s['mean'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]"
+
+
+def earlier_presets(path: Path) -> dict:
+    """The ``presets`` of a study's earlier JSON at ``path`` (kept when another preset is run into
+    the same folder); ``{}`` when there is none or it does not parse."""
+    try:
+        return json.loads(Path(path).read_text()).get("presets", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_study(out: Path, name: str, result: dict, markdown: str, command: str) -> None:
+    """Stamp ``result`` (machine, date, command) and write OUT/NAME.json and OUT/NAME.md atomically;
+    print the table and where the files are."""
+    from s3dgs.atomic import atomic_write_text
+
+    out = Path(out)
+    result.update(machine=machine(), date=now_iso(), command=command)
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2, default=str))
+    atomic_write_text(out / f"{name}.md", markdown(result))
+    print(markdown(result))
+    print(f"-> {out / (name + '.md')}, {out / (name + '.json')}, {out / 'plots'}")

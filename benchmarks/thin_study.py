@@ -61,7 +61,6 @@ options stops the study naming its folder.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -72,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stem_study import class_coverage, figures, plot, score, verdict  # noqa: E402
 from study_runs import StudyError, ensure_scene, fmt_spread, machine, now_iso, spread, train_and_evaluate  # noqa: E402
+from study_runs import earlier_presets, write_study  # noqa: E402
 
 RGB = {"lambda_depth": 0.0, "no_depth": True}
 PRIOR = {"depth_thin": "off"}  # the prior as shipped before this study (explicit: the default changed after it)
@@ -340,11 +340,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join([".venv/bin/python", "benchmarks/thin_study.py", *argv])
     result = {"study": "thin-stem study (issue 22)", "presets": {}}
-    if (out / "thin_study.json").exists():
-        try:
-            result["presets"] = json.loads((out / "thin_study.json").read_text()).get("presets", {})
-        except json.JSONDecodeError:
-            pass
+    result["presets"] = earlier_presets(out / "thin_study.json")
     try:
         for preset in presets:
             scene = ensure_scene((a.scenes or out / "scenes") / preset, preset, a.scene_seed)
@@ -362,14 +358,7 @@ def main(argv=None) -> int:
     except StudyError as exc:
         print(f"thin_study: {exc}", file=sys.stderr)
         return 2
-    from s3dgs.atomic import atomic_write_text
-
-    result.update(machine=machine(), date=now_iso(), command=command)
-    atomic_write_text(out / "thin_study.json", json.dumps(result, indent=2, default=str))
-    md = markdown(result)
-    atomic_write_text(out / "thin_study.md", md)
-    print(md)
-    print(f"-> {out / 'thin_study.md'}, {out / 'thin_study.json'}, {out / 'plots'}")
+    write_study(out, "thin_study", result, markdown, command)
     return 0
 
 
