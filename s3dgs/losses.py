@@ -682,21 +682,9 @@ def depth_prior_loss(
             stem_weight = 1.0
         thin, thin_weight = config.thin, config.thin_weight
         gate_disagreement, patch_size = config.gate_disagreement, config.patch_size
-    if thin not in ("off", "down", "one-sided"):
-        raise ValueError(f"thin must be 'off', 'down' or 'one-sided', not {thin!r}")
+    _check_modes(thin, space, prior_kind, alignment, scale_shift)
     thin_map = thin_map if thin != "off" else None
-    if space not in ("disparity", "depth"):
-        raise ValueError(f"space must be 'disparity' or 'depth', not {space!r}")
-    if prior_kind not in ("disparity", "depth"):
-        raise ValueError(f"prior_kind must be 'disparity' or 'depth', not {prior_kind!r}")
-    if alignment not in ("per_view", "sfm", "patch"):
-        raise ValueError(f"alignment must be 'per_view', 'sfm' or 'patch', not {alignment!r}")
-    if alignment == "sfm" and scale_shift is None:
-        raise ValueError("alignment='sfm' needs scale_shift=(s, t) from fit_depth_scale_sfm")
-    if isinstance(robust, bool):
-        method = "trimmed" if robust else "lstsq"
-    else:
-        method = robust
+    method = ("trimmed" if robust else "lstsq") if isinstance(robust, bool) else robust
 
     z = _as_hw(pred_depth, "pred_depth")
     dt = z.dtype
@@ -704,6 +692,7 @@ def depth_prior_loss(
     if pr.shape != z.shape:
         raise ValueError(f"depth_prior_loss: prior {tuple(pr.shape)} vs depth {tuple(z.shape)}")
 
+    # 1. the pixels that can be compared, in the comparison space
     valid = torch.isfinite(z) & (z > min_depth) & torch.isfinite(pr)
     if alpha is not None:
         valid = valid & (_as_hw(alpha, "alpha").detach() > alpha_threshold)
@@ -712,65 +701,17 @@ def depth_prior_loss(
     x = torch.where(valid, x, torch.zeros_like(x))
     pr0 = torch.where(valid, pr, torch.zeros_like(pr))
     vw = valid.to(dt)
-
-    fit_w = vw
-    if confidence is not None:
-        c = _as_hw(confidence, "confidence").detach().to(dt)
-        fit_w = fit_w * torch.where(torch.isfinite(c), c.clamp(min=0), torch.zeros_like(c))
-    if stem_heatmap is not None:
-        hm = _as_hw(stem_heatmap, "stem_heatmap").detach().to(dt).clamp(0, 1)
-        fit_w = fit_w * (1.0 + (stem_weight - 1.0) * hm)
-    loss_w = fit_w
-    if thin_map is not None:
-        tm = _as_hw(thin_map, "thin_map").detach().to(dt).clamp(0, 1)
-        if tm.shape != z.shape:
-            raise ValueError(f"depth_prior_loss: thin_map {tuple(tm.shape)} vs depth {tuple(z.shape)}")
-        thin_w = 1.0 + (float(thin_weight) - 1.0) * tm
-        if thin == "down":
-            fit_w = fit_w * thin_w
-            loss_w = loss_w * thin_w
-        else:  # one-sided: a bound is no measurement, so sure thin pixels leave the fit
-            fit_w = fit_w * torch.where(tm > 0.5, torch.zeros_like(tm), thin_w)
-    if edge_image is not None:
-        loss_w = loss_w * sobel_edge_weight(edge_image, edge_strength).to(dt)
-
-    if alignment in ("per_view", "patch"):
-        s, t = _robust_affine_fit(
-            x.reshape(-1), pr0.reshape(-1), fit_w.reshape(-1), method, robust_k, robust_iters
-        )
-        if alignment == "patch":
-            sp, tp = _patch_affine_fit(x, pr0, fit_w, valid, int(patch_size), s, t)
-            r = sp * x + tp - pr0
-        else:
-            r = s * x + t - pr0
-    else:
-        s = torch.as_tensor(scale_shift[0], dtype=dt, device=z.device)
-        t = torch.as_tensor(scale_shift[1], dtype=dt, device=z.device)
-        m = s * pr0 + t
-        metric_kind = prior_kind  # m is inverse depth for disparity priors, depth for depth priors
-        if metric_kind != space:
-            m_ok = m > 1e-12
-            m = torch.where(m_ok, 1.0 / torch.where(m_ok, m, torch.ones_like(m)), torch.zeros_like(m))
-            loss_w = loss_w * m_ok.to(dt)
-        r = x - m
-    r = torch.where(valid, r, torch.zeros_like(r))
-    one_sided = None
-    if stem_one_sided and stem_heatmap is not None:
-        one_sided = _as_hw(stem_heatmap, "stem_heatmap").detach() > 0.5
-    if thin == "one-sided" and thin_map is not None:
-        on_thin = tm > 0.5
-        one_sided = on_thin if one_sided is None else (one_sided | on_thin)
-    if one_sided is not None:
-        # the sign of r that means "rendered farther than the prior": the prior value grows with
-        # nearness for a disparity prior (per-view / patch fit into prior units), x grows with
-        # nearness in disparity space (sfm, compared in the render's space)
-        far_sign = (-1.0 if prior_kind == "disparity" else 1.0) if alignment != "sfm" else \
-            (-1.0 if space == "disparity" else 1.0)
-        r = torch.where(one_sided & (r * far_sign < 0), torch.zeros_like(r), r)
+    # 2. per-pixel weights of the fit and of the loss
+    fit_w, loss_w, tm = _pixel_weights(vw, confidence, stem_heatmap, stem_weight, thin_map, thin, thin_weight,
+                                       edge_image, edge_strength)
+    # 3. the prior aligned to the render (or the render to the metric prior), the residual
+    r, s, t, loss_w = _aligned_residual(x, pr0, fit_w, loss_w, valid, alignment, scale_shift, prior_kind, space,
+                                        method, robust_k, robust_iters, patch_size)
+    # 4. one-sided pixels (stems, thin structures): only "rendered farther than the prior" counts
+    r = _near_side_free(r, _one_sided_pixels(stem_one_sided, stem_heatmap, thin, tm), prior_kind, alignment, space)
+    # 5. gate: pixels disagreeing far more than the view's median leave the loss
     if gate_disagreement > 0:
-        ra = r.detach().abs()
-        med = _masked_nanmedian(ra, valid & (loss_w > 0))
-        loss_w = loss_w * (ra <= float(gate_disagreement) * med).to(dt)
+        loss_w = _gated(r, valid, loss_w, gate_disagreement)
 
     factors = (1, 2, 4) if multiscale else (1,)
     loss = sum(_pool_weighted_l1(r, loss_w, f) for f in factors) / len(factors)
@@ -779,6 +720,105 @@ def depth_prior_loss(
     if return_info:
         return loss, {"scale": s.detach(), "shift": t.detach(), "n_valid": n.detach()}
     return loss
+
+
+def _check_modes(thin: str, space: str, prior_kind: str, alignment: str, scale_shift) -> None:
+    """ValueError for a mode :func:`depth_prior_loss` does not know."""
+    if thin not in ("off", "down", "one-sided"):
+        raise ValueError(f"thin must be 'off', 'down' or 'one-sided', not {thin!r}")
+    if space not in ("disparity", "depth"):
+        raise ValueError(f"space must be 'disparity' or 'depth', not {space!r}")
+    if prior_kind not in ("disparity", "depth"):
+        raise ValueError(f"prior_kind must be 'disparity' or 'depth', not {prior_kind!r}")
+    if alignment not in ("per_view", "sfm", "patch"):
+        raise ValueError(f"alignment must be 'per_view', 'sfm' or 'patch', not {alignment!r}")
+    if alignment == "sfm" and scale_shift is None:
+        raise ValueError("alignment='sfm' needs scale_shift=(s, t) from fit_depth_scale_sfm")
+
+
+def _pixel_weights(vw: torch.Tensor, confidence, stem_heatmap, stem_weight: float, thin_map, thin: str,
+                   thin_weight: float, edge_image, edge_strength: float):
+    """``(fit_w, loss_w, tm)`` [H, W]: the weights of the alignment fit and of the loss from the valid
+    mask ``vw`` (0/1, the loss's dtype), the prior's confidence, the stem heatmap (``stem_weight`` on
+    a sure stem pixel), the thin-structure map (``down``: ``thin_weight`` in both; ``one-sided``:
+    sure thin pixels leave the fit) and the Sobel edges (loss only); ``tm`` the clamped thin map or None."""
+    dt = vw.dtype
+    fit_w = vw
+    if confidence is not None:
+        c = _as_hw(confidence, "confidence").detach().to(dt)
+        fit_w = fit_w * torch.where(torch.isfinite(c), c.clamp(min=0), torch.zeros_like(c))
+    if stem_heatmap is not None:
+        hm = _as_hw(stem_heatmap, "stem_heatmap").detach().to(dt).clamp(0, 1)
+        fit_w = fit_w * (1.0 + (stem_weight - 1.0) * hm)
+    loss_w, tm = fit_w, None
+    if thin_map is not None:
+        tm = _as_hw(thin_map, "thin_map").detach().to(dt).clamp(0, 1)
+        if tm.shape != vw.shape:
+            raise ValueError(f"depth_prior_loss: thin_map {tuple(tm.shape)} vs depth {tuple(vw.shape)}")
+        thin_w = 1.0 + (float(thin_weight) - 1.0) * tm
+        if thin == "down":
+            fit_w = fit_w * thin_w
+            loss_w = loss_w * thin_w
+        else:  # one-sided: a bound is no measurement, so sure thin pixels leave the fit
+            fit_w = fit_w * torch.where(tm > 0.5, torch.zeros_like(tm), thin_w)
+    if edge_image is not None:
+        loss_w = loss_w * sobel_edge_weight(edge_image, edge_strength).to(dt)
+    return fit_w, loss_w, tm
+
+
+def _aligned_residual(x, pr0, fit_w, loss_w, valid, alignment: str, scale_shift, prior_kind: str, space: str,
+                      method: str, robust_k: float, robust_iters: int, patch_size: int):
+    """``(r, s, t, loss_w)``: residual [H, W] (0 off ``valid``) of the render ``x`` against the prior
+    ``pr0``: per view / per patch the prior's scale and shift fitted to the render (prior units), or
+    with ``sfm`` the prior mapped to the render's space by the fixed ``scale_shift`` (pixels whose
+    mapped inverse depth is not positive leave the loss)."""
+    dt, dev = x.dtype, x.device
+    if alignment in ("per_view", "patch"):
+        s, t = _robust_affine_fit(x.reshape(-1), pr0.reshape(-1), fit_w.reshape(-1), method, robust_k, robust_iters)
+        if alignment == "patch":
+            sp, tp = _patch_affine_fit(x, pr0, fit_w, valid, int(patch_size), s, t)
+            r = sp * x + tp - pr0
+        else:
+            r = s * x + t - pr0
+    else:
+        s = torch.as_tensor(scale_shift[0], dtype=dt, device=dev)
+        t = torch.as_tensor(scale_shift[1], dtype=dt, device=dev)
+        m = s * pr0 + t  # inverse depth for disparity priors, depth for depth priors
+        if prior_kind != space:
+            m_ok = m > 1e-12
+            m = torch.where(m_ok, 1.0 / torch.where(m_ok, m, torch.ones_like(m)), torch.zeros_like(m))
+            loss_w = loss_w * m_ok.to(dt)
+        r = x - m
+    return torch.where(valid, r, torch.zeros_like(r)), s, t, loss_w
+
+
+def _one_sided_pixels(stem_one_sided: bool, stem_heatmap, thin: str, tm) -> torch.Tensor | None:
+    """[H, W] bool: the pixels where the prior only bounds the depth (sure stem pixels with
+    ``stem_one_sided``, sure thin pixels with ``thin == "one-sided"``), or None."""
+    mask = None
+    if stem_one_sided and stem_heatmap is not None:
+        mask = _as_hw(stem_heatmap, "stem_heatmap").detach() > 0.5
+    if thin == "one-sided" and tm is not None:
+        mask = tm > 0.5 if mask is None else (mask | (tm > 0.5))
+    return mask
+
+
+def _near_side_free(r: torch.Tensor, mask, prior_kind: str, alignment: str, space: str) -> torch.Tensor:
+    """``r`` with the residuals that mean "rendered nearer than the prior" zeroed on ``mask``. The
+    sign of "farther": the prior grows with nearness for a disparity prior (per-view / patch fit into
+    prior units); the render grows with nearness in disparity space (sfm, the render's space)."""
+    if mask is None:
+        return r
+    far_sign = (-1.0 if prior_kind == "disparity" else 1.0) if alignment != "sfm" else \
+        (-1.0 if space == "disparity" else 1.0)
+    return torch.where(mask & (r * far_sign < 0), torch.zeros_like(r), r)
+
+
+def _gated(r: torch.Tensor, valid: torch.Tensor, loss_w: torch.Tensor, k: float) -> torch.Tensor:
+    """``loss_w`` without the pixels whose residual exceeds ``k`` times the view's median residual."""
+    ra = r.detach().abs()
+    med = _masked_nanmedian(ra, valid & (loss_w > 0))
+    return loss_w * (ra <= float(k) * med).to(loss_w.dtype)
 
 
 # --------------------------------------------------------------------------------------------
