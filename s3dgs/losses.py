@@ -893,7 +893,6 @@ def fit_depth_scale_sfm(
         img = img[..., 0] if img.shape[-1] == 1 else img[0]
     uv = _to_numpy(uv).reshape(-1, 2)
     z = _to_numpy(z).reshape(-1)
-    h, w = img.shape
     out = {
         "scale": float("nan"),
         "shift": float("nan"),
@@ -906,73 +905,17 @@ def fit_depth_scale_sfm(
         "rel_residual": float("nan"),
         "rmse": float("nan"),
     }
-    keep = (
-        np.isfinite(uv).all(1)
-        & np.isfinite(z)
-        & (z > 0)
-        & (uv[:, 0] >= 0)
-        & (uv[:, 0] <= w)
-        & (uv[:, 1] >= 0)
-        & (uv[:, 1] <= h)
-    )
-    uv, z = uv[keep], z[keep]
-    p = _bilinear(img, uv[:, 0], uv[:, 1]) if len(z) else np.zeros(0)
-    fin = np.isfinite(p)
-    p, z = p[fin], z[fin]
-    m = 1.0 / z if prior_kind == "disparity" else z
+    p, m = _prior_at_points(img, uv, z, prior_kind)
     n = len(m)
     out["n"] = int(n)
     if n < max(min_points, 2):
         out["reason"] = f"too few SfM points ({n} < {min_points})"
         return out
-
-    def lstsq(pp, mm):
-        pc = pp - pp.mean()
-        var = (pc * pc).sum()
-        if var <= 1e-24 * max(1.0, (pp * pp).sum()):
-            return float("nan"), float("nan")
-        s_ = float((pc * (mm - mm.mean())).sum() / var)
-        return s_, float(mm.mean() - s_ * pp.mean())
-
-    mp, mm = np.median(p), np.median(m)
-    sp, sm = np.mean(np.abs(p - mp)), np.mean(np.abs(m - mm))
-    if sp <= 1e-12:
+    if np.mean(np.abs(p - np.median(p))) <= 1e-12:
         out["reason"] = "prior has no spread at the SfM points"
         return out
-    if method == "lstsq":
-        s, t = lstsq(p, m)
-    else:
-        s0, _ = lstsq(p, m)
-        s = (sm / sp) * (np.sign(s0) if np.isfinite(s0) and s0 != 0 else 1.0)
-        t = mm - s * mp
-        if method == "trimmed":
-            for _ in range(2):
-                r = np.abs(s * p + t - m)
-                sigma = 1.4826 * np.median(r)
-                inl = r <= robust_k * sigma + 1e-12 * (abs(mm) + 1e-12)
-                if inl.sum() < 2:
-                    break
-                s_new, t_new = lstsq(p[inl], m[inl])
-                if not np.isfinite(s_new):
-                    break
-                s, t = s_new, t_new
-        elif method != "mad":
-            raise ValueError(f"unknown method {method!r} (use 'trimmed', 'mad' or 'lstsq')")
-    r = s * p + t - m
-    ar = np.abs(r)
-    sigma = 1.4826 * np.median(ar)
-    inl = ar <= robust_k * sigma + 1e-12 * (abs(mm) + 1e-12)
-    med_res = float(np.median(ar))
-    rel = med_res / max(float(np.median(np.abs(m))), 1e-300)
-    out.update(
-        scale=float(s),
-        shift=float(t),
-        n_inliers=int(inl.sum()),
-        inlier_fraction=float(inl.mean()),
-        median_abs_residual=med_res,
-        rel_residual=float(rel),
-        rmse=float(np.sqrt(np.mean(r[inl] ** 2))),
-    )
+    s, t = _sfm_scale_shift(p, m, method, robust_k)
+    rel = _fit_quality(out, s, t, p, m, robust_k)
     reasons = []
     if not (math.isfinite(s) and s > 0):
         reasons.append(f"non-positive scale ({s:.3g})")
@@ -983,6 +926,72 @@ def fit_depth_scale_sfm(
     out["ok"] = not reasons
     out["reason"] = "; ".join(reasons)
     return out
+
+
+def _prior_at_points(img: np.ndarray, uv: np.ndarray, z: np.ndarray, prior_kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(p, m)`` [K]: the prior ``img [h, w]`` read bilinearly at the SfM points ``uv [N, 2]`` inside
+    the frame with finite positive depth ``z [N]``, and their metric value (1/z for a disparity
+    prior, z for a depth prior)."""
+    h, w = img.shape
+    keep = (np.isfinite(uv).all(1) & np.isfinite(z) & (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= w)
+            & (uv[:, 1] >= 0) & (uv[:, 1] <= h))
+    uv, z = uv[keep], z[keep]
+    p = _bilinear(img, uv[:, 0], uv[:, 1]) if len(z) else np.zeros(0)
+    fin = np.isfinite(p)
+    p, z = p[fin], z[fin]
+    return p, (1.0 / z if prior_kind == "disparity" else z)
+
+
+def _lstsq_line(pp: np.ndarray, mm: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``mm ~ s pp + t``; NaNs when ``pp`` has no spread."""
+    pc = pp - pp.mean()
+    var = (pc * pc).sum()
+    if var <= 1e-24 * max(1.0, (pp * pp).sum()):
+        return float("nan"), float("nan")
+    s_ = float((pc * (mm - mm.mean())).sum() / var)
+    return s_, float(mm.mean() - s_ * pp.mean())
+
+
+def _sfm_scale_shift(p: np.ndarray, m: np.ndarray, method: str, robust_k: float) -> tuple[float, float]:
+    """Scale and shift with ``m ~ s p + t``: ``lstsq``; ``mad`` (median / mean-absolute-deviation
+    match, 3DGS's make_depth_scale, sign from least squares); ``trimmed`` (mad, then two least-squares
+    refits on the points within ``robust_k`` robust sigmas)."""
+    if method == "lstsq":
+        return _lstsq_line(p, m)
+    mp, mm = np.median(p), np.median(m)
+    sp, sm = np.mean(np.abs(p - mp)), np.mean(np.abs(m - mm))
+    s0, _ = _lstsq_line(p, m)
+    s = (sm / sp) * (np.sign(s0) if np.isfinite(s0) and s0 != 0 else 1.0)
+    t = mm - s * mp
+    if method == "trimmed":
+        for _ in range(2):
+            r = np.abs(s * p + t - m)
+            sigma = 1.4826 * np.median(r)
+            inl = r <= robust_k * sigma + 1e-12 * (abs(mm) + 1e-12)
+            if inl.sum() < 2:
+                break
+            s_new, t_new = _lstsq_line(p[inl], m[inl])
+            if not np.isfinite(s_new):
+                break
+            s, t = s_new, t_new
+    elif method != "mad":
+        raise ValueError(f"unknown method {method!r} (use 'trimmed', 'mad' or 'lstsq')")
+    return s, t
+
+
+def _fit_quality(out: dict, s: float, t: float, p: np.ndarray, m: np.ndarray, robust_k: float) -> float:
+    """Write the fit and its residual figures into ``out``; return the median residual relative to
+    the median |m|."""
+    mm = np.median(m)
+    r = s * p + t - m
+    ar = np.abs(r)
+    sigma = 1.4826 * np.median(ar)
+    inl = ar <= robust_k * sigma + 1e-12 * (abs(mm) + 1e-12)
+    med_res = float(np.median(ar))
+    rel = med_res / max(float(np.median(np.abs(m))), 1e-300)
+    out.update(scale=float(s), shift=float(t), n_inliers=int(inl.sum()), inlier_fraction=float(inl.mean()),
+               median_abs_residual=med_res, rel_residual=float(rel), rmse=float(np.sqrt(np.mean(r[inl] ** 2))))
+    return rel
 
 
 def mark_unreliable_scales(fits: dict, low: float = 0.2, high: float = 5.0) -> dict:
